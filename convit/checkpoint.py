@@ -1,0 +1,182 @@
+"""Reading and writing model weights: the official ``.pth``, timm's files and our safetensors.
+
+* Official ConViT checkpoints are a raw state dict (or ``{'model': ...}`` as written by the
+  official training script); timm's hub files are ``model.safetensors`` / ``pytorch_model.bin``.
+  Their keys are ours, so they load unchanged.
+* Our own model files are safetensors whose metadata holds the model config (and optionally
+  class names), so :func:`convit.create_model` can rebuild the architecture from the file alone.
+* Every mismatch is reported with the offending keys and shapes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
+
+FORMAT = "convit"
+StateDict = Dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model (the message names the keys and shapes)."""
+
+
+def _unwrap(obj) -> StateDict:
+    """Find the state dict inside the containers training scripts write."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                return _unwrap(obj[key])
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError("no state dict found in the checkpoint (expected a dict of tensors, "
+                          "or one under 'model' / 'state_dict')")
+
+
+def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
+    """Load a weight file into (state_dict, metadata).
+
+    metadata is the safetensors header metadata (our files hold ``config`` there) or {}.
+    Prefixes written by DDP (``module.``) or torch.compile (``_orig_mod.``) are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    meta: dict = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        sd = _unwrap(obj)
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out, meta
+
+
+def config_from_metadata(meta: dict) -> Optional[dict]:
+    """The model config stored in one of our files, or None for foreign files."""
+    if meta.get("format") == FORMAT and "config" in meta:
+        return json.loads(meta["config"])
+    return None
+
+
+def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None) -> Path:
+    """Write the model weights and config as safetensors (atomically: temp file, then rename).
+
+    extra: more JSON-serialisable metadata (e.g. ``{"class_names": [...], "model_name": ...}``).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata_json(meta: dict, key: str, default=None):
+    """Decode one JSON field of our metadata (e.g. ``class_names``)."""
+    return json.loads(meta[key]) if key in meta else default
+
+
+def infer_config(sd: StateDict) -> dict:
+    """Architecture of a ConViT/DeiT state dict, as ConViTConfig keyword arguments.
+
+    Works from shapes alone for ConViT files (heads = rows of ``pos_proj``).  For a DeiT (no
+    GPSA block) the head count cannot be read off the weights: pass the model name instead.
+    """
+    try:
+        w = sd["patch_embed.proj.weight"]
+    except KeyError:
+        raise CheckpointError("not a ConViT/DeiT checkpoint: no 'patch_embed.proj.weight' key") from None
+    embed_dim, in_chans, patch, _ = w.shape
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    gpsa = [i for i in range(depth) if f"blocks.{i}.attn.pos_proj.weight" in sd]
+    if gpsa != list(range(len(gpsa))):
+        raise CheckpointError(f"GPSA blocks must come first; found them at {gpsa}")
+    if not gpsa:
+        raise CheckpointError("this checkpoint has no GPSA block (a DeiT): its head count cannot be "
+                              "inferred from the weights; pass the model name, e.g. 'deit_small'")
+    heads = sd["blocks.0.attn.pos_proj.weight"].shape[0]
+    cfg = dict(patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=depth, num_heads=heads,
+               local_up_to_layer=len(gpsa), use_pos_embed="pos_embed" in sd,
+               qkv_bias="blocks.0.attn.qk.bias" in sd,
+               mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim)
+    if "pos_embed" in sd:
+        n = sd["pos_embed"].shape[1] - (len(gpsa) == 0)
+        side = int(round(n ** 0.5))
+        if side * side == n:
+            cfg["img_size"] = side * patch
+    cfg["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    return cfg
+
+
+def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:
+    """Bicubically resample a square ``pos_embed`` trained at another resolution."""
+    if "pos_embed" not in sd or getattr(model, "pos_embed", None) is None:
+        return sd
+    src, dst = sd["pos_embed"], model.pos_embed
+    if src.shape == dst.shape or src.ndim != 3 or src.shape[-1] != dst.shape[-1]:
+        return sd
+    prefix = int(model.pos_embed_has_cls)
+    n = src.shape[1] - prefix
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        return sd
+    sd = dict(sd)
+    sd["pos_embed"] = resample_abs_pos_embed(src, list(model.cfg.grid), [side, side], num_prefix_tokens=prefix)
+    return sd
+
+
+def load_into(model: nn.Module, sd: StateDict, source: str = "checkpoint") -> None:
+    """Load ``sd`` into ``model`` strictly, with an error that lists every mismatch.
+
+    A square position embedding from another resolution is resampled (as timm does when
+    fine-tuning at a new size).  A head of another size is reported with the fix: build the
+    model with the checkpoint's ``num_classes``, load, then ``reset_classifier(n)``.
+    """
+    sd = _fit_pos_embed(model, sd)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted((k, tuple(sd[k].shape), tuple(own[k].shape)) for k in set(sd) & set(own)
+                    if sd[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        lines: List[str] = [f"{source} does not match the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:12])}"
+                         + (" ..." if len(missing) > 12 else ""))
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}"
+                         + (" ..." if len(unexpected) > 12 else ""))
+        for k, a, b in shapes[:12]:
+            lines.append(f"  shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}")
+        if any(k.startswith("head.") for k, _, _ in shapes):
+            lines.append("  (the classifier differs: create the model with the checkpoint's num_classes, "
+                         "load it, then call reset_classifier(num_classes) to fine-tune)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(sd, strict=True)

@@ -1,0 +1,167 @@
+"""Model zoo: named configurations, pretrained-weight metadata and ``create_model``.
+
+The maths lives in :mod:`convit.model`; this module only says which configuration a name
+means and where its published weights come from.
+"""
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .checkpoint import config_from_metadata, infer_config, load_into, read_checkpoint
+from .model import ConViT, ConViTConfig
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Where published weights for a model live.
+
+    url: the official release (facebookresearch/convit).  Its file names carry no hash, so
+    there is no hash to check them against; sha256 stays None until someone records one.
+    hf_hub_id: timm's copy on the Hugging Face hub (``model.safetensors`` in that repo).
+    """
+
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    hf_hub_id: Optional[str] = None
+    top1: Optional[float] = None  # ImageNet-1k top-1 reported by the authors
+
+    @property
+    def filename(self) -> Optional[str]:
+        return self.url.rsplit("/", 1)[-1] if self.url else None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    config: Dict
+    pretrained: Optional[Pretrained] = None
+    description: str = ""
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register(name: str, spec: ModelSpec) -> None:
+    """Add a named configuration (e.g. for a new size) to the zoo."""
+    _REGISTRY[name] = spec
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Names in the zoo matching a shell-style pattern, e.g. ``'convit_*'``."""
+    import fnmatch
+
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+_FB = "https://dl.fbaipublicfiles.com/convit/"
+for _suffix, _heads, _top1 in (("tiny", 4, 73.1), ("small", 9, 81.3), ("base", 16, 82.4)):
+    register(f"convit_{_suffix}", ModelSpec(
+        dict(embed_dim=48 * _heads, num_heads=_heads, local_up_to_layer=10),
+        Pretrained(url=f"{_FB}convit_{_suffix}.pth", hf_hub_id=f"timm/convit_{_suffix}.fb_in1k", top1=_top1),
+        f"ConViT-{_suffix[0].upper()}{_suffix[1:] if _suffix != 'tiny' else 'i'}: {_heads} heads x 48, 10 GPSA of 12"))
+    register(f"convit_{_suffix}_plus", ModelSpec(
+        dict(embed_dim=64 * _heads, num_heads=_heads, local_up_to_layer=10),
+        None, f"ConViT {_suffix}+: {_heads} heads x 64, 10 GPSA of 12"))
+for _suffix, _heads, _hub in (("tiny", 3, "timm/deit_tiny_patch16_224.fb_in1k"),
+                              ("tiny_plus", 4, None),
+                              ("small", 6, "timm/deit_small_patch16_224.fb_in1k"),
+                              ("small_plus", 9, None),
+                              ("base", 12, "timm/deit_base_patch16_224.fb_in1k"),
+                              ("base_plus", 16, None)):
+    register(f"deit_{_suffix}", ModelSpec(
+        dict(embed_dim=64 * _heads, num_heads=_heads, local_up_to_layer=0, qkv_bias=True),
+        Pretrained(hf_hub_id=_hub) if _hub else None,
+        f"DeiT baseline: {_heads} heads x 64, no GPSA"))
+# The small models of the embedded default job (digits, 8x8 images, one pixel per patch).
+register("convit_digits", ModelSpec(
+    dict(img_size=8, patch_size=1, in_chans=1, num_classes=10, embed_dim=64, num_heads=4, depth=6,
+         local_up_to_layer=4), None, "ConViT for 8x8 digits: 4 heads x 16, 6 blocks, 4 GPSA"))
+register("deit_digits", ModelSpec(
+    dict(img_size=8, patch_size=1, in_chans=1, num_classes=10, embed_dim=64, num_heads=4, depth=6,
+         local_up_to_layer=0, qkv_bias=True), None, "DeiT matching convit_digits: no GPSA"))
+
+
+def weights_dir() -> Path:
+    """Where pretrained files are looked for: $CONVIT_HOME, else torch hub's checkpoints folder."""
+    env = os.environ.get("CONVIT_HOME")
+    return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _pretrained_file(name: str, info: Pretrained) -> Path:
+    """Local path of a model's published weights, downloading them only if they are absent."""
+    if info.url is None:
+        raise FileNotFoundError(
+            f"no official download for {name!r}; timm's copy is {info.hf_hub_id!r}: download its "
+            f"model.safetensors and pass checkpoint_path=")
+    path = weights_dir() / info.filename
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(info.url, str(path), hash_prefix=info.sha256, progress=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise FileNotFoundError(
+            f"cannot download the pretrained weights of {name!r} ({e}).\n"
+            f"Download {info.url} on a machine with internet and put it at {path} "
+            f"(or set CONVIT_HOME to its folder), or pass checkpoint_path=<file>."
+            + (f" timm's copy ({info.hf_hub_id}, model.safetensors) works too." if info.hf_hub_id else "")
+        ) from e
+    return path
+
+
+def create_model(
+    name: Optional[str] = None,
+    pretrained: bool = False,
+    checkpoint_path: Optional[os.PathLike] = None,
+    **overrides,
+) -> ConViT:
+    """Build a model by zoo name and/or from a weight file.
+
+    name: a zoo name (see :func:`list_models`); may be omitted when ``checkpoint_path`` is one
+        of our safetensors files (the config is stored in it) or a ConViT file whose
+        architecture can be read off its shapes.
+    pretrained: load the published weights (looked for locally first; see :func:`weights_dir`).
+    checkpoint_path: load weights from this file (official ``.pth``, timm ``.safetensors`` /
+        ``.bin``, or ours).  Takes precedence over ``pretrained``.
+    overrides: ConViTConfig fields, e.g. ``num_classes=10, drop_path_rate=0.1``.
+    """
+    sd = meta = None
+    if checkpoint_path is not None:
+        sd, meta = read_checkpoint(checkpoint_path)
+    cfg: Dict = {}
+    if name is not None:
+        cfg.update(model_spec(name).config)
+    elif sd is not None:
+        cfg.update(config_from_metadata(meta) or infer_config(sd))
+    else:
+        raise ValueError("create_model needs a model name or a checkpoint_path")
+    if name is not None and sd is not None and config_from_metadata(meta):
+        stored = config_from_metadata(meta)
+        # Our file knows its own size (classes, image size, ...): trust it over the zoo defaults.
+        cfg.update(stored)
+    cfg.update(overrides)
+    model = ConViT(ConViTConfig.from_dict(cfg))
+    if sd is None and pretrained:
+        info = model_spec(name).pretrained
+        if info is None:
+            raise ValueError(f"no published weights for {name!r}")
+        sd, _ = read_checkpoint(_pretrained_file(name, info))
+        checkpoint_path = f"pretrained weights of {name}"
+    if sd is not None:
+        load_into(model, sd, source=str(checkpoint_path))
+    return model
