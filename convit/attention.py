@@ -19,6 +19,10 @@ Speed.  The layer output is linear in A, so instead of materialising A for every
 
 where P = softmax(v_pos^T r) is one [heads, N, N] tensor per forward, shared by the whole
 batch (and cached in inference).  SDPA picks flash / memory-efficient kernels on GPU.
+q, k and v come from one matmul (the ``qk`` and ``v`` weights concatenated at call time),
+P @ v is one bmm over heads with the batch folded into the columns, the two terms are mixed
+by a single ``torch.lerp``, and P's subnormal entries are flushed to 0 (they made CPU
+matmuls ~7x slower).  Measurements and notes: docs/speed.md.
 The explicit formula (eq. 6 with A materialised) is kept in :meth:`GPSA.attention_maps`;
 it is what analysis code reads, what the tests compare the fast path with, and what the
 forward pass falls back on when attention dropout is active (dropout acts on the mixed A,
@@ -83,11 +87,13 @@ def head_centres(num_heads: int) -> torch.Tensor:
     """
     k = math.isqrt(num_heads)
     c = (k - 1) / 2
-    centres = torch.zeros(num_heads, 2)
+    centres = [[0.0, 0.0] for _ in range(num_heads)]
     for h1 in range(k):
         for h2 in range(k):
-            centres[h1 + k * h2] = torch.tensor([h2 - c, h1 - c])
-    return centres
+            centres[h1 + k * h2] = [h2 - c, h1 - c]
+    # Built from Python numbers on the CPU explicitly, so it also works under
+    # ``with torch.device("meta")`` (local_init moves it to the weights' device).
+    return torch.tensor(centres, dtype=torch.float32, device="cpu")
 
 
 class GPSA(nn.Module):
@@ -122,6 +128,9 @@ class GPSA(nn.Module):
         # Test-time masking (paper tables 5-6): None, or a value that replaces sigma(lambda):
         # 0.0 keeps only the content part, 1.0 only the positional part.
         self.gate_override: Optional[float] = None
+        # Opt-in inference shortcut (see _branches): skip a head's content branch when
+        # sigma >= 1 - skip_gate_tol and its positional branch when sigma <= skip_gate_tol.
+        self.skip_gate_tol: Optional[float] = None
         self.grid: Grid = tuple(grid)
         self.register_buffer("rel_indices", relative_offsets(self.grid), persistent=False)
         self._pos_cache: Optional[tuple] = None
@@ -158,8 +167,14 @@ class GPSA(nn.Module):
         """P = softmax_j(v_pos,h^T r_ij) as [heads, N, N] in float32 (eq. 5).
 
         Computed once per forward for the whole batch, outside autocast (it is tiny, and the
-        squared distances exceed bf16's exact integer range on large grids).  In inference
-        (no autograd) it is cached until the weights, the grid, the device or dtype change.
+        squared distances exceed bf16's exact integer range on large grids).  Probabilities
+        below float32's smallest normal number (1.2e-38) are set to 0 (see below).
+
+        In inference (no autograd) P is cached until ``pos_proj``'s weights change: an
+        optimizer step, ``load_state_dict``, ``copy_``, ``.to(...)`` or ``set_grid`` all
+        invalidate it (the key is each tensor's version counter and address, and the cache
+        keeps the old tensors alive so an address cannot be reused).  Writing through
+        ``weight.data`` bypasses version counters; call :meth:`clear_cache` after doing that.
         """
         use_cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         w, b = self.pos_proj.weight, self.pos_proj.bias
@@ -169,9 +184,20 @@ class GPSA(nn.Module):
         with torch.autocast(device_type=self.rel_indices.device.type, enabled=False):
             scores = F.linear(self.rel_indices.float(), w.float(), b.float())  # [N, N, heads]
             pos = scores.permute(2, 0, 1).softmax(dim=-1)
+            # Flush subnormal probabilities (< 1.2e-38) to exact zeros.  With the local init
+            # (and in trained models) far patches get exp(-alpha d^2) ~ 1e-40: thousands of
+            # subnormals per head, on which x86 CPUs run matmuls ~7x slower (measured:
+            # docs/speed.md).  The change to any output is below N * 1.2e-38 * max|v|, far
+            # under float32 resolution; the gradient of a flushed entry was below 1e-38.
+            pos = pos.masked_fill(pos < torch.finfo(pos.dtype).tiny, 0.0)
         if use_cache:
-            self._pos_cache = (key, pos)
+            # w.detach()/b.detach() keep the keyed storages alive (no address reuse).
+            self._pos_cache = (key, pos, w.detach(), b.detach())
         return pos
+
+    def clear_cache(self) -> None:
+        """Drop the cached positional attention (only needed after writes through ``.data``)."""
+        self._pos_cache = None
 
     def _project(self, x: torch.Tensor):
         B, N, C = x.shape
@@ -194,23 +220,101 @@ class GPSA(nn.Module):
         return AttentionMaps(content, self.positional_attention(), self.gate())
 
     # -- forward ----------------------------------------------------------------------------
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, 3C] = x @ [W_qk; W_v]^T: q, k and v from ONE matmul.
+
+        The weights are concatenated at every call (a [3C, C] copy, ~0.1% of the layer's
+        time), so the parameters and state-dict keys stay ``qk`` and ``v`` and nothing can go
+        stale; autograd splits the gradient back.  Row order q | k | v matches ``qk``'s own
+        q | k split, so column blocks of the result are exactly ``qk(x)`` and ``v(x)``.
+        """
+        w = torch.cat([self.qk.weight, self.v.weight])
+        bq, bv = self.qk.bias, self.v.bias
+        if bq is None and bv is None:
+            b = None
+        else:
+            b = torch.cat([bq if bq is not None else w.new_zeros(w.shape[0] - self.v.weight.shape[0]),
+                           bv if bv is not None else w.new_zeros(self.v.weight.shape[0])])
+        return F.linear(x, w, b)
+
+    def _branches(self, g: torch.Tensor):
+        """Which heads need the content / positional branch (None = all) and the gate to mix with.
+
+        Only in inference (no autograd), and only when ``gate_override`` is 0 or 1 (exact:
+        the other branch has weight exactly 0) or when the opt-in ``skip_gate_tol`` is set.
+        With ``skip_gate_tol = t`` a head with sigma >= 1 - t is computed as purely positional
+        and one with sigma <= t as purely content; each output element of the attention
+        (before ``proj``) then moves by at most t * |content - positional| <= 2 t max|v|.
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None, None, g
+        h = self.num_heads
+        if self.gate_override is not None:
+            o = float(self.gate_override)
+            return ([] if o == 1.0 else None), ([] if o == 0.0 else None), g
+        tol = self.skip_gate_tol
+        if tol is None:
+            return None, None, g
+        if not 0.0 <= tol < 0.5:
+            raise ValueError(f"skip_gate_tol must be in [0, 0.5), got {tol}")
+        sig = g.tolist()
+        pos_only = [i for i, s in enumerate(sig) if s >= 1.0 - tol]
+        con_only = [i for i, s in enumerate(sig) if s <= tol]
+        if not pos_only and not con_only:
+            return None, None, g
+        g = g.clone()
+        g[pos_only] = 1.0
+        g[con_only] = 0.0
+        ch = [i for i in range(h) if i not in pos_only]
+        ph = [i for i in range(h) if i not in con_only]
+        return (None if len(ch) == h else ch), (None if len(ph) == h else ph), g
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         self._check_tokens(N)
         if self.training and self.attn_drop_p > 0:
             return self._forward_explicit(x)
-        q, k, v = self._project(x)
-        g = self.gate().to(v.dtype)
-        pos = self.positional_attention().to(v.dtype)  # [heads, N, N]
-        # Content term: (1 - sigma) SDPA(q, k, v); SDPA wants [B, heads, N, d].
-        content = F.scaled_dot_product_attention(q, k, v.transpose(1, 2))  # [B, heads, N, d]
-        # Positional term: one bmm over heads with the batch folded into the columns,
-        # (sigma P)[heads, N, N] @ v[heads, N, B*d]; P is never expanded over the batch.
-        v_cols = v.permute(2, 1, 0, 3).reshape(self.num_heads, N, B * self.head_dim)
-        positional = torch.bmm(g.view(-1, 1, 1) * pos, v_cols)
-        positional = positional.view(self.num_heads, N, B, self.head_dim).permute(2, 1, 0, 3)
-        out = torch.addcmul(positional, content.transpose(1, 2), (1.0 - g).view(1, 1, -1, 1))
+        h, d = self.num_heads, self.head_dim
+        qkv = self._qkv(x).view(B, N, 3, h, d)
+        content_heads, positional_heads, g = self._branches(self.gate())
+
+        content = None  # [B, N, heads, d]: softmax(q k^T / sqrt(d)) v, by SDPA
+        if content_heads is None or content_heads:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided [B, heads, N, d] views
+            if content_heads is not None:
+                q, k, v = q[:, content_heads], k[:, content_heads], v[:, content_heads]
+            content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            if content_heads is not None:
+                content = self._scatter_heads(content, content_heads)
+
+        positional = None  # [B, N, heads, d]: P v, one bmm over heads, batch folded in columns
+        if positional_heads is None or positional_heads:
+            pos = self.positional_attention()
+            v = qkv[:, :, 2]  # [B, N, heads, d]
+            if positional_heads is not None:
+                pos, v = pos[positional_heads], v[:, :, positional_heads]
+            hp = v.shape[2]
+            dtype = content.dtype if content is not None else v.dtype
+            v_cols = v.permute(2, 1, 0, 3).reshape(hp, N, B * d)  # the one copy of v
+            positional = torch.bmm(pos.to(v_cols.dtype), v_cols).to(dtype)
+            positional = positional.view(hp, N, B, d).permute(2, 1, 0, 3)  # P is never expanded over B
+            if positional_heads is not None:
+                positional = self._scatter_heads(positional, positional_heads)
+
+        if content is None:
+            out = positional
+        elif positional is None:
+            out = content
+        else:
+            # (1 - sigma) content + sigma positional in one pass; content (contiguous
+            # [B, N, heads, d] from SDPA) goes first so the result keeps its layout.
+            out = torch.lerp(content, positional, g.to(content.dtype).view(1, 1, h, 1))
         return self.proj_drop(self.proj(out.reshape(B, N, C)))
+
+    def _scatter_heads(self, t: torch.Tensor, heads) -> torch.Tensor:
+        full = t.new_zeros(t.shape[0], t.shape[1], self.num_heads, t.shape[3])
+        full[:, :, heads] = t
+        return full
 
     def _forward_explicit(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 6 with A materialised; used when attention dropout is on (dropout on the mixed A)."""

@@ -69,6 +69,12 @@ class ConViTConfig:
                 f"local_up_to_layer={self.local_up_to_layer} must be between 0 and depth={self.depth}")
         if self.global_pool not in ("", "token", "avg"):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
+        if self.global_pool == "token" and self.local_up_to_layer == self.depth:
+            # The class token joins after the last GPSA block; with no block after it, it would
+            # reach the head untouched (timm then silently pools patch 0 instead).
+            raise ValueError(
+                f"global_pool='token' needs at least one MHSA block, but all {self.depth} blocks are GPSA "
+                "(local_up_to_layer == depth): use global_pool='avg' or fewer GPSA blocks")
         for s in self.img_size:
             if s % self.patch_size:
                 raise ValueError(f"img_size {self.img_size} is not divisible by patch_size={self.patch_size}")
@@ -170,7 +176,7 @@ class ConViT(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay rule
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # stochastic depth decay rule
         self.blocks = nn.ModuleList(
             [Block(cfg, use_gpsa=i < cfg.local_up_to_layer, drop_path=dpr[i]) for i in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
@@ -181,6 +187,8 @@ class ConViT(nn.Module):
     # -- init -------------------------------------------------------------------------------
     def _init_weights(self) -> None:
         """timm/official init: truncated normal (std .02), then the GPSA convolutional init."""
+        if self.cls_token.is_meta:  # built on the meta device: nothing to initialise
+            return
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
