@@ -58,6 +58,11 @@ class ConViTConfig:
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # Ablation switches (paper table 3): the gates' initial value lambda and whether they train;
+    # whether the GPSA blocks train at all (frozen conv-init or frozen random GPSA).
+    gate_init: float = 1.0
+    train_gates: bool = True
+    train_gpsa: bool = True
 
     def __post_init__(self) -> None:
         self.img_size = _pair(self.img_size)
@@ -203,6 +208,18 @@ class ConViT(nn.Module):
         if self.cfg.use_local_init:
             for blk in self.gpsa_blocks():
                 blk.attn.local_init()
+        self._apply_ablation_switches()
+
+    def _apply_ablation_switches(self) -> None:
+        """Gate init and frozen gates / frozen GPSA blocks (frozen = requires_grad False, so
+        optimizers built from the trainable parameters leave them alone)."""
+        for blk in self.gpsa_blocks():
+            with torch.no_grad():
+                blk.attn.gating_param.fill_(self.cfg.gate_init)
+            blk.attn.gating_param.requires_grad_(self.cfg.train_gates and self.cfg.train_gpsa)
+            if not self.cfg.train_gpsa:
+                for p in blk.attn.parameters():
+                    p.requires_grad_(False)
 
     # -- small API --------------------------------------------------------------------------
     def gpsa_blocks(self) -> List[Block]:

@@ -161,3 +161,15 @@ def test_torchscript_trace_of_eval_model():
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
         assert (traced(x) - model(x)).abs().max() < 1e-5
+
+
+def test_ablation_switches_freeze_what_they_say():
+    frozen_gates = small(train_gates=False, gate_init=0.0)
+    for blk in frozen_gates.gpsa_blocks():
+        assert not blk.attn.gating_param.requires_grad
+        assert torch.equal(blk.attn.gating_param, torch.zeros(4))
+    frozen = small(train_gpsa=False, use_local_init=False)
+    trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("blocks.0.attn.", "blocks.1.attn.")) for n in trainable)
+    assert "blocks.0.mlp.fc1.weight" in trainable and "blocks.2.attn.qkv.weight" in trainable
+    assert not torch.equal(frozen.blocks[0].attn.v.weight, torch.eye(32))  # no conv init
