@@ -21,8 +21,9 @@ where P = softmax(v_pos^T r) is one [heads, N, N] tensor per forward, shared by 
 batch (and cached in inference).  SDPA picks flash / memory-efficient kernels on GPU.
 q, k and v come from one matmul (the ``qk`` and ``v`` weights concatenated at call time),
 P @ v is one bmm over heads with the batch folded into the columns, the two terms are mixed
-by a single ``torch.lerp``, and P's subnormal entries are flushed to 0 (they made CPU
-matmuls ~7x slower).  Measurements and notes: docs/speed.md.
+by a single ``torch.lerp``, P has no subnormal numbers (its entries below ~1e-27 are
+exactly 0; subnormals made CPU matmuls ~7x slower), and a custom autograd Function keeps
+only SDPA's own tensors for backward.  Measurements and notes: docs/speed.md.
 The explicit formula (eq. 6 with A materialised) is kept in :meth:`GPSA.attention_maps`;
 it is what analysis code reads, what the tests compare the fast path with, and what the
 forward pass falls back on when attention dropout is active (dropout acts on the mixed A,
@@ -94,6 +95,70 @@ def head_centres(num_heads: int) -> torch.Tensor:
     # Built from Python numbers on the CPU explicitly, so it also works under
     # ``with torch.device("meta")`` (local_init moves it to the weights' device).
     return torch.tensor(centres, dtype=torch.float32, device="cpu")
+
+
+def _mix_forward(content, v, pos, g):
+    # content [B, N, h, d]; v [B, h, N, d] (any strides); pos [h, N, N]; g [h]
+    B, h, N, d = v.shape
+    v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)  # the one copy of v
+    y = torch.bmm(pos, v_cols).view(h, N, B, d).permute(2, 1, 0, 3)
+    # content (contiguous [B, N, h, d] from SDPA) goes first so the result keeps its layout.
+    return torch.lerp(content, y, g.view(1, 1, h, 1))
+
+
+class _GatedPositionalMix(torch.autograd.Function):
+    """out = (1 - g_h) content + g_h (P_h @ v_h) for every head h, in [B, N, heads, d].
+
+    P @ v is one bmm over heads with the batch folded into the columns ([heads, N, N] @
+    [heads, N, B*d]); P is never expanded over the batch.  Autograd of the same ops would
+    keep v's [heads, N, B*d] copy and P @ v alive until backward (2 x B*N*C per layer);
+    this Function keeps only its inputs (content is SDPA's output and v a view of the qkv
+    matmul, both saved by SDPA anyway) and recomputes the copy of v in backward.
+    Gradients (y = P @ v, M = dL/dy @ v^T per head):
+        dL/dcontent = (1 - g) dL/dout      dL/dP = g M      dL/dv = (g P)^T dL/dy
+        dL/dg = sum(P * M) - sum(dL/dout * content)   (= sum(dL/dout * (y - content)))
+    The backward is written with differentiable ops, so double backward works too.
+    """
+
+    @staticmethod
+    def forward(ctx, content, v, pos, g):
+        ctx.save_for_backward(content, v, pos, g)
+        return _mix_forward(content, v, pos, g)
+
+    @staticmethod
+    def backward(ctx, grad):
+        content, v, pos, g = ctx.saved_tensors
+        need_content, need_v, need_pos, need_g = ctx.needs_input_grad
+        B, h, N, d = v.shape
+        gh = g.view(h, 1, 1)
+        grad_cols = grad.permute(2, 1, 0, 3).reshape(h, N, B * d)
+        grad_content = grad_v = grad_pos = grad_g = None
+        if need_content:
+            grad_content = grad * (1.0 - g.view(1, 1, h, 1))
+        if need_v:  # (g * P has no subnormals: see GPSA.positional_attention)
+            grad_v = torch.bmm((gh * pos).transpose(1, 2), grad_cols).view(h, N, B, d).permute(2, 0, 1, 3)
+        if need_pos or need_g:
+            v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)  # recomputed, not saved
+            m = torch.bmm(grad_cols, v_cols.transpose(1, 2))  # [h, N, N]
+            if need_pos:
+                grad_pos = gh * m
+            if need_g:
+                grad_g = (pos * m).sum((1, 2)) - (grad * content).sum((0, 1, 3))
+        return grad_content, grad_v, grad_pos, grad_g
+
+
+def gated_positional_mix(content: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                         g: torch.Tensor) -> torch.Tensor:
+    """(1 - g_h) content + g_h P_h @ v_h; content [B, N, heads, d], v [B, heads, N, d],
+    pos [heads, N, N], g [heads]; all of one dtype.  Returns [B, N, heads, d].
+
+    The custom autograd Function is only used when a gradient is needed; inference, and
+    TorchScript tracing (ONNX export), see the same ops as plain aten calls.
+    """
+    if torch.is_grad_enabled() and not torch.jit.is_tracing() and (
+            content.requires_grad or v.requires_grad or pos.requires_grad or g.requires_grad):
+        return _GatedPositionalMix.apply(content, v, pos, g)
+    return _mix_forward(content, v, pos, g)
 
 
 class GPSA(nn.Module):
@@ -168,7 +233,7 @@ class GPSA(nn.Module):
 
         Computed once per forward for the whole batch, outside autocast (it is tiny, and the
         squared distances exceed bf16's exact integer range on large grids).  Probabilities
-        below float32's smallest normal number (1.2e-38) are set to 0 (see below).
+        below ~1e-27 are exactly 0, so P has no subnormal numbers (see below).
 
         In inference (no autograd) P is cached until ``pos_proj``'s weights change: an
         optimizer step, ``load_state_dict``, ``copy_``, ``.to(...)`` or ``set_grid`` all
@@ -178,18 +243,34 @@ class GPSA(nn.Module):
         """
         use_cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         w, b = self.pos_proj.weight, self.pos_proj.bias
-        key = (w._version, b._version, w.data_ptr(), b.data_ptr(), self.grid, self.rel_indices.device)
-        if use_cache and self._pos_cache is not None and self._pos_cache[0] == key:
-            return self._pos_cache[1]
-        with torch.autocast(device_type=self.rel_indices.device.type, enabled=False):
-            scores = F.linear(self.rel_indices.float(), w.float(), b.float())  # [N, N, heads]
-            pos = scores.permute(2, 0, 1).softmax(dim=-1)
-            # Flush subnormal probabilities (< 1.2e-38) to exact zeros.  With the local init
-            # (and in trained models) far patches get exp(-alpha d^2) ~ 1e-40: thousands of
-            # subnormals per head, on which x86 CPUs run matmuls ~7x slower (measured:
-            # docs/speed.md).  The change to any output is below N * 1.2e-38 * max|v|, far
-            # under float32 resolution; the gradient of a flushed entry was below 1e-38.
-            pos = pos.masked_fill(pos < torch.finfo(pos.dtype).tiny, 0.0)
+        key = None
+        if use_cache:  # (version counters and addresses are not traceable: eager only)
+            key = (w._version, b._version, w.data_ptr(), b.data_ptr(), self.grid, self.rel_indices.device)
+            if self._pos_cache is not None and self._pos_cache[0] == key:
+                return self._pos_cache[1]
+        rel = self.rel_indices
+        if rel.dtype not in (torch.float32, torch.float64):
+            # model.to(bfloat16) also converts this buffer, and bf16 rounds squared distances
+            # above 256 (a 14x14 grid reaches 338): rebuild the exact table instead.
+            rel = relative_offsets(self.grid, device=rel.device)
+        N = rel.shape[0]
+        with torch.autocast(device_type=rel.device.type, enabled=False):
+            # scores[h, i*N + j] = v_pos,h . r_ij + b_h, produced directly in [heads, N*N]
+            # layout (r viewed as [3, N*N], no copy) so the softmax runs on contiguous rows.
+            scores = torch.addmm(b.float().unsqueeze(1), w.float(), rel.float().reshape(N * N, 3).t())
+            scores = scores.view(-1, N, N)
+            # No subnormal numbers in P.  With the local init (and in trained models) far
+            # patches get exp(-alpha d^2) ~ 1e-40: thousands of float32 subnormals per head,
+            # on which x86 CPUs run the softmax, its backward and the P @ v matmuls 5-10x
+            # slower (docs/speed.md).  Scores below their row's maximum + thr get probability
+            # exactly 0 instead of less than exp(thr) = e^20 * N * 1.2e-38 (1.1e-27 for
+            # N = 196); every kept probability is >= exp(thr) / N = 5.7e-30, so P and g * P
+            # (gates down to 1e-8, in backward) hold no subnormal number.  The change to any
+            # output is below N * exp(thr) * max|v| (2e-25 max|v| for N = 196), far under
+            # float32 resolution, and so is the change to the gradients.
+            thr = math.log(torch.finfo(torch.float32).tiny) + math.log(N) + 20.0
+            far = scores < scores.amax(dim=-1, keepdim=True) + thr
+            pos = scores.masked_fill(far, float("-inf")).softmax(dim=-1)
         if use_cache:
             # w.detach()/b.detach() keep the keyed storages alive (no address reuse).
             self._pos_cache = (key, pos, w.detach(), b.detach())
@@ -276,40 +357,43 @@ class GPSA(nn.Module):
             return self._forward_explicit(x)
         h, d = self.num_heads, self.head_dim
         qkv = self._qkv(x).view(B, N, 3, h, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided [B, heads, N, d] views, no copy
         content_heads, positional_heads, g = self._branches(self.gate())
+        if content_heads is None and positional_heads is None:
+            content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, heads, d]
+            pos = self.positional_attention().to(content.dtype)
+            out = gated_positional_mix(content, v, pos, g.to(content.dtype))
+        else:  # inference with some branches skipped (see _branches); no autograd here
+            out = self._forward_skipping(q, k, v, content_heads, positional_heads, g)
+        return self.proj_drop(self.proj(out.reshape(B, N, C)))
 
-        content = None  # [B, N, heads, d]: softmax(q k^T / sqrt(d)) v, by SDPA
+    def _forward_skipping(self, q, k, v, content_heads, positional_heads, g) -> torch.Tensor:
+        B, h, N, d = v.shape
+        content = positional = None  # each [B, N, heads, d]
         if content_heads is None or content_heads:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided [B, heads, N, d] views
             if content_heads is not None:
-                q, k, v = q[:, content_heads], k[:, content_heads], v[:, content_heads]
-            content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+                q, k, vc = q[:, content_heads], k[:, content_heads], v[:, content_heads]
+            else:
+                vc = v
+            content = F.scaled_dot_product_attention(q, k, vc).transpose(1, 2)
             if content_heads is not None:
                 content = self._scatter_heads(content, content_heads)
-
-        positional = None  # [B, N, heads, d]: P v, one bmm over heads, batch folded in columns
         if positional_heads is None or positional_heads:
-            pos = self.positional_attention()
-            v = qkv[:, :, 2]  # [B, N, heads, d]
+            pos = self.positional_attention().to(v.dtype)
+            vp = v
             if positional_heads is not None:
-                pos, v = pos[positional_heads], v[:, :, positional_heads]
-            hp = v.shape[2]
-            dtype = content.dtype if content is not None else v.dtype
-            v_cols = v.permute(2, 1, 0, 3).reshape(hp, N, B * d)  # the one copy of v
-            positional = torch.bmm(pos.to(v_cols.dtype), v_cols).to(dtype)
-            positional = positional.view(hp, N, B, d).permute(2, 1, 0, 3)  # P is never expanded over B
+                pos, vp = pos[positional_heads], v[:, positional_heads]
+            hp = vp.shape[1]
+            v_cols = vp.permute(1, 2, 0, 3).reshape(hp, N, B * d)
+            positional = torch.bmm(pos, v_cols).view(hp, N, B, d).permute(2, 1, 0, 3)
             if positional_heads is not None:
                 positional = self._scatter_heads(positional, positional_heads)
-
         if content is None:
-            out = positional
-        elif positional is None:
-            out = content
-        else:
-            # (1 - sigma) content + sigma positional in one pass; content (contiguous
-            # [B, N, heads, d] from SDPA) goes first so the result keeps its layout.
-            out = torch.lerp(content, positional, g.to(content.dtype).view(1, 1, h, 1))
-        return self.proj_drop(self.proj(out.reshape(B, N, C)))
+            return positional
+        if positional is None:
+            return content
+        # Skipped heads have g exactly 1 (or 0) and a zero branch: lerp returns the other exactly.
+        return torch.lerp(content, positional.to(content.dtype), g.to(content.dtype).view(1, 1, h, 1))
 
     def _scatter_heads(self, t: torch.Tensor, heads) -> torch.Tensor:
         full = t.new_zeros(t.shape[0], t.shape[1], self.num_heads, t.shape[3])

@@ -14,6 +14,12 @@ from typing import List, Optional
 # name -> (module, one-line help). Keep in data-flow order.
 COMMANDS = {
     "models": ("convit.commands.models", "list the model zoo (params, FLOPs, GPSA layers)"),
+    "train": ("convit.commands.train", "train a model with the DeiT recipe (no arguments: the digits main job)"),
+    "eval": ("convit.commands.evaluate", "top-1/top-5/loss and images/s of a checkpoint on a dataset"),
+    "predict": ("convit.commands.predict", "top-k classes of image files"),
+    "export": ("convit.commands.export", "export a checkpoint to ONNX"),
+    "analyze": ("convit.commands.analyze", "locality figures and HTML report of a checkpoint and its logs"),
+    "experiment": ("convit.commands.experiment", "resumable sweeps reproducing the paper's sample-efficiency and ablation results"),
 }
 
 

@@ -242,6 +242,19 @@ class ConViT(nn.Module):
         """Recompute each block's activations in backward instead of storing them."""
         self.grad_checkpointing = enable
 
+    def set_gate_skip_tolerance(self, tol: Optional[float]) -> None:
+        """Opt-in inference shortcut for every GPSA block (None turns it off, the default).
+
+        In inference (no autograd) a head whose gate sigma(lambda) >= 1 - tol skips its
+        content branch and one with sigma <= tol skips its positional branch; each attention
+        output element (before ``proj``) moves by at most 2 * tol * max|v|.  See
+        :meth:`convit.attention.GPSA._branches`.
+        """
+        if tol is not None and not 0.0 <= tol < 0.5:
+            raise ValueError(f"the gate skip tolerance must be in [0, 0.5), got {tol}")
+        for blk in self.gpsa_blocks():
+            blk.attn.skip_gate_tol = tol
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head

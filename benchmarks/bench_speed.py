@@ -1,0 +1,397 @@
+#!/usr/bin/env python
+"""Speed and memory of our ConViT/DeiT against timm's, side by side in one process.
+
+For each size X in --models (tiny by default) four competitors are built:
+
+    ours_convit   convit.create_model("convit_X")      (timm's weights copied in)
+    timm_convit   timm.create_model("convit_X")
+    ours_deit     convit.create_model("deit_X")        (timm's weights copied in)
+    timm_deit     timm.create_model("deit_X_patch16_224")
+
+Our models get timm's (random-init) weights so that every pair computes the same function;
+the script checks the logits agree before timing.  Two modes are measured:
+
+    infer   eval(), torch.inference_mode(), one forward of a batch
+    train   train(), zero_grad, forward, cross-entropy, backward, AdamW step
+
+Repeats are INTERLEAVED (round r runs every competitor once, in a rotated order), so the
+competitors share the same machine load; we report the median time per competitor and,
+for ratios, the median of the per-round ratios (paired, robust to load changes between
+rounds).  images/s = batch / median time.
+
+Memory is the peak EXTRA memory of one call: the high-water mark during the call minus
+what was in use just before it (activations, temporaries, gradients; not the weights or
+the optimizer state, which already exist).  On CUDA: torch.cuda.max_memory_allocated after
+reset_peak_memory_stats.  On CPU: Linux's peak resident set size (VmHWM, reset through
+/proc/self/clear_refs) minus VmRSS before the call; the script re-executes itself with
+MALLOC_MMAP_THRESHOLD_=65536 so that glibc returns freed tensors to the OS at once
+(otherwise the RSS before a call would already contain cached free memory).  CPU figures
+are therefore process-level and approximate (+- a few MB); where clear_refs is not
+available the memory column says n/a.
+
+CPU defaults: float32, batch 32, 224x224.  CUDA defaults: bf16 autocast, batch 256 for
+inference and 128 for training, CUDA-event timing after warm-up, every SDPA backend enabled,
+and the model FLOPs utilisation (MFU) of each training run:
+    achieved FLOP/s = 3 x (2 x forward MACs per image) x images/s
+    MFU             = achieved FLOP/s / measured bf16 matmul peak (an 8192^3 matmul, timed here)
+with forward MACs from convit.commands.models.flops(cfg) (the papers' counting convention).
+
+Examples:
+    python benchmarks/bench_speed.py                                 # CPU, tiny, ~2-3 min
+    python benchmarks/bench_speed.py --device cuda --models tiny,small,base --json gpu.json
+    python benchmarks/bench_speed.py --device cuda --models base --compile
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+_MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--models", default="tiny", help="comma-separated sizes: tiny,small,base")
+    p.add_argument("--modes", default="infer,train", help="comma-separated: infer,train")
+    p.add_argument("--batch", type=int, default=None, help="inference batch (cpu 32, cuda 256)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (cpu 32, cuda 128)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (cpu: 5 infer / 3 train; cuda: 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per competitor (cpu 1, cuda 5)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                   help="fp32 = no autocast, bf16 = bf16 autocast (default: cpu fp32, cuda bf16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (same ratios reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated subset of ours_convit,timm_convit,ours_deit,timm_deit")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch.set_flush_denormal(True) for the whole run (x86 CPU; informational)")
+    p.add_argument("--no-check", action="store_true", help="skip the ours-vs-timm logits check")
+    p.add_argument("--peak-matmul", type=int, default=8192, help="size of the bf16 peak matmul (cuda)")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--no-reexec", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.batch = args.batch or (256 if cuda else 32)
+    args.train_batch = args.train_batch or (128 if cuda else 32)
+    args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    return args
+
+
+# -- memory --------------------------------------------------------------------------------
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class MemoryMeter:
+    """Peak extra memory (bytes) of one call; see the module docstring."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = device
+        self.available = True
+        if device == "cpu":
+            self.available = _reset_peak_rss() and _proc_status_kb("VmHWM") is not None
+        self.note = ("torch.cuda.max_memory_allocated - allocated before the call" if device == "cuda" else
+                     "peak RSS (VmHWM after clear_refs) - RSS before the call, glibc "
+                     f"{_MMAP_ENV}={os.environ.get(_MMAP_ENV, 'unset')}" if self.available else
+                     "n/a: /proc/self/clear_refs not writable, peak RSS cannot be reset")
+
+    def measure(self, fn: Callable[[], None]) -> Optional[int]:
+        torch = self.torch
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before
+        if not self.available:
+            fn()
+            return None
+        before = _proc_status_kb("VmRSS")
+        _reset_peak_rss()
+        fn()
+        return (_proc_status_kb("VmHWM") - before) * 1024
+
+
+# -- timing --------------------------------------------------------------------------------
+class Timer:
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.cuda = device == "cuda"
+
+    def __call__(self, fn: Callable[[], None]) -> float:
+        torch = self.torch
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def measured_bf16_peak(n: int, timer: Timer, repeats: int = 10) -> float:
+    """FLOP/s of an n x n x n bf16 matmul on the current GPU (median of `repeats`)."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = [timer(lambda: a @ b) for _ in range(repeats)]
+    del a, b
+    return 2 * n ** 3 / statistics.median(times)
+
+
+# -- models --------------------------------------------------------------------------------
+COMPETITORS = ("ours_convit", "timm_convit", "ours_deit", "timm_deit")
+
+
+def build_models(size: str, device: str, only: Optional[List[str]], check: bool, img: int):
+    """{name: (model, forward-MACs per image)} with timm's weights copied into ours."""
+    import timm
+    import torch
+
+    import convit
+    from convit.checkpoint import load_into
+    from convit.commands.models import flops
+
+    models = {}
+    for kind, timm_name in (("convit", f"convit_{size}"), ("deit", f"deit_{size}_patch16_224")):
+        torch.manual_seed(0)
+        ref = timm.create_model(timm_name)
+        ours = convit.create_model(f"{kind}_{size}")
+        load_into(ours, ref.state_dict(), source=f"timm {timm_name}")
+        macs = flops(ours.cfg)
+        if check:
+            x = torch.randn(2, 3, img, img)
+            with torch.inference_mode():
+                diff = (ours.eval()(x) - ref.eval()(x)).abs().max().item()
+            print(f"  check {kind}_{size}: max |logits ours - timm| = {diff:.2e}", flush=True)
+            if diff > 1e-3:
+                raise SystemExit(f"ours and timm disagree on {kind}_{size} ({diff}); not timing different functions")
+        models[f"ours_{kind}"] = (ours.to(device), macs)
+        models[f"timm_{kind}"] = (ref.to(device), macs)
+    if only:
+        models = {k: v for k, v in models.items() if k in only}
+    return models
+
+
+def make_step(model, mode: str, x, y, autocast_dtype, device: str):
+    import torch
+    import torch.nn.functional as F
+
+    ac = (lambda: torch.autocast(device_type=device, dtype=autocast_dtype)) if autocast_dtype is not None \
+        else (lambda: torch.autocast(device_type=device, enabled=False))
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), ac():
+                model(x)
+        return step, None
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05)
+
+    def step():
+        with ac():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)  # no gradients alive between steps: the memory
+        # measured for one step includes them
+    return step, opt
+
+
+def run_mode(models: Dict, mode: str, args, timer: Timer, meter: MemoryMeter) -> Dict:
+    import torch
+
+    batch = args.batch if mode == "infer" else args.train_batch
+    dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device)
+    y = torch.randint(0, 1000, (batch,), device=args.device)
+    repeats = args.repeats or (20 if args.device == "cuda" else (5 if mode == "infer" else 3))
+    steps, results = {}, {}
+    for name, (model, macs) in models.items():
+        m = torch.compile(model) if args.compile else model
+        steps[name], _ = make_step(m, mode, x, y, dtype, args.device)
+        results[name] = {"times": [], "batch": batch, "macs_per_image": macs}
+    for name, step in steps.items():  # warm-up (and compilation; AdamW creates its state)
+        t0 = time.perf_counter()
+        for _ in range(max(args.warmup, 1)):
+            step()
+        results[name]["warmup_s"] = time.perf_counter() - t0
+    names = list(steps)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            if r == 0:  # the memory of one steady-state call, taken in the first timed round
+                # (the meter's own cost, reading /proc or syncing the GPU, is ~ms: negligible)
+                box = {}
+                results[name]["times"].append(
+                    timer(lambda: box.update(mem=meter.measure(steps[name]))))
+                results[name]["peak_extra_bytes"] = box["mem"]
+            else:
+                results[name]["times"].append(timer(steps[name]))
+        print(f"  {mode} round {r + 1}/{repeats}: " +
+              "  ".join(f"{n} {results[n]['times'][-1]:.3f}s" for n in names), flush=True)
+    for name, res in results.items():
+        med = statistics.median(res["times"])
+        res["median_s"], res["min_s"] = med, min(res["times"])
+        res["images_per_s"] = batch / med
+        if mode == "train" and args.device == "cuda" and args.peak_flops:
+            achieved = 3 * 2 * res["macs_per_image"] * res["images_per_s"]
+            res["achieved_flops"], res["mfu"] = achieved, achieved / args.peak_flops
+    # paired ratios: per round, images/s of a over images/s of b = time_b / time_a
+    ratios = {}
+    for a, b in (("ours_convit", "ours_deit"), ("ours_convit", "timm_deit"), ("ours_convit", "timm_convit"),
+                 ("ours_deit", "timm_deit")):
+        if a in results and b in results:
+            per_round = [tb / ta for ta, tb in zip(results[a]["times"], results[b]["times"])]
+            ratios[f"{a}/{b}"] = {"median": statistics.median(per_round), "per_round": per_round,
+                                  "of_medians": results[a]["images_per_s"] / results[b]["images_per_s"]}
+    return {"results": results, "ratios": ratios}
+
+
+def environment(args) -> Dict:
+    import timm
+    import torch
+
+    import convit
+
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+        "convit": convit.__version__, "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "flush_denormal": args.flush_denormal, "compile": args.compile, "dtype": args.dtype,
+    }
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    env["cpu"] = cpu
+    if args.device == "cuda":
+        env["device"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+        env["sdpa_backends"] = {"flash": torch.backends.cuda.flash_sdp_enabled(),
+                                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                                "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
+                                "math": torch.backends.cuda.math_sdp_enabled()}
+    else:
+        env["device"] = f"cpu: {cpu}"
+    return env
+
+
+def print_table(size: str, mode_out: Dict, args, mem_note: str) -> None:
+    for mode, out in mode_out.items():
+        res = out["results"]
+        print(f"\n[{size}] {mode}: batch {next(iter(res.values()))['batch']}, {args.dtype}, "
+              f"{args.img_size}x{args.img_size}{', compiled' if args.compile else ''}")
+        hdr = f"  {'model':<12} {'images/s':>9} {'median s':>9} {'min s':>8} {'peak extra MB':>14}"
+        if mode == "train" and args.device == "cuda":
+            hdr += f" {'MFU':>6}"
+        print(hdr)
+        for name, r in res.items():
+            mem = "n/a" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2 ** 20:.0f}"
+            line = f"  {name:<12} {r['images_per_s']:>9.1f} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {mem:>14}"
+            if "mfu" in r:
+                line += f" {100 * r['mfu']:>5.1f}%"
+            print(line)
+        for k, v in out["ratios"].items():
+            print(f"  images/s ratio {k:<26} {v['median']:.2f}  (paired rounds; ratio of medians "
+                  f"{v['of_medians']:.2f})")
+    print(f"  memory: {mem_note}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cpu" and _MMAP_ENV not in os.environ and not args.no_reexec:
+        env = dict(os.environ, **{_MMAP_ENV: "65536"})
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        print("warning: this CPU does not support flush-denormal mode")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device visible")
+        for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                       torch.backends.cuda.enable_math_sdp):
+            enable(True)
+    timer, meter = Timer(args.device), MemoryMeter(args.device)
+    env = environment(args)
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    cmd = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
+    print(f"command: {cmd}", flush=True)
+    args.peak_flops = None
+    if args.device == "cuda":
+        args.peak_flops = measured_bf16_peak(args.peak_matmul, timer)
+        env["bf16_matmul_peak_tflops"] = args.peak_flops / 1e12
+        print(f"measured bf16 matmul peak ({args.peak_matmul}^3): {args.peak_flops / 1e12:.1f} TFLOP/s")
+    only = args.only.split(",") if args.only else None
+    out = {"environment": env, "command": cmd, "args": {k: v for k, v in vars(args).items()},
+           "memory_note": meter.note, "sizes": {}}
+    t_start = time.perf_counter()
+    for size in args.models.split(","):
+        print(f"\n== {size} ==", flush=True)
+        models = build_models(size, args.device, only, not args.no_check, args.img_size)
+        out["sizes"][size] = {}
+        for mode in args.modes.split(","):
+            out["sizes"][size][mode] = run_mode(models, mode, args, timer, meter)
+        print_table(size, out["sizes"][size], args, meter.note)
+        del models
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    out["wall_s"] = time.perf_counter() - t_start
+    print(f"\nwall time {out['wall_s']:.0f} s; load average now {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

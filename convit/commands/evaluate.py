@@ -1,0 +1,98 @@
+"""``convit eval``: top-1 / top-5 / loss and throughput of a checkpoint on a dataset.
+
+Works for our model files (the architecture and the data statistics are stored in them),
+the official ``.pth`` files and timm's ``.safetensors`` / ``.bin`` (pass ``--model`` for
+a DeiT, whose head count cannot be read off its weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from ..checkpoint import CheckpointError, read_checkpoint, read_metadata_json
+from ..model import ConViT
+
+__all__ = ["load_model", "add_arguments", "run"]
+
+
+def load_model(checkpoint: str, name: Optional[str] = None, img_size: Optional[int] = None,
+               device: str = "cpu") -> Tuple[ConViT, Dict[str, Any]]:
+    """The eval-mode model in ``checkpoint`` and what the file says about its data.
+
+    Returns ``(model, info)`` with ``info`` = ``{"class_names": [...] or None, "data": {mean,
+    std, img_size, in_chans, native_size, dataset} or None}`` (only our files carry them).
+    This is the code path of ``convit eval``, ``predict`` and ``export``.
+    """
+    from ..zoo import create_model
+
+    _, meta = read_checkpoint(checkpoint)
+    overrides = {"img_size": img_size} if img_size else {}
+    try:
+        model = create_model(name, checkpoint_path=checkpoint, **overrides)
+    except CheckpointError as e:
+        hint = ("\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
+                "--model, or omit --model for files written by `convit train`)" if name else "")
+        raise CheckpointError(f"{e}{hint}") from None
+    info = {"class_names": read_metadata_json(meta, "class_names"), "data": read_metadata_json(meta, "data"),
+            "model_name": read_metadata_json(meta, "model_name") or name}
+    return model.to(device).eval(), info
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="our .safetensors, an official .pth, or timm's .safetensors/.bin")
+    p.add_argument("--model", default=None, help="zoo name (needed for foreign DeiT files; default: from the file)")
+    p.add_argument("--dataset", default=None,
+                   help="digits, fashion-mnist, cifar10, cifar100, imagefolder (default: the one the "
+                        "checkpoint was trained on)")
+    p.add_argument("--data-path", default=None, help="dataset folder or file")
+    p.add_argument("--download", action="store_true", help="let torchvision download fashion-mnist / cifar")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test split, or the validation hold-out of the train split (default: test)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="hold-out fraction for --split val")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --split val hold-out")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from ..data import build_data
+    from ..engine import evaluate
+    from ..train import resolve_amp, resolve_device
+
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, args.model, args.img_size, str(device))
+    dataset = args.dataset or (info["data"] or {}).get("dataset")
+    if dataset is None:
+        raise ValueError("--dataset is needed: this checkpoint does not say which dataset it was trained on")
+    img_size = args.img_size or model.cfg.img_size[0]
+    data = build_data(dataset, args.data_path, img_size=img_size,
+                      val_fraction=args.val_fraction if args.split == "val" else 0.0, seed=args.seed,
+                      augment="none", download=args.download)
+    if data.in_chans != model.cfg.in_chans:
+        raise ValueError(f"the checkpoint takes {model.cfg.in_chans}-channel images but {dataset} has "
+                         f"{data.in_chans} channel(s)")
+    if model.num_classes != data.num_classes:
+        raise ValueError(f"the checkpoint has {model.num_classes} classes but {dataset} has {data.num_classes}: "
+                         f"fine-tune it first, e.g. `convit train --finetune {args.checkpoint} --dataset {dataset}` "
+                         f"(its head is replaced by a {data.num_classes}-class one)")
+    ds = data.val if args.split == "val" else data.test
+    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
+                        pin_memory=device.type == "cuda")
+    metrics = evaluate(model, loader, device, resolve_amp(args.amp, device))
+    metrics = {"checkpoint": str(Path(args.checkpoint)), "dataset": dataset, "split": args.split, **metrics}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{dataset} {args.split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+              f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['images_per_s']:.0f} images/s "
+              f"on {device})")
+    return 0

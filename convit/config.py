@@ -1,0 +1,385 @@
+"""Every knob of a training run, in one place (:class:`TrainConfig`), and how it is set.
+
+Precedence, lowest first:
+
+1. the dataclass defaults below (the DeiT ImageNet recipe where DeiT has a value);
+2. a preset (:data:`PRESETS`): ``imagenet``, ``digits``, ``fashion-mnist`` or ``cifar``.  When
+   none is named, the dataset picks one (digits -> ``digits``, cifar10/100 -> ``cifar``, ...);
+3. a YAML or TOML file (``convit train --config run.yaml``): a flat mapping of field names;
+4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``).
+
+Unknown keys are an error that names the closest known key.  The effective config is written
+to ``<output>/config.yaml`` by :func:`convit.train.fit`; that file can be passed back with
+``--config`` to repeat the run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET_FOR_DATASET", "build_config", "load_config_file",
+           "add_config_arguments", "config_from_args", "save_config"]
+
+
+def _knob(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with its help text (used for the CLI flag and the docs)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """One training run.  Defaults are DeiT's ImageNet recipe (Touvron et al. 2021), which
+    ConViT trains with unchanged; the presets adapt it to small data sets."""
+
+    # -- preset ----------------------------------------------------------------------------
+    preset: Optional[str] = _knob(None, "named preset applied under the config file and flags: "
+                                        "imagenet, digits, fashion-mnist, cifar; none given: chosen by --dataset")
+    # -- model -----------------------------------------------------------------------------
+    model: str = _knob("convit_digits", "zoo name (see `convit models`)")
+    model_kwargs: Dict[str, Any] = _knob({}, "extra ConViTConfig fields, e.g. patch_size=4 depth=6")
+    drop_path: float = _knob(0.1, "stochastic depth rate (drop_path_rate of the model)")
+    num_classes: Optional[int] = _knob(None, "classifier size; default: the dataset's class count. "
+                                             "With --finetune, the head is reset to this size")
+    finetune: Optional[str] = _knob(None, "start from these weights (ours, official .pth, timm "
+                                          ".safetensors/.bin); a different head is re-initialised")
+    pretrained: bool = _knob(False, "start from the zoo model's published weights (found locally)")
+    # -- data ------------------------------------------------------------------------------
+    dataset: str = _knob("digits", "digits, fashion-mnist, cifar10, cifar100 or imagefolder")
+    data_path: Optional[str] = _knob(None, "dataset folder or file (see convit.data)")
+    download: bool = _knob(False, "let torchvision download fashion-mnist / cifar if absent")
+    img_size: Optional[int] = _knob(None, "input resolution; default: the dataset's native size")
+    sampling_ratio: float = _knob(1.0, "fraction of each class of the train split to train on, in (0, 1]")
+    scale_epochs: bool = _knob(False, "multiply epochs and warmup by 1/sampling_ratio, so that every "
+                                      "ratio sees the same number of images")
+    val_fraction: float = _knob(0.0, "fraction of the train split held out (per class) for validation "
+                                     "and model selection")
+    augment: str = _knob("auto", "auto, deit (RandAugment+erasing), small (crop+flip) or none")
+    repeated_aug: bool = _knob(False, "repeated augmentation (3 augmented copies per image, DeiT)")
+    num_workers: int = _knob(0, "DataLoader worker processes per training process")
+    # -- optimisation ----------------------------------------------------------------------
+    epochs: int = _knob(300, "training epochs (before --scale-epochs)")
+    batch_size: int = _knob(64, "images per step per process")
+    lr: Optional[float] = _knob(None, "absolute learning rate; default: blr * global_batch / 512")
+    blr: float = _knob(5e-4, "base learning rate, scaled by global_batch / 512 (DeiT's rule)")
+    opt: str = _knob("adamw", "optimizer name for timm.optim.create_optimizer_v2")
+    opt_eps: float = _knob(1e-8, "optimizer epsilon")
+    momentum: float = _knob(0.9, "momentum (SGD-like optimizers)")
+    weight_decay: float = _knob(0.05, "weight decay (not applied to biases, norms, position "
+                                      "embeddings, class token and gates)")
+    clip_grad: Optional[float] = _knob(None, "clip the gradient norm to this value")
+    sched: str = _knob("cosine", "learning-rate schedule for timm.scheduler.create_scheduler_v2")
+    warmup_epochs: float = _knob(5, "linear warm-up epochs (before --scale-epochs)")
+    warmup_lr: float = _knob(1e-6, "learning rate at the start of warm-up")
+    min_lr: float = _knob(1e-5, "final learning rate of the cosine schedule")
+    # -- regularisation --------------------------------------------------------------------
+    mixup: float = _knob(0.8, "mixup alpha (0 = off)")
+    cutmix: float = _knob(1.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = _knob(1.0, "probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = _knob(0.5, "probability of cutmix rather than mixup when both are on")
+    smoothing: float = _knob(0.1, "label smoothing")
+    model_ema: bool = _knob(False, "keep an exponential moving average of the weights (evaluated too)")
+    model_ema_decay: float = _knob(0.99996, "EMA decay per step")
+    # -- system ----------------------------------------------------------------------------
+    device: str = _knob("auto", "auto (cuda if available), cpu, cuda, cuda:1, mps")
+    amp: str = _knob("auto", "mixed precision: auto (bf16 on CUDA, off elsewhere), bf16, fp16, off")
+    compile: bool = _knob(False, "torch.compile the model")
+    channels_last: bool = _knob(False, "channels-last memory format (helps convolutions on GPU)")
+    threads: Optional[int] = _knob(None, "CPU threads per process; default: cpu_count / processes")
+    seed: int = _knob(0, "random seed (data split, init, augmentation order)")
+    # -- run, logging ----------------------------------------------------------------------
+    output: Optional[str] = _knob(None, "run folder; default runs/<model>_<dataset> (a free "
+                                        "suffix is added if it already holds a run)")
+    resume: Optional[str] = _knob(None, "continue a run: its last.pt or its folder")
+    overwrite: bool = _knob(False, "allow writing into an --output folder that already holds a run")
+    eval_every: int = _knob(1, "evaluate on the validation split every N epochs (and at the end)")
+    log_every: int = _knob(0, "without a terminal: print a line every N steps (0 = once per epoch)")
+    locality: bool = _knob(True, "log per-layer nonlocality and gates every evaluated epoch")
+    tensorboard: bool = _knob(False, "also log scalars to <output>/tensorboard (needs tensorboard)")
+    report: bool = _knob(True, "write figures and report.html into the run folder at the end")
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check values that would otherwise fail late or silently; returns self."""
+        def bad(msg: str) -> None:
+            raise ValueError(msg)
+
+        if not (0.0 < float(self.sampling_ratio) <= 1.0):  # also rejects NaN
+            bad(f"--sampling-ratio must be in (0, 1], got {self.sampling_ratio}")
+        if not (0.0 <= float(self.val_fraction) < 1.0):
+            bad(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("epochs", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "blr", "weight_decay", "mixup", "cutmix", "drop_path",
+                     "num_workers", "log_every", "warmup_lr", "min_lr"):
+            v = float(getattr(self, name))
+            if not v >= 0 or math.isinf(v):
+                bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            bad(f"--lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.smoothing < 1:
+            bad(f"--smoothing must be in [0, 1), got {self.smoothing}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            bad(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.num_classes is not None and self.num_classes < 1:
+            bad(f"--num-classes must be positive, got {self.num_classes}")
+        if self.threads is not None and self.threads < 1:
+            bad(f"--threads must be positive, got {self.threads}")
+        if self.preset is not None and self.preset not in PRESETS:
+            bad(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            bad(f"--clip-grad must be positive, got {self.clip_grad}")
+        return self
+
+    @property
+    def run_epochs(self) -> int:
+        """Epochs actually run: ``epochs``, times 1/sampling_ratio with --scale-epochs."""
+        if self.scale_epochs:
+            return max(1, int(round(self.epochs / self.sampling_ratio)))
+        return int(self.epochs)
+
+    @property
+    def run_warmup_epochs(self) -> float:
+        """Warm-up epochs actually run (scaled like :attr:`run_epochs`)."""
+        return self.warmup_epochs / self.sampling_ratio if self.scale_epochs else self.warmup_epochs
+
+    def resolved_lr(self, world_size: int = 1) -> float:
+        """The absolute learning rate: ``lr`` if set, else DeiT's ``blr * global_batch / 512``."""
+        if self.lr is not None:
+            return float(self.lr)
+        return self.blr * self.batch_size * world_size / 512.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Presets: only the fields that differ from the defaults above (the DeiT ImageNet recipe).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # DeiT/ConViT on ImageNet (imagefolder layout): 300 epochs, batch 1024 in total over the
+    # GPUs (lr = 5e-4 * 1024 / 512 = 1e-3), RandAugment + random erasing, repeated augmentation.
+    "imagenet": dict(model="convit_tiny", dataset="imagefolder", epochs=300, batch_size=128,
+                     augment="deit", repeated_aug=True, num_workers=8, val_fraction=0.0),
+    # The main job: 1.3k 8x8 digit images on a laptop CPU in a few minutes.  Chosen on the
+    # validation split (10% of train), never on the test split.  One thread: these tensors are
+    # too small for intra-op parallelism to pay, and two threads on a busy 2-core machine
+    # measured 5x slower than one.
+    "digits": dict(model="convit_digits", dataset="digits", epochs=40, batch_size=32, lr=3e-3,
+                   warmup_epochs=2, min_lr=1e-5, weight_decay=0.05, mixup=0.0, cutmix=0.0,
+                   smoothing=0.1, drop_path=0.0, val_fraction=0.1, num_workers=0, threads=1),
+    # 60k 28x28 images: a ConViT-Ti on a 7x7 grid of 4x4 patches.  A sensible start, not tuned.
+    "fashion-mnist": dict(model="convit_tiny", model_kwargs={"patch_size": 4}, dataset="fashion-mnist",
+                          epochs=30, batch_size=128, blr=2e-3, warmup_epochs=3, mixup=0.2,
+                          cutmix=0.0, drop_path=0.1, val_fraction=0.1, num_workers=2),
+    # CIFAR-10/100 from scratch: 8x8 grid of 4x4 patches, DeiT's regularisation.  Not tuned.
+    "cifar": dict(model="convit_tiny", model_kwargs={"patch_size": 4}, dataset="cifar10",
+                  epochs=100, batch_size=128, blr=2e-3, warmup_epochs=5, drop_path=0.1,
+                  val_fraction=0.1, num_workers=4),
+}
+
+DEFAULT_PRESET_FOR_DATASET = {"digits": "digits", "fashion-mnist": "fashion-mnist",
+                              "cifar10": "cifar", "cifar100": "cifar", "imagefolder": "imagenet"}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Type coercion (config files and flags arrive as strings / YAML scalars)
+# ---------------------------------------------------------------------------------------------
+
+def _field_type(name: str):
+    hints = typing.get_type_hints(TrainConfig)
+    t = hints[name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    optional = typing.get_origin(t) is typing.Union and len(args) < len(typing.get_args(t))
+    base = args[0] if optional else t
+    return (typing.get_origin(base) or base), optional
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` to the type of field ``name``, with an error naming the field."""
+    typ, optional = _field_type(name)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ValueError(f"config key {name!r} cannot be empty")
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+        if typ is dict:
+            if isinstance(value, Mapping):
+                return dict(value)
+            raise ValueError
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ValueError(f"config key {name!r}: cannot use {value!r} as {getattr(typ, '__name__', typ)}")
+
+
+def _check_keys(d: Mapping[str, Any], where: str) -> None:
+    unknown = [k for k in d if k not in _FIELDS]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k.replace("-", "_"), list(_FIELDS), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown config key(s) in {where}: {', '.join(hints)}. "
+                         f"Known keys: {', '.join(_FIELDS)}")
+
+
+def load_config_file(path: os.PathLike) -> Dict[str, Any]:
+    """Read a flat mapping of config keys from YAML (``.yaml``/``.yml``) or TOML (``.toml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"cannot parse TOML config {path}: {e}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"cannot parse YAML config {path}: {e}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    _check_keys(data, str(path))
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Optional[os.PathLike] = None,
+                 ) -> TrainConfig:
+    """Defaults < preset < config file < ``overrides`` (e.g. the flags given on the command line).
+
+    The preset is the one named in ``overrides``, else in the file, else the one of the
+    dataset (from the same places, default ``digits``).
+    """
+    overrides = dict(overrides or {})
+    _check_keys(overrides, "overrides")
+    overrides = {k: _coerce(k, v) for k, v in overrides.items()}
+    from_file = load_config_file(config_file) if config_file else {}
+    layered = {**from_file, **overrides}
+    dataset = layered.get("dataset", TrainConfig.dataset)
+    preset = layered.get("preset") or DEFAULT_PRESET_FOR_DATASET.get(dataset)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    values: Dict[str, Any] = {}
+    if preset is not None:
+        values.update(PRESETS[preset])
+        values["preset"] = preset
+    values.update(layered)
+    if "dataset" in layered:  # a preset's dataset never overrides the one asked for
+        values["dataset"] = layered["dataset"]
+    return TrainConfig(**values).validate()
+
+
+def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[str, Any]] = None) -> None:
+    """Write ``cfg`` as YAML (loadable with ``--config``); ``comments`` go on top as ``# k: v``."""
+    import yaml
+
+    lines = [f"# {k}: {v}" for k, v in (comments or {}).items()]
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    Path(path).write_text("\n".join(lines + [body]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line flags: one per field, generated from the dataclass so nothing is forgotten
+# ---------------------------------------------------------------------------------------------
+
+def _parse_kwargs(items) -> Dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+class _KwargsAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, _parse_kwargs(values))
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"{option_string}: {e}")
+
+
+def _optional_number(typ):
+    def parse(s: str):
+        return None if s.lower() in ("none", "null") else typ(s)
+    parse.__name__ = typ.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field, defaulting to "not given" (argparse.SUPPRESS)
+    so that :func:`config_from_args` can tell flags given on the command line from defaults."""
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="YAML or TOML file of config keys (flags override it)")
+    parser.description = (parser.description or "") + (
+        " Defaults shown are DeiT's ImageNet recipe; the preset (digits when no --dataset is given) "
+        "changes some of them.")
+    for f in dataclasses.fields(TrainConfig):
+        typ, optional = _field_type(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = f"default {default}"
+        if f.name in PRESETS["digits"] and PRESETS["digits"][f.name] != default:
+            shown += f"; digits preset {PRESETS['digits'][f.name]}"
+        help_ = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
+        kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
+        if typ is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typ is dict:
+            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", action=_KwargsAction, **kw)
+        elif f.name == "resume":
+            parser.add_argument(flag, nargs="?", const="auto", metavar="PATH",
+                                **{**kw, "help": help_ + "; without PATH: the --output folder"})
+        elif f.name == "preset":
+            parser.add_argument(flag, choices=list(PRESETS), **kw)
+        else:
+            parser.add_argument(flag, type=_optional_number(typ) if optional and typ in (int, float) else typ,
+                                metavar=f.name.upper() if typ is not str else None, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config for ``convit train``'s parsed flags (only flags actually given override)."""
+    given = {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
+    return build_config(given, getattr(args, "config", None))

@@ -1,0 +1,103 @@
+"""The little that training needs to know about ``torchrun``: who am I, how many are we, and
+how to sum a number over all of us.
+
+``torchrun --nproc_per_node=N -m convit.cli train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; without them everything here degrades to one process (rank 0 of 1) and no
+``torch.distributed`` call is made.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "broadcast_object",
+           "barrier", "ShardSampler"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group described by torchrun's environment variables (if any).
+
+    Backend: NCCL for CUDA, gloo otherwise (CPU).  Returns rank 0 of 1 when not launched by
+    torchrun (or with WORLD_SIZE=1).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, local_world)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all processes in place (a no-op in a single process); returns ``t``."""
+    if _active():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s value of a picklable object, on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index starting at ``rank``, in order, without padding.
+
+    For evaluation: each image is seen exactly once over all ranks, so summing correct counts
+    and losses over ranks gives exact metrics (torch's DistributedSampler pads with
+    duplicates to equalise shard sizes, which would count some images twice).
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))

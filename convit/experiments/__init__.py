@@ -1,0 +1,14 @@
+"""Small-scale reproductions of the ConViT paper's experiments (sample efficiency, ablations).
+
+* :mod:`.grids`   -- the comparisons (variants) and the scales they run at (presets);
+* :mod:`.runner`  -- a resumable sweep of training runs, one folder per run;
+* :mod:`.results` -- mean +- std tables, relative gains over DeiT, figures;
+* :mod:`.gpu_data` -- CIFAR-sized data held and augmented on the GPU, and its training loop.
+
+Command line: ``convit experiment GRID --preset PRESET`` (see ``convit experiment --help``).
+"""
+from .grids import GRIDS, PRESETS, Preset, Variant, grid_variants
+from .runner import RunSpec, execute_run, load_results, plan_runs, run_sweep
+
+__all__ = ["GRIDS", "PRESETS", "Preset", "Variant", "grid_variants", "RunSpec", "plan_runs", "execute_run",
+           "run_sweep", "load_results"]

@@ -1,0 +1,328 @@
+"""Run a grid of training runs, one folder each, resumably.
+
+Layout of a sweep folder::
+
+    DIR/sweep.json                          what was asked for (grid, preset, fractions, seeds)
+    DIR/<variant>/f<fraction>/seed<k>/      one run folder of convit.train.fit (config.yaml,
+                                            log.jsonl, last.pt, model.safetensors, ...)
+        train.log                           the run's console output
+        result.json                         written atomically when the run has finished
+    DIR/results.csv, results.md, *.png      written by convit.experiments.results
+
+Resuming: a run whose ``result.json`` exists is skipped (and its settings checked against the
+plan, so a changed recipe is never silently mixed into a table); a run with a ``last.pt`` of
+the same settings continues from it (``fit`` restores model, optimizer, schedule and RNG
+states); anything else in the folder is overwritten.  Killing a sweep and starting the same
+command again therefore only redoes the epoch that was interrupted.
+
+Seed ``k`` fixes the validation hold-out, the per-class subset and the initialisation, and is
+shared by every variant, so variants are compared on the same images (paired by seed).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .grids import Preset, Variant, epochs_for_fraction, get_preset, grid_variants
+
+__all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
+           "RESULT_FILE"]
+
+RESULT_FILE = "result.json"
+#: TrainConfig fields that differ between a fresh run and its resumption; not "settings".
+_RUN_ONLY_FIELDS = ("output", "resume", "overwrite")
+
+
+@dataclass
+class RunSpec:
+    """One training run of a sweep: which variant, fraction and seed, where, with which config."""
+
+    grid: str
+    preset: str
+    variant: Variant
+    fraction: float
+    seed: int
+    folder: Path
+    overrides: Dict[str, Any]  # TrainConfig fields, everything but output/resume/overwrite
+    backend: str = "fit"
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.name}/f{self.fraction:g}/seed{self.seed}"
+
+
+def run_folder(output: os.PathLike, variant: str, fraction: float, seed: int) -> Path:
+    """``output/<variant>/f<fraction>/seed<seed>`` (fraction as ``%g``: f0.1, f1)."""
+    return Path(output) / variant / f"f{fraction:g}" / f"seed{seed}"
+
+
+#: ConViTConfig fields that convit.train.build_model derives from the data and the recipe.
+_DATA_DERIVED = ("img_size", "in_chans", "num_classes", "drop_path_rate")
+
+
+def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Every ConViTConfig field of ``model`` with ``kwargs`` on top (but those taken from the
+    data), so a run's config.yaml states the whole architecture and a later change of the zoo's
+    defaults cannot silently change an experiment (the runner then refuses to mix results)."""
+    import dataclasses
+
+    from ..model import ConViTConfig
+    from ..zoo import model_spec
+
+    arch = {f.name: f.default for f in dataclasses.fields(ConViTConfig)}
+    arch.update(model_spec(model).config)
+    arch.update(kwargs)
+    return {k: v for k, v in arch.items() if k not in _DATA_DERIVED}
+
+
+def _model_for(preset: Preset, variant: Variant, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The zoo name and (pinned, complete) ConViTConfig fields of ``variant`` at ``preset``'s size.
+
+    Precedence: the zoo's config < the preset's shared sizes < its ConViT-only fields <
+    ``overrides`` (the user's, for every run) < the variant's own fields (what the grid
+    varies).  The DeiT baseline never takes a number of GPSA layers from ``overrides``.
+    """
+    overrides = dict(overrides or {})
+    if variant.role == "deit":
+        overrides.pop("local_up_to_layer", None)
+        name, kw = preset.deit_model, {**preset.model_kwargs, **overrides, **variant.model_kwargs}
+    elif variant.role == "convit":
+        name = preset.convit_model
+        kw = {**preset.model_kwargs, **preset.convit_kwargs, **overrides, **variant.model_kwargs}
+    else:
+        raise ValueError(f"variant {variant.name}: unknown role {variant.role!r}")
+    return {"model": name, "model_kwargs": _pinned_architecture(name, kw)}
+
+
+def _full_recipe(train: Dict[str, Any]) -> Dict[str, Any]:
+    """Every TrainConfig field: its default, then ``train`` on top.  With every field given, the
+    trainer's named presets (which may be retuned at any time) have no effect on a sweep."""
+    from ..config import TrainConfig
+
+    base = TrainConfig().to_dict()
+    base.update(train)
+    return base
+
+
+def plan_runs(grid: str, preset: Preset | str, output: os.PathLike, fractions: Optional[Sequence[float]] = None,
+              seeds: Optional[int] = None, base_epochs: Optional[float] = None,
+              variants: Optional[List[str]] = None, train_overrides: Optional[Dict[str, Any]] = None,
+              model_overrides: Optional[Dict[str, Any]] = None) -> List[RunSpec]:
+    """Every run of ``grid`` at ``preset``: variants x fractions x seeds, in that nesting order
+    reversed (seed-major, then fraction, then variant) so that an interrupted sweep already has
+    complete comparisons for the first seed.
+
+    fractions: default the preset's (``sample-efficiency``) or its ablation fractions (others).
+    seeds: number of seeds (0..seeds-1); base_epochs: epochs at f = 1 (scaled by 1/f).
+    train_overrides / model_overrides: extra TrainConfig / ConViTConfig fields for every run.
+    """
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if fractions is None:
+        fractions = p.fractions if grid == "sample-efficiency" else p.ablation_fractions
+    fractions = sorted({float(f) for f in fractions})
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions must be in (0, 1], got {f}")
+    n_seeds = p.seeds if seeds is None else int(seeds)
+    if n_seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {n_seeds}")
+    base = p.base_epochs if base_epochs is None else float(base_epochs)
+    if not base > 0:
+        raise ValueError(f"--epochs must be positive, got {base}")
+    vs = grid_variants(grid, p, variants)
+    specs = []
+    for seed in range(n_seeds):
+        for f in fractions:
+            epochs = epochs_for_fraction(base, f)
+            for v in vs:
+                model = _model_for(p, v, model_overrides)
+                over = {**_full_recipe(p.train), "dataset": p.dataset, **model, "sampling_ratio": f, "seed": seed,
+                        "epochs": epochs, "scale_epochs": False,
+                        "warmup_epochs": min(p.base_warmup / f, epochs / 2),
+                        "eval_every": max(1, int(math.ceil(epochs / max(1, p.eval_points))))}
+                over.update(train_overrides or {})
+                specs.append(RunSpec(grid, p.name, v, f, seed, run_folder(output, v.name, f, seed), over,
+                                     p.backend))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _settings(cfg_dict: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in cfg_dict.items() if k not in _RUN_ONLY_FIELDS}
+
+
+def _plain(obj: Any) -> Any:
+    """JSON/YAML round-trip form (tuples -> lists), so stored and planned settings compare equal."""
+    return json.loads(json.dumps(obj))
+
+
+def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
+    """Settings of the run whose ``last.pt`` is in ``folder`` (from its config.yaml), or None."""
+    path = folder / "config.yaml"
+    if not (folder / "last.pt").is_file() or not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return _settings(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def run_status(spec: RunSpec) -> str:
+    """``done`` (finished, same settings), ``stale`` (finished with other settings: the sweep
+    would refuse it), ``partial`` (a last.pt to resume from) or ``todo``."""
+    from ..config import build_config
+
+    result_path = spec.folder / RESULT_FILE
+    planned = _plain(_settings(build_config(spec.overrides).to_dict()))
+    if result_path.is_file():
+        return "done" if json.loads(result_path.read_text()).get("settings") == planned else "stale"
+    stored = _stored_settings(spec.folder)
+    return "partial" if stored is not None and _plain(stored) == planned else "todo"
+
+
+def _default_fit(backend: str) -> Callable:
+    if backend == "device":
+        from .gpu_data import fit_on_device
+
+        return fit_on_device
+    from ..train import fit
+
+    return fit
+
+
+def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = True) -> Dict[str, Any]:
+    """Run (or skip, or resume) one run; returns its result record (also in ``result.json``).
+
+    The record holds the spec (variant, fraction, seed, settings), the final model's test and
+    validation top-1, the best validation top-1 (for information; nothing is selected on it),
+    the run time and whether it was skipped or resumed.  ``quiet`` sends the trainer's console
+    output to ``<folder>/train.log``.
+    """
+    from ..config import build_config
+
+    folder = spec.folder
+    result_path = folder / RESULT_FILE
+    planned = _plain(_settings(build_config(spec.overrides).to_dict()))
+    if result_path.is_file():
+        record = json.loads(result_path.read_text())
+        if record.get("settings") != planned:
+            diff = sorted(k for k in set(planned) | set(record.get("settings", {}))
+                          if planned.get(k) != record.get("settings", {}).get(k))
+            raise ValueError(f"{folder} holds a finished run with different settings ({', '.join(diff)}); "
+                             "use another --output, or delete that folder to redo it")
+        record["skipped"] = True
+        return record
+
+    cfg_over = dict(spec.overrides, output=str(folder))
+    stored = _stored_settings(folder)
+    resumed = stored is not None and _plain(stored) == planned
+    if resumed:
+        cfg_over["resume"] = str(folder / "last.pt")
+    else:
+        cfg_over["overwrite"] = True  # a killed run of other settings, or one without last.pt
+    cfg = build_config(cfg_over)
+    folder.mkdir(parents=True, exist_ok=True)
+    fit_fn = fit_fn or _default_fit(spec.backend)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            log = stack.enter_context(open(folder / "train.log", "a"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+        summary = fit_fn(cfg)
+    wall = time.perf_counter() - t0
+    record = {
+        "grid": spec.grid, "preset": spec.preset, "variant": spec.variant.name, "label": spec.variant.label,
+        "role": spec.variant.role, "baseline": spec.variant.baseline, "fraction": spec.fraction,
+        "seed": spec.seed, "settings": planned,
+        "test_top1": summary.get("test_top1"), "test_top5": summary.get("test_top5"),
+        "val_top1": summary.get("val_top1"), "best_val_top1": summary.get("best_val_top1"),
+        "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
+        "train_images": summary.get("train_images"), "params": _count_params(folder),
+        "wall_s": wall, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    _atomic_write_json(result_path, record)
+    record["skipped"] = False
+    return record
+
+
+def _count_params(folder: Path) -> Optional[int]:
+    """Parameter count of the run's final model (from model.safetensors), if present."""
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            n = 0
+            for k in f.keys():
+                shape = f.get_slice(k).get_shape()
+                n += math.prod(shape) if shape else 1
+            return n
+    except Exception:  # a count is nice to have; never fail a finished run over it
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep
+# ---------------------------------------------------------------------------------------------
+
+def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Callable] = None,
+              say: Callable[[str], None] = print, quiet: bool = True,
+              meta: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+    """Run every spec (skipping finished ones), then write the tables and the figure.
+
+    Returns the result records in plan order.  An exception in a run propagates after the
+    runs before it have been recorded, so the same call later continues where it stopped.
+    """
+    from .results import write_results
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        _atomic_write_json(out / "sweep.json", meta)
+    records: List[Dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs, 1):
+        t = time.perf_counter()
+        r = execute_run(spec, fit_fn=fit_fn, quiet=quiet)
+        records.append(r)
+        state = "done before, skipped" if r["skipped"] else ("resumed" if r["resumed"] else "trained")
+        say(f"[{i}/{len(specs)}] {spec.key}: test {_fmt(r['test_top1'])}  val {_fmt(r['val_top1'])}  "
+            f"({state}, {time.perf_counter() - t:.0f} s; sweep {time.perf_counter() - t0:.0f} s)")
+    write_results(records, out, grid=specs[0].grid if specs else "")
+    return records
+
+
+def load_results(output: os.PathLike) -> List[Dict[str, Any]]:
+    """Every finished run's record under ``output`` (for re-tabulating without training)."""
+    records = []
+    for path in sorted(Path(output).glob(f"*/f*/seed*/{RESULT_FILE}")):
+        r = json.loads(path.read_text())
+        r["skipped"] = True
+        records.append(r)
+    return records
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}%"

@@ -1,0 +1,316 @@
+"""Every fast path of GPSA against the explicit formula (eq. 6 with A materialised).
+
+The fast path (fused q/k/v matmul, SDPA, batch-shared P @ v, lerp mix, subnormal flush,
+inference caches, opt-in gate skipping) must give the explicit formula's outputs and
+gradients in float32, for random weights and gates (not the init), in train and eval.
+"""
+import math
+
+import pytest
+import torch
+
+from convit import ConViT
+from convit.attention import GPSA, gated_positional_mix
+
+
+def _layer(heads=4, dim=32, grid=(4, 5), seed=0, qkv_bias=False, gates=None) -> GPSA:
+    torch.manual_seed(seed)
+    layer = GPSA(dim, heads, qkv_bias=qkv_bias, grid=grid)
+    layer.local_init()
+    with torch.no_grad():
+        layer.gating_param.copy_(torch.randn(heads) * 2 if gates is None else torch.tensor(gates))
+        layer.pos_proj.weight.add_(torch.randn_like(layer.pos_proj.weight) * 0.3)
+        layer.pos_proj.bias.normal_()
+        layer.v.weight.add_(torch.randn_like(layer.v.weight) * 0.1)
+        layer.qk.weight.mul_(10)  # sharper content attention than the 0.02 init
+        if qkv_bias:
+            layer.qk.bias.normal_()
+            layer.v.bias.normal_()
+        layer.proj.bias.normal_()
+    return layer
+
+
+def _maps_formula(layer: GPSA, x: torch.Tensor) -> torch.Tensor:
+    """attention_maps(x).combined @ v, then proj: the analysis API's eq. 6."""
+    B, N, C = x.shape
+    v = layer.v(x).view(B, N, layer.num_heads, -1).transpose(1, 2)
+    out = (layer.attention_maps(x).combined @ v).transpose(1, 2).reshape(B, N, C)
+    return layer.proj(out)
+
+
+def _grads(layer, x, fn):
+    x = x.clone().requires_grad_(True)
+    out = fn(x)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)  # same for all paths
+    params = [p for p in layer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * w).sum(), [x] + params, allow_unused=True)
+    return out.detach(), grads
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _assert_grads_close(names, fast, slow):
+    """Relative 1e-4 per tensor.  pos_proj.bias's gradient is 0 in exact arithmetic (the
+    softmax over j is shift-invariant), so both must just be rounding noise next to
+    pos_proj.weight's gradient."""
+    by_name = dict(zip(names, slow))
+    for name, a, b in zip(names, fast, slow):
+        assert (a is None) == (b is None), name
+        if a is None:
+            continue
+        if name.endswith("pos_proj.bias"):
+            scale = by_name[name.replace("bias", "weight")].abs().max()
+            assert a.abs().max() < 1e-4 * scale and b.abs().max() < 1e-4 * scale, name
+        else:
+            assert _rel(a, b) < 1e-4, name
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_fast_path_outputs_and_gradients_equal_explicit(train, qkv_bias):
+    layer = _layer(qkv_bias=qkv_bias).train(train)
+    x = torch.randn(3, 20, 32)
+    out_f, g_f = _grads(layer, x, layer)
+    out_e, g_e = _grads(layer, x, layer._forward_explicit)
+    out_m, _ = _grads(layer, x, lambda t: _maps_formula(layer, t))
+    assert (out_f - out_e).abs().max() < 1e-5
+    assert (out_f - out_m).abs().max() < 1e-5
+    _assert_grads_close(["x"] + [n for n, _ in layer.named_parameters()], g_f, g_e)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fast_path_in_float64_is_exact(train):
+    layer = _layer(heads=3, dim=24, grid=(3, 4), seed=1).double().train(train)
+    x = torch.randn(2, 12, 24, dtype=torch.float64)
+    with torch.no_grad():
+        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-12
+
+
+def test_gated_positional_mix_gradcheck_and_double_backward():
+    torch.manual_seed(0)
+    B, h, N, d = 2, 3, 5, 4
+    content = torch.randn(B, N, h, d, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, N, 3, h, d, dtype=torch.float64)[:, :, 2].transpose(1, 2)  # strided view
+    v.requires_grad_(True)
+    pos = torch.randn(h, N, N, dtype=torch.float64).softmax(-1).requires_grad_(True)
+    g = torch.rand(h, dtype=torch.float64, requires_grad=True)
+    args = (content, v, pos, g)
+    ref = torch.lerp(content, (pos.unsqueeze(0) @ v).transpose(1, 2), g.view(1, 1, h, 1))
+    assert torch.allclose(gated_positional_mix(*args), ref, atol=1e-12)
+    assert torch.autograd.gradcheck(gated_positional_mix, args)
+    assert torch.autograd.gradgradcheck(gated_positional_mix, args)
+
+
+def test_bf16_autocast_gradients_as_accurate_as_explicit_path():
+    """Under bf16 autocast the fast path's gradients are no further from float64 than those
+    of the explicit formula under the same autocast (sharp content attention: qk x 10)."""
+    layer = _layer(heads=4, dim=32).train()
+    x = torch.randn(3, 20, 32)
+    _, g64 = _grads(layer.double(), x.double(), layer)
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, g_fast = _grads(layer, x, layer)
+        _, g_expl = _grads(layer, x, layer._forward_explicit)
+    assert out.dtype == torch.bfloat16
+    names = ["x"] + [n for n, _ in layer.named_parameters()]
+    for name, a, e, b in zip(names, g_fast, g_expl, g64):
+        if not name.endswith("pos_proj.bias"):  # exactly 0 in exact arithmetic
+            err_fast, err_expl = _rel(a.double(), b), _rel(e.double(), b)
+            assert err_fast <= 1.25 * err_expl + 1e-3 and err_fast < 0.1, (name, err_fast, err_expl)
+
+
+def test_partial_gradients_constant_gate_and_frozen_positions():
+    """Only some inputs of the mix need a gradient: a constant gate (gate_override) and a
+    frozen pos_proj.  The gradients that remain still equal the explicit path's."""
+    layer = _layer().train()
+    layer.gate_override = 0.3
+    layer.pos_proj.requires_grad_(False)
+    x = torch.randn(2, 20, 32)
+    out_f, g_f = _grads(layer, x, layer)
+    out_e, g_e = _grads(layer, x, layer._forward_explicit)
+    assert (out_f - out_e).abs().max() < 1e-5
+    names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
+    assert len(names) == len(g_f) and "pos_proj.weight" not in names
+    for name, a, b in zip(names, g_f, g_e):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert _rel(a, b) < 1e-4, name
+
+
+def test_no_grad_eval_equals_grad_train_path():
+    layer = _layer()
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        a = layer.eval()(x)
+    b = layer.train()(x)
+    assert (a - b).abs().max() < 1e-6
+
+
+def test_fused_projection_equals_separate_linears():
+    for bias in (False, True):
+        layer = _layer(qkv_bias=bias)
+        x = torch.randn(2, 20, 32)
+        assert torch.allclose(layer._qkv(x), torch.cat([layer.qk(x), layer.v(x)], -1), atol=1e-6)
+    assert {n for n, _ in layer.named_parameters()} == {
+        "qk.weight", "qk.bias", "v.weight", "v.bias", "proj.weight", "proj.bias",
+        "pos_proj.weight", "pos_proj.bias", "gating_param"}
+
+
+def test_positional_attention_has_no_subnormals():
+    layer = GPSA(16, 4, grid=(14, 14), locality_strength=1.0)
+    layer.local_init()  # far patches get exp(-d^2): far below the normal range
+    pos = layer.positional_attention()
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((pos > 0) & (pos < tiny)).sum() == 0
+    with torch.no_grad():
+        raw = torch.nn.functional.linear(layer.rel_indices, layer.pos_proj.weight,
+                                         layer.pos_proj.bias).permute(2, 0, 1).softmax(-1)
+    assert ((raw > 0) & (raw < tiny)).sum() > 0  # the plain softmax has subnormals here
+    assert (pos - raw).abs().max() < 2e-27  # only entries below e^20 * N * 1.2e-38 were zeroed
+    assert pos[pos > 0].min() * 1e-8 > tiny  # g * P stays normal for gates >= 1e-8
+    assert torch.allclose(pos[raw > 1e-26], raw[raw > 1e-26], rtol=1e-6, atol=0)
+    assert torch.allclose(pos.sum(-1), torch.ones(4, 196), atol=1e-6)
+
+
+# -- the inference cache of P -------------------------------------------------------------
+def _fresh_pos(layer: GPSA) -> torch.Tensor:
+    layer.clear_cache()
+    with torch.no_grad():
+        p = layer.positional_attention()
+    layer.clear_cache()
+    return p
+
+
+def _cached_pos(layer: GPSA) -> torch.Tensor:
+    with torch.no_grad():
+        layer.positional_attention()  # fills (or reuses) the cache
+        return layer.positional_attention()
+
+
+def test_cache_is_used_only_without_grad():
+    layer = _layer().eval()
+    with torch.no_grad():
+        a = layer.positional_attention()
+        assert layer.positional_attention() is a
+    b = layer.positional_attention()
+    assert b is not a and b.requires_grad
+
+
+def test_cache_invalidates_after_optimizer_step():
+    layer = _layer()
+    x = torch.randn(2, 20, 32)
+    before = _cached_pos(layer)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    layer.train()(x).square().sum().backward()
+    opt.step()
+    after = _cached_pos(layer)
+    assert (after - before).abs().max() > 1e-4
+    assert torch.equal(after, _fresh_pos(layer))
+    with torch.no_grad():
+        assert (layer.eval()(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+
+
+def test_cache_invalidates_after_load_state_dict_and_copy():
+    layer, other = _layer(seed=0), _layer(seed=1)
+    before = _cached_pos(layer)
+    layer.load_state_dict(other.state_dict())
+    after = _cached_pos(layer)
+    assert not torch.equal(before, after) and torch.equal(after, _fresh_pos(other))
+    with torch.no_grad():
+        layer.pos_proj.bias.copy_(torch.zeros(4))
+    assert torch.equal(_cached_pos(layer), _fresh_pos(layer))
+
+
+def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
+    layer = _layer()
+    before = _cached_pos(layer)
+    layer.to(torch.bfloat16).to(torch.float32)  # weights rounded to bf16 and back
+    after = _cached_pos(layer)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, _fresh_pos(layer))
+    layer.to(torch.float64)
+    x = torch.randn(2, 20, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (layer.eval()(x) - layer._forward_explicit(x)).abs().max() < 1e-6
+    layer.to(torch.float32).set_grid((5, 4))
+    assert _cached_pos(layer).shape == (4, 20, 20)
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+
+
+# -- gate skipping --------------------------------------------------------------------------
+def test_gate_override_skips_a_branch_exactly():
+    layer = _layer().eval()
+    x = torch.randn(2, 20, 32)
+    for o in (0.0, 1.0):
+        layer.gate_override = o
+        with torch.no_grad():
+            assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+        # with autograd on nothing is skipped, and the value is the same
+        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+
+
+def test_skip_gate_tol_is_within_its_stated_bound():
+    # sigma = 1 - 2e-9, 2e-9, and two mixed heads
+    layer = _layer(gates=[20.0, -20.0, 0.3, -0.5]).eval()
+    x = torch.randn(3, 20, 32)
+    with torch.no_grad():
+        exact = layer(x)
+        v_max = layer.v(x).abs().max()
+        layer.skip_gate_tol = 1e-6
+        content_heads, positional_heads, g = layer._branches(layer.gate())
+        assert content_heads == [1, 2, 3] and positional_heads == [0, 2, 3]
+        assert g[0] == 1.0 and g[1] == 0.0
+        fast = layer(x)
+    bound = 2 * 1e-6 * v_max * layer.proj.weight.abs().sum(1).max()
+    assert (fast - exact).abs().max() <= bound + 1e-6
+    assert (fast - layer._forward_explicit(x)).abs().max() < 1e-5
+    # all heads saturated: one branch is skipped entirely
+    with torch.no_grad():
+        layer.gating_param.copy_(torch.full((4,), 30.0))
+        layer.gate_override = None
+        only_pos = layer(x)
+        layer.gating_param.copy_(torch.full((4,), -30.0))
+        only_content = layer(x)
+        layer.skip_gate_tol = None
+        assert (only_content - layer(x)).abs().max() < 1e-5
+        layer.gating_param.copy_(torch.full((4,), 30.0))
+        assert (only_pos - layer(x)).abs().max() < 1e-5
+
+
+def test_skip_gate_tol_is_off_with_grad_and_validated():
+    layer = _layer(gates=[20.0, -20.0, 0.3, -0.5])
+    layer.skip_gate_tol = 1e-3
+    assert layer._branches(layer.gate())[:2] == (None, None)  # grad enabled: exact path
+    layer.skip_gate_tol = 0.5
+    with torch.no_grad(), pytest.raises(ValueError):
+        layer(torch.randn(1, 20, 32))
+
+
+def test_model_fast_path_equals_explicit_blocks():
+    torch.manual_seed(0)
+    model = ConViT(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=4,
+                   local_up_to_layer=2)
+    with torch.no_grad():
+        for blk in model.gpsa_blocks():
+            blk.attn.gating_param.normal_(0, 2)
+            blk.attn.qk.weight.mul_(10)
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    fast = model(x)
+    g_fast = torch.autograd.grad(fast.square().sum(), list(model.parameters()))
+    originals = [blk.attn.forward for blk in model.gpsa_blocks()]
+    for blk in model.gpsa_blocks():
+        blk.attn.forward = blk.attn._forward_explicit
+    slow = model(x)
+    g_slow = torch.autograd.grad(slow.square().sum(), list(model.parameters()))
+    for blk, f in zip(model.gpsa_blocks(), originals):
+        blk.attn.forward = f
+    assert (fast - slow).abs().max() < 1e-5
+    _assert_grads_close([n for n, _ in model.named_parameters()], g_fast, g_slow)
+    model.set_gate_skip_tolerance(1e-6)
+    assert all(b.attn.skip_gate_tol == 1e-6 for b in model.gpsa_blocks())
+    model.set_gate_skip_tolerance(None)
