@@ -21,13 +21,15 @@ rounds).  images/s = batch / median time.
 
 Memory is the peak EXTRA memory of one call: the high-water mark during the call minus
 what was in use just before it (activations, temporaries, gradients; not the weights or
-the optimizer state, which already exist).  On CUDA: torch.cuda.max_memory_allocated after
+the optimizer state, which already exist), taken in one extra call per competitor after
+the warm-up, outside the timed rounds.  On CUDA: torch.cuda.max_memory_allocated after
 reset_peak_memory_stats.  On CPU: Linux's peak resident set size (VmHWM, reset through
-/proc/self/clear_refs) minus VmRSS before the call; the script re-executes itself with
-MALLOC_MMAP_THRESHOLD_=65536 so that glibc returns freed tensors to the OS at once
-(otherwise the RSS before a call would already contain cached free memory).  CPU figures
-are therefore process-level and approximate (+- a few MB); where clear_refs is not
-available the memory column says n/a.
+/proc/self/clear_refs) minus VmRSS before the call, measured in a child process started
+with MALLOC_MMAP_THRESHOLD_=65536 so that glibc mmaps every tensor and gives it back when
+it is freed (RSS then follows live memory; otherwise freed blocks stay cached in the heap).
+The timed runs happen in this process with glibc's default behaviour, which reuses freed
+heap blocks (forcing mmap would add page faults to every new tensor).  CPU figures are
+process-level and approximate (+- a few MB); without /proc/self/clear_refs they are n/a.
 
 CPU defaults: float32, batch 32, 224x224.  CUDA defaults: bf16 autocast, batch 256 for
 inference and 128 for training, CUDA-event timing after warm-up, every SDPA backend enabled,
@@ -51,7 +53,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 _MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
@@ -78,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-timm logits check")
     p.add_argument("--peak-matmul", type=int, default=8192, help="size of the bf16 peak matmul (cuda)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
-    p.add_argument("--no-reexec", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--memory-only", default=None, metavar="FILE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     args.batch = args.batch or (256 if cuda else 32)
@@ -117,13 +119,11 @@ class MemoryMeter:
 
         self.torch = torch
         self.device = device
-        self.available = True
-        if device == "cpu":
-            self.available = _reset_peak_rss() and _proc_status_kb("VmHWM") is not None
+        self.available = device == "cuda" or (_reset_peak_rss() and _proc_status_kb("VmHWM") is not None)
         self.note = ("torch.cuda.max_memory_allocated - allocated before the call" if device == "cuda" else
-                     "peak RSS (VmHWM after clear_refs) - RSS before the call, glibc "
-                     f"{_MMAP_ENV}={os.environ.get(_MMAP_ENV, 'unset')}" if self.available else
-                     "n/a: /proc/self/clear_refs not writable, peak RSS cannot be reset")
+                     "peak RSS (VmHWM after clear_refs) - RSS before the call, in a child process "
+                     f"with {_MMAP_ENV}=65536" if self.available else
+                     "n/a: /proc/self/clear_refs is not writable, peak RSS cannot be reset")
 
     def measure(self, fn: Callable[[], None]) -> Optional[int]:
         torch = self.torch
@@ -135,7 +135,6 @@ class MemoryMeter:
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - before
         if not self.available:
-            fn()
             return None
         before = _proc_status_kb("VmRSS")
         _reset_peak_rss()
@@ -238,36 +237,49 @@ def make_step(model, mode: str, x, y, autocast_dtype, device: str):
     return step, opt
 
 
-def run_mode(models: Dict, mode: str, args, timer: Timer, meter: MemoryMeter) -> Dict:
+def prepare_steps(models: Dict, mode: str, args) -> Tuple[Dict, int]:
     import torch
 
     batch = args.batch if mode == "infer" else args.train_batch
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device)
     y = torch.randint(0, 1000, (batch,), device=args.device)
-    repeats = args.repeats or (20 if args.device == "cuda" else (5 if mode == "infer" else 3))
-    steps, results = {}, {}
-    for name, (model, macs) in models.items():
+    steps = {}
+    for name, (model, _) in models.items():
         m = torch.compile(model) if args.compile else model
         steps[name], _ = make_step(m, mode, x, y, dtype, args.device)
-        results[name] = {"times": [], "batch": batch, "macs_per_image": macs}
-    for name, step in steps.items():  # warm-up (and compilation; AdamW creates its state)
+    return steps, batch
+
+
+def warm_up(steps: Dict, args) -> Dict[str, float]:
+    """Untimed calls (compilation, AdamW creating its state, caches)."""
+    seconds = {}
+    for name, step in steps.items():
         t0 = time.perf_counter()
         for _ in range(max(args.warmup, 1)):
             step()
-        results[name]["warmup_s"] = time.perf_counter() - t0
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def memory_phase(models: Dict, mode: str, args, meter: MemoryMeter) -> Dict[str, Optional[int]]:
+    steps, _ = prepare_steps(models, mode, args)
+    warm_up(steps, args)
+    return {name: meter.measure(step) for name, step in steps.items()}
+
+
+def timing_phase(models: Dict, mode: str, args, timer: Timer, memory: Dict) -> Dict:
+    steps, batch = prepare_steps(models, mode, args)
+    repeats = args.repeats or (20 if args.device == "cuda" else (5 if mode == "infer" else 3))
+    results = {name: {"times": [], "batch": batch, "macs_per_image": models[name][1],
+                      "peak_extra_bytes": memory.get(name)} for name in steps}
+    for name, sec in warm_up(steps, args).items():
+        results[name]["warmup_s"] = sec
     names = list(steps)
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
         for name in order:
-            if r == 0:  # the memory of one steady-state call, taken in the first timed round
-                # (the meter's own cost, reading /proc or syncing the GPU, is ~ms: negligible)
-                box = {}
-                results[name]["times"].append(
-                    timer(lambda: box.update(mem=meter.measure(steps[name]))))
-                results[name]["peak_extra_bytes"] = box["mem"]
-            else:
-                results[name]["times"].append(timer(steps[name]))
+            results[name]["times"].append(timer(steps[name]))
         print(f"  {mode} round {r + 1}/{repeats}: " +
               "  ".join(f"{n} {results[n]['times'][-1]:.3f}s" for n in names), flush=True)
     for name, res in results.items():
@@ -286,6 +298,31 @@ def run_mode(models: Dict, mode: str, args, timer: Timer, meter: MemoryMeter) ->
             ratios[f"{a}/{b}"] = {"median": statistics.median(per_round), "per_round": per_round,
                                   "of_medians": results[a]["images_per_s"] / results[b]["images_per_s"]}
     return {"results": results, "ratios": ratios}
+
+
+def cpu_memory_in_child(args) -> Dict:
+    """Run the memory phase in a child process with glibc mmapping every tensor."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "memory.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", path, "--no-check",
+               "--device", "cpu", "--models", args.models, "--modes", args.modes,
+               "--batch", str(args.batch), "--train-batch", str(args.train_batch),
+               "--img-size", str(args.img_size), "--dtype", args.dtype, "--warmup", str(args.warmup)]
+        for flag, value in (("--threads", args.threads), ("--only", args.only)):
+            if value:
+                cmd += [flag, str(value)]
+        if args.flush_denormal:
+            cmd.append("--flush-denormal")
+        print("  memory: child process " + " ".join(cmd[2:]), flush=True)
+        proc = subprocess.run(cmd, env=dict(os.environ, **{_MMAP_ENV: "65536"}))
+        if proc.returncode != 0 or not os.path.exists(path):
+            print("  memory: the child process failed; memory is reported as n/a")
+            return {}
+        with open(path) as f:
+            return json.load(f)
 
 
 def environment(args) -> Dict:
@@ -344,10 +381,6 @@ def print_table(size: str, mode_out: Dict, args, mem_note: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device == "cpu" and _MMAP_ENV not in os.environ and not args.no_reexec:
-        env = dict(os.environ, **{_MMAP_ENV: "65536"})
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
-
     import torch
 
     if args.threads:
@@ -362,24 +395,39 @@ def main(argv=None) -> int:
             enable(True)
     timer, meter = Timer(args.device), MemoryMeter(args.device)
     env = environment(args)
-    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     cmd = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
-    print(f"command: {cmd}", flush=True)
+    if not args.memory_only:
+        print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+        print(f"command: {cmd}", flush=True)
     args.peak_flops = None
     if args.device == "cuda":
         args.peak_flops = measured_bf16_peak(args.peak_matmul, timer)
         env["bf16_matmul_peak_tflops"] = args.peak_flops / 1e12
         print(f"measured bf16 matmul peak ({args.peak_matmul}^3): {args.peak_flops / 1e12:.1f} TFLOP/s")
     only = args.only.split(",") if args.only else None
+    if args.memory_only:  # the child process of cpu_memory_in_child
+        mem = {}
+        for size in args.models.split(","):
+            models = build_models(size, args.device, only, False, args.img_size)
+            mem[size] = {mode: memory_phase(models, mode, args, meter) for mode in args.modes.split(",")}
+            del models
+        with open(args.memory_only, "w") as f:
+            json.dump(mem, f)
+        return 0
     out = {"environment": env, "command": cmd, "args": {k: v for k, v in vars(args).items()},
            "memory_note": meter.note, "sizes": {}}
     t_start = time.perf_counter()
+    cpu_mem = cpu_memory_in_child(args) if args.device == "cpu" and meter.available else {}
     for size in args.models.split(","):
         print(f"\n== {size} ==", flush=True)
         models = build_models(size, args.device, only, not args.no_check, args.img_size)
         out["sizes"][size] = {}
         for mode in args.modes.split(","):
-            out["sizes"][size][mode] = run_mode(models, mode, args, timer, meter)
+            if args.device == "cuda":
+                memory = memory_phase(models, mode, args, meter)
+            else:
+                memory = cpu_mem.get(size, {}).get(mode, {})
+            out["sizes"][size][mode] = timing_phase(models, mode, args, timer, memory)
         print_table(size, out["sizes"][size], args, meter.note)
         del models
         if args.device == "cuda":
