@@ -172,6 +172,8 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
     assert "| 0.1 |" in md and "gain (test)" in md
     assert (out / "top1_vs_fraction.png").stat().st_size > 1000
     assert len(load_results(out)) == 2
+    assert [r["variant"] for r in load_results(out, grid="sample-efficiency")] == ["convit", "deit"]
+    assert load_results(out, grid="ablation") == []
 
     # a third call trains nothing at all
     calls.clear()

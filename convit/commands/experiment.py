@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     output = Path(args.output or f"runs/experiments/{args.grid}-{args.preset}")
     if args.table_only:
-        records = [r for r in load_results(output) if r.get("grid") == args.grid]
+        records = load_results(output, grid=args.grid)
         if not records:
             raise ValueError(f"no finished {args.grid} runs under {output}")
         paths = write_results(records, output, grid=args.grid)

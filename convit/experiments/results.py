@@ -130,6 +130,7 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
 def _gain(g: float, sd: float = math.nan) -> str:
     if math.isnan(g):
         return "-"
+    g = 0.0 if abs(g) < 5e-4 else g  # no "-0.0%"
     return f"{100 * g:+.1f}%" + ("" if math.isnan(sd) else f" (± {100 * sd:.1f})")
 
 

@@ -314,13 +314,23 @@ def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Ca
     return records
 
 
-def load_results(output: os.PathLike) -> List[Dict[str, Any]]:
-    """Every finished run's record under ``output`` (for re-tabulating without training)."""
+def load_results(output: os.PathLike, grid: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Every finished run's record under ``output`` (for re-tabulating without training); with
+    ``grid``, only that grid's runs, in the grid's variant order (as a sweep reports them)."""
     records = []
     for path in sorted(Path(output).glob(f"*/f*/seed*/{RESULT_FILE}")):
         r = json.loads(path.read_text())
+        if grid is not None and r.get("grid") != grid:
+            continue
         r["skipped"] = True
         records.append(r)
+    if grid is not None and records:
+        try:
+            order = [v.name for v in grid_variants(grid, get_preset(records[0]["preset"]))]
+        except ValueError:
+            order = []
+        rank = {n: i for i, n in enumerate(order)}
+        records.sort(key=lambda r: (r["seed"], r["fraction"], rank.get(r["variant"], len(rank))))
     return records
 
 
