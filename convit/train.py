@@ -304,6 +304,36 @@ def _params_finite(model: nn.Module) -> bool:
 # The run
 # ---------------------------------------------------------------------------------------------
 
+def build_recipe(cfg: TrainConfig, model: nn.Module, epochs: int, warmup: float, steps: int, lr: float,
+                 num_classes: int):
+    """The DeiT recipe's optimizer, per-step schedule, loss and mixup, from timm's factories.
+
+    Weight decay skips 1-D parameters and ``model.no_weight_decay()`` (pos_embed, cls_token,
+    gates).  Returns (optimizer, scheduler, loss_fn, mixup_fn or None).
+    """
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, eps=cfg.opt_eps)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=warmup,
+                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=steps)
+    mixup_fn = None
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0:
+        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                         switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
+                         num_classes=num_classes)
+        loss_fn: nn.Module = SoftTargetCrossEntropy()  # smoothing is folded into the mixed targets
+    elif cfg.smoothing > 0:
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    else:
+        loss_fn = nn.CrossEntropyLoss()
+    return optimizer, scheduler, loss_fn, mixup_fn
+
+
 def fit(cfg: TrainConfig) -> Dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` as ``cfg`` says; returns the run's summary.
 
@@ -394,28 +424,9 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
         model = torch.compile(model)
 
     # -- optimizer, schedule, loss, mixup ----------------------------------------------------
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    # Weight decay skips 1-D params and model.no_weight_decay() (pos_embed, cls_token, gates).
-    optimizer = create_optimizer_v2(model_without_ddp, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, eps=cfg.opt_eps)
-    lr_scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs,
-                                          warmup_epochs=warmup, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
-                                          step_on_epochs=False, updates_per_epoch=steps)
+    optimizer, lr_scheduler, loss_fn, mixup_fn = build_recipe(cfg, model_without_ddp, epochs, warmup, steps, lr,
+                                                              num_classes)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    mixup_fn = None
-    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0:
-        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                         switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
-                         num_classes=num_classes)
-        loss_fn: nn.Module = SoftTargetCrossEntropy()  # smoothing is folded into the mixed targets
-    elif cfg.smoothing > 0:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        loss_fn = nn.CrossEntropyLoss()
 
     # -- resume ------------------------------------------------------------------------------
     start_epoch, best = 0, {"val_top1": -1.0, "epoch": 0}

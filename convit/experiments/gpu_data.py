@@ -186,32 +186,6 @@ def device_splits(dataset: str, device: torch.device | str, data_path: Optional[
 # The training loop
 # ---------------------------------------------------------------------------------------------
 
-def _recipe(cfg, model: nn.Module, epochs: int, warmup: float, steps: int, lr: float, num_classes: int):
-    """Optimizer, per-step schedule, loss and mixup exactly as :func:`convit.train.fit` builds
-    them (timm factories with the config's values)."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, eps=cfg.opt_eps)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=warmup,
-                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=steps)
-    mixup_fn = None
-    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0:
-        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                         switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
-                         num_classes=num_classes)
-        loss_fn: nn.Module = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        loss_fn = nn.CrossEntropyLoss()
-    return optimizer, scheduler, loss_fn, mixup_fn
-
-
 def fit_on_device(cfg) -> Dict[str, Any]:
     """Train as ``cfg`` (a :class:`convit.config.TrainConfig`) says, with the data on the device.
 
@@ -222,7 +196,7 @@ def fit_on_device(cfg) -> Dict[str, Any]:
     from ..checkpoint import save_model
     from ..config import save_config
     from ..engine import evaluate, train_one_epoch
-    from ..train import build_model, resolve_amp, resolve_device, seed_everything
+    from ..train import build_model, build_recipe, resolve_amp, resolve_device, seed_everything
 
     cfg = dataclasses.replace(cfg).validate()
     t_start = time.perf_counter()
@@ -254,7 +228,7 @@ def fit_on_device(cfg) -> Dict[str, Any]:
     model: nn.Module = torch.compile(model_without_compile) if cfg.compile else model_without_compile
     epochs, warmup = cfg.run_epochs, cfg.run_warmup_epochs
     lr = cfg.resolved_lr(1)
-    optimizer, scheduler, loss_fn, mixup_fn = _recipe(cfg, model_without_compile, epochs, warmup,
+    optimizer, scheduler, loss_fn, mixup_fn = build_recipe(cfg, model_without_compile, epochs, warmup,
                                                       len(train), lr, num_classes)
 
     out = Path(cfg.output)
