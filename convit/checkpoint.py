@@ -9,10 +9,11 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,56 @@ def _unwrap(obj) -> StateDict:
             return obj
     raise CheckpointError("no state dict found in the checkpoint (expected a dict of tensors, "
                           "or one under 'model' / 'state_dict')")
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. disk full); the previous one is intact."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoint") -> Path:
+    """Write ``path`` through ``write(tmp)`` into a temporary file in the same folder, fsync it,
+    then ``os.replace`` it over ``path``.
+
+    A crash before the rename leaves the previous ``path`` untouched; a failed write (disk
+    full, ...) removes the temporary file and raises :class:`CheckpointSaveError` saying so.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} exists"
+        hint = " (disk full: free some space, then resume with --resume)" if e.errno == errno.ENOSPC else ""
+        raise CheckpointSaveError(e.errno, f"could not write the {what} {path}: {e.strerror or e}{hint}; "
+                                           f"{kept}") from e
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
@@ -92,10 +143,7 @@ def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_save(lambda p: save_file(sd, str(p), metadata=meta), path, "model file")
 
 
 def read_metadata_json(meta: dict, key: str, default=None):

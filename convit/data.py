@@ -48,6 +48,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+from .checkpoint import atomic_save
+
 __all__ = [
     "DATASETS", "AUGMENTS", "DataBundle", "build_data", "subsample_per_class",
     "train_transform", "eval_transform", "load_image", "load_cifar10_npz", "cache_dir",
@@ -577,11 +579,13 @@ def load_cifar10_npz(path: Union[str, os.PathLike], cache: Optional[Union[str, o
         raise ValueError(f"{path}: image and label counts differ")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                     classes=np.array(classes))
-        os.replace(tmp, cached)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                         classes=np.array(classes))
+
+        atomic_save(write, cached, "CIFAR-10 cache")
     except OSError as e:
         warnings.warn(f"could not cache decoded CIFAR-10 in {folder}: {e}")
     return train_x, train_y, test_x, test_y, classes

@@ -19,7 +19,6 @@ and schedule, restore a checkpoint if resuming, then per epoch train, evaluate, 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import random
@@ -33,7 +32,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as D
-from .checkpoint import read_checkpoint, save_model
+from .checkpoint import CheckpointSaveError, atomic_save, read_checkpoint, save_model
 from .config import TrainConfig, save_config
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .model import ConViT, count_params
@@ -42,10 +41,6 @@ __all__ = ["fit", "CheckpointSaveError", "find_last_checkpoint", "load_training_
            "config_for_resume", "atomic_save", "build_model"]
 
 STATE_VERSION = 1
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written (e.g. disk full); the previous one is intact."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,52 +104,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Saving and loading
 # ---------------------------------------------------------------------------------------------
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoint") -> Path:
-    """Write ``path`` through ``write(tmp)`` into a temporary file in the same folder, fsync it,
-    then ``os.replace`` it over ``path``.
-
-    A crash before the rename leaves the previous ``path`` untouched; a failed write (disk
-    full, ...) removes the temporary file and raises :class:`CheckpointSaveError` saying so.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} exists"
-        hint = " (disk full: free some space, then resume with --resume)" if e.errno == errno.ENOSPC else ""
-        raise CheckpointSaveError(e.errno, f"could not write the {what} {path}: {e.strerror or e}{hint}; "
-                                           f"{kept}") from e
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
 
 def find_last_checkpoint(resume: str, output: Optional[str] = None) -> Path:
     """The ``last.pt`` meant by ``--resume``: a file, a run folder, or ``auto`` (= ``output``)."""
@@ -537,9 +486,8 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
                         writer.add_scalar(k, v, epoch)
             say(_epoch_line(entry, epochs, best))
             if improved:
-                atomic_save(lambda p: save_model(model_without_ddp, p, extra={**meta_extra, "epoch": epoch,
-                                                                                "val_top1": entry["val_top1"]}),
-                            out / "best.safetensors", "best model")
+                save_model(model_without_ddp, out / "best.safetensors",
+                           extra={**meta_extra, "epoch": epoch, "val_top1": entry["val_top1"]})
             atomic_save(lambda p: torch.save(_training_state(cfg, model_without_ddp, optimizer, lr_scheduler,
                                                              scaler, ema, epoch, best, states), p),
                         last_path, "training checkpoint")
@@ -562,14 +510,11 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
     if main:
         final_extra = {**meta_extra, "epoch": entry.get("epoch", start_epoch),
                        **{k: entry[k] for k in ("test_top1", "val_top1") if k in entry}}
-        atomic_save(lambda p: save_model(model_without_ddp, p, extra=final_extra), out / "model.safetensors",
-                    "final model")
+        save_model(model_without_ddp, out / "model.safetensors", extra=final_extra)
         if ema is not None:
-            atomic_save(lambda p: save_model(ema.module, p, extra=final_extra), out / "ema.safetensors",
-                        "EMA model")
+            save_model(ema.module, out / "ema.safetensors", extra=final_extra)
         if val_loader is None:
-            atomic_save(lambda p: save_model(model_without_ddp, p, extra=final_extra), out / "best.safetensors",
-                        "best model")
+            save_model(model_without_ddp, out / "best.safetensors", extra=final_extra)
         if writer is not None:
             writer.close()
         if cfg.report:

@@ -25,10 +25,11 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ..checkpoint import atomic_save
 from .grids import Preset, Variant, epochs_for_fraction, get_preset, grid_variants
 
 __all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
@@ -157,12 +158,7 @@ def plan_runs(grid: str, preset: Preset | str, output: os.PathLike, fractions: O
 # ---------------------------------------------------------------------------------------------
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)), path, "result")
 
 
 def _settings(cfg_dict: Dict[str, Any]) -> Dict[str, Any]:
