@@ -87,6 +87,15 @@ def plot_nonlocality_history(runs: Sequence[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _message_figure(text: str, path: Path) -> Path:
+    """A small figure that only says why there is nothing to plot (e.g. gates of a DeiT)."""
+    fig = Figure(figsize=(5, 3), layout="constrained")
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return _save(fig, path)
+
+
 def plot_gates(runs: Sequence[Run], final_gates: Optional[List[List[float]]], path: Path) -> Path:
     """Paper fig. 6: sigma(lambda_h) of every GPSA head over training (one panel per run that has
     GPSA layers; thin lines heads, thick line layer mean) and at the end, per layer (right)."""
@@ -95,11 +104,7 @@ def plot_gates(runs: Sequence[Run], final_gates: Optional[List[List[float]]], pa
     runs = [r for r in runs if r[1]]
     n_panels = len(runs) + (final_gates is not None)
     if n_panels == 0:
-        fig = Figure(figsize=(5, 3), layout="constrained")
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, "no GPSA gates to plot (a DeiT?)", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _save(fig, path)
+        return _message_figure("no GPSA gates to plot (a DeiT?)", path)
     fig = Figure(figsize=(5.2 * n_panels, 4.2), layout="constrained")
     axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
     for ax, (name, entries) in zip(axes, runs):
@@ -229,11 +234,7 @@ def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
     fc, fsp = final
     n = len(fc)
     if n == 0:
-        fig = Figure(figsize=(5, 3), layout="constrained")
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, "no GPSA layer: no positional centres", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _save(fig, path)
+        return _message_figure("no GPSA layer: no positional centres", path)
     cols = min(n, 5)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(3.3 * cols, 3.4 * rows + 0.5), layout="constrained")
