@@ -97,13 +97,20 @@ def head_centres(num_heads: int) -> torch.Tensor:
     return torch.tensor(centres, dtype=torch.float32, device="cpu")
 
 
+def _positional_values(pos: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """P @ v for every head as ONE bmm with the batch folded into the columns:
+    pos [h, N, N], v [B, h, N, d] (any strides) -> [B, N, h, d] (a strided view).
+    P is never expanded over the batch; the permuted copy of v is the only copy."""
+    B, h, N, d = v.shape
+    v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)
+    return torch.bmm(pos, v_cols).view(h, N, B, d).permute(2, 1, 0, 3)
+
+
 def _mix_forward(content, v, pos, g):
     # content [B, N, h, d]; v [B, h, N, d] (any strides); pos [h, N, N]; g [h]
-    B, h, N, d = v.shape
-    v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)  # the one copy of v
-    y = torch.bmm(pos, v_cols).view(h, N, B, d).permute(2, 1, 0, 3)
+    y = _positional_values(pos, v)
     # content (contiguous [B, N, h, d] from SDPA) goes first so the result keeps its layout.
-    return torch.lerp(content, y, g.view(1, 1, h, 1))
+    return torch.lerp(content, y, g.view(1, 1, -1, 1))
 
 
 class _GatedPositionalMix(torch.autograd.Function):
@@ -281,11 +288,10 @@ class GPSA(nn.Module):
         self._pos_cache = None
 
     def _project(self, x: torch.Tensor):
+        """q, k, v as strided [B, heads, N, d] views of one fused matmul (no copy)."""
         B, N, C = x.shape
-        qk = self.qk(x).view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = qk.unbind(0)  # [B, heads, N, d]
-        v = self.v(x).view(B, N, self.num_heads, self.head_dim)  # [B, N, heads, d]
-        return q, k, v
+        qkv = self._qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
     def _check_tokens(self, n: int) -> None:
         if n != self.grid[0] * self.grid[1]:
@@ -293,12 +299,16 @@ class GPSA(nn.Module):
                 f"GPSA got {n} tokens but its patch grid is {self.grid[0]}x{self.grid[1]}="
                 f"{self.grid[0] * self.grid[1]}; GPSA blocks take patch tokens only (no class token)")
 
+    def _explicit(self, x: torch.Tensor) -> Tuple[AttentionMaps, torch.Tensor]:
+        """The eq. 6 terms for input tokens x, and the values v ([B, heads, N, d])."""
+        self._check_tokens(x.shape[1])
+        q, k, v = self._project(x)
+        content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return AttentionMaps(content, self.positional_attention(), self.gate()), v
+
     def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
         """Content, positional and gate tensors of this layer for input tokens x (eq. 6 terms)."""
-        self._check_tokens(x.shape[1])
-        q, k, _ = self._project(x)
-        content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return AttentionMaps(content, self.positional_attention(), self.gate())
+        return self._explicit(x)[0]
 
     # -- forward ----------------------------------------------------------------------------
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
@@ -355,9 +365,7 @@ class GPSA(nn.Module):
         self._check_tokens(N)
         if self.training and self.attn_drop_p > 0:
             return self._forward_explicit(x)
-        h, d = self.num_heads, self.head_dim
-        qkv = self._qkv(x).view(B, N, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided [B, heads, N, d] views, no copy
+        q, k, v = self._project(x)
         content_heads, positional_heads, g = self._branches(self.gate())
         if content_heads is None and positional_heads is None:
             content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, heads, d]
@@ -368,7 +376,7 @@ class GPSA(nn.Module):
         return self.proj_drop(self.proj(out.reshape(B, N, C)))
 
     def _forward_skipping(self, q, k, v, content_heads, positional_heads, g) -> torch.Tensor:
-        B, h, N, d = v.shape
+        h = v.shape[1]
         content = positional = None  # each [B, N, heads, d]
         if content_heads is None or content_heads:
             if content_heads is not None:
@@ -383,9 +391,7 @@ class GPSA(nn.Module):
             vp = v
             if positional_heads is not None:
                 pos, vp = pos[positional_heads], v[:, positional_heads]
-            hp = vp.shape[1]
-            v_cols = vp.permute(1, 2, 0, 3).reshape(hp, N, B * d)
-            positional = torch.bmm(pos, v_cols).view(hp, N, B, d).permute(2, 1, 0, 3)
+            positional = _positional_values(pos, vp)
             if positional_heads is not None:
                 positional = self._scatter_heads(positional, positional_heads)
         if content is None:
@@ -403,10 +409,8 @@ class GPSA(nn.Module):
     def _forward_explicit(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 6 with A materialised; used when attention dropout is on (dropout on the mixed A)."""
         B, N, C = x.shape
-        maps = self.attention_maps(x)
-        attn = self.attn_drop(maps.combined)
-        v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        out = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        maps, v = self._explicit(x)
+        out = (self.attn_drop(maps.combined) @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))
 
 
