@@ -36,6 +36,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.fx
 import torch.nn.functional as F
 
 Grid = Tuple[int, int]
@@ -95,6 +96,26 @@ def head_centres(num_heads: int) -> torch.Tensor:
     # Built from Python numbers on the CPU explicitly, so it also works under
     # ``with torch.device("meta")`` (local_init moves it to the weights' device).
     return torch.tensor(centres, dtype=torch.float32, device="cpu")
+
+
+def is_tracing() -> bool:
+    """True while a tool records the model as a graph: ``torch.jit.trace`` / ``script``,
+    ``torch.fx.symbolic_trace``, ``torch.compile`` / ``torch.export`` and ONNX export.
+
+    The inference cache of P (see :meth:`GPSA.positional_attention`) is eager-only state
+    keyed by version counters and addresses; a graph recorded from it would hold P as a
+    constant, silently wrong once other weights are loaded.  So while tracing P is always
+    computed from ``pos_proj``.
+    """
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export() or _fx_tracing())
+
+
+def _fx_tracing() -> bool:
+    # torch.fx exports no public flag; newer torch names it is_fx_symbolic_tracing.
+    st = torch.fx._symbolic_trace
+    flag = getattr(st, "is_fx_symbolic_tracing", None) or getattr(st, "is_fx_tracing", None)
+    return bool(flag()) if flag is not None else False
 
 
 def _positional_values(pos: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -248,7 +269,7 @@ class GPSA(nn.Module):
         keeps the old tensors alive so an address cannot be reused).  Writing through
         ``weight.data`` bypasses version counters; call :meth:`clear_cache` after doing that.
         """
-        use_cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        use_cache = not torch.is_grad_enabled() and not is_tracing()
         w, b = self.pos_proj.weight, self.pos_proj.bias
         key = None
         if use_cache:  # (version counters and addresses are not traceable: eager only)

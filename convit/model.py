@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
@@ -104,6 +105,22 @@ class ConViTConfig:
         return cls(**d)
 
 
+def architecture_cfg(cfg: ConViTConfig) -> dict:
+    """The part of timm's ``pretrained_cfg`` that follows from the architecture alone.
+
+    Mean/std and crop are ImageNet's (DeiT's eval: bicubic resize to img_size / 0.875, centre
+    crop); :func:`convit.zoo.create_model` replaces them for models trained on other data.
+    """
+    return dict(
+        url="", hf_hub_id=None, architecture=None, tag=None,
+        num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
+        fixed_input_size=not cfg.dynamic_img_size, interpolation="bicubic", crop_pct=0.875,
+        crop_mode="center",
+        mean=IMAGENET_DEFAULT_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
+        std=IMAGENET_DEFAULT_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
+        pool_size=None, first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens, with clear errors for wrong inputs."""
 
@@ -169,6 +186,9 @@ class ConViT(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = cfg.embed_dim
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
+        # timm's data contract (read by timm.data.resolve_data_config); the zoo overlays the
+        # published weights' metadata (url, hub id, mean/std, crop) for named models.
+        self.pretrained_cfg: dict = architecture_cfg(cfg)
 
         self.patch_embed = PatchEmbed(cfg)
         self.grid: Grid = cfg.grid
@@ -222,6 +242,11 @@ class ConViT(nn.Module):
                     p.requires_grad_(False)
 
     # -- small API --------------------------------------------------------------------------
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
+
     def gpsa_blocks(self) -> List[Block]:
         return [b for b in self.blocks if b.use_gpsa]
 

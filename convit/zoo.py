@@ -13,8 +13,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .checkpoint import config_from_metadata, infer_config, load_into, read_checkpoint
-from .model import ConViT, ConViTConfig
+from .checkpoint import config_from_metadata, infer_config, load_into, read_checkpoint, read_metadata_json
+from .model import ConViT, ConViTConfig, architecture_cfg
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,16 @@ class Pretrained:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A zoo entry: the architecture, where its weights live, and the data it expects.
+
+    data: overlay for timm's ``pretrained_cfg`` (mean, std, crop_pct, interpolation, ...) when
+    the model's data differ from the ImageNet defaults of :func:`convit.model.architecture_cfg`.
+    """
+
     config: Dict
     pretrained: Optional[Pretrained] = None
     description: str = ""
+    data: Dict = field(default_factory=dict)
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -86,18 +93,22 @@ for _suffix, _heads, _hub in (("tiny", 3, "timm/deit_tiny_patch16_224.fb_in1k"),
     register(f"deit_{_suffix}", ModelSpec(
         dict(embed_dim=64 * _heads, num_heads=_heads, local_up_to_layer=0, qkv_bias=True),
         Pretrained(hf_hub_id=_hub) if _hub else None,
-        f"DeiT baseline: {_heads} heads x 64, no GPSA"))
+        f"DeiT baseline: {_heads} heads x 64, no GPSA",
+        dict(crop_pct=0.9)))  # DeiT's published eval crop (timm's deit_* cfgs)
 # The small models of the embedded default job (digits: 8x8 images, a 4x4 grid of 2x2 patches).
 # Sized so that `convit train` reaches >93% test top-1 in a few CPU minutes; average pooling
 # (timm's global_pool='avg') trains faster than the class token from 1.3k images.
+# Digits images are used whole (crop 1.0); mean/std are those convit.data computes from the
+# 1,437 training images of its fixed split (tests/test_zoo.py checks they still agree).
+_DIGITS_DATA = dict(mean=(0.3053833842277527,), std=(0.3761212229728699,), crop_pct=1.0)
 register("convit_digits", ModelSpec(
     dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4, depth=4,
          mlp_ratio=2.0, local_up_to_layer=3, global_pool="avg"), None,
-    "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool"))
+    "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool", _DIGITS_DATA))
 register("deit_digits", ModelSpec(
     dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4, depth=4,
          mlp_ratio=2.0, local_up_to_layer=0, qkv_bias=True, global_pool="avg"), None,
-    "DeiT matching convit_digits: no GPSA"))
+    "DeiT matching convit_digits: no GPSA", _DIGITS_DATA))
 
 
 def weights_dir() -> Path:
@@ -168,4 +179,26 @@ def create_model(
         checkpoint_path = f"pretrained weights of {name}"
     if sd is not None:
         load_into(model, sd, source=str(checkpoint_path))
+    model.pretrained_cfg = pretrained_cfg(name, model, meta)
     return model
+
+
+def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = None) -> dict:
+    """timm's ``pretrained_cfg`` for ``model``: the architecture's defaults, the zoo entry's
+    weights and data, then (for our own files) the data the model was trained on."""
+    cfg = architecture_cfg(model.cfg)
+    if name is not None:
+        spec = model_spec(name)
+        tag = spec.pretrained.hf_hub_id.split(".", 1)[1] if spec.pretrained and spec.pretrained.hf_hub_id \
+            and "." in spec.pretrained.hf_hub_id else None
+        cfg.update(architecture=name, tag=tag, **spec.data)
+        if spec.pretrained is not None:
+            cfg.update(url=spec.pretrained.url or "", hf_hub_id=spec.pretrained.hf_hub_id)
+    data = read_metadata_json(meta, "data") if meta else None
+    if data:  # written by `convit train`: normalise and size exactly as in training
+        cfg.update(mean=tuple(data["mean"]), std=tuple(data["std"]))
+        if data.get("native_size"):  # fixed-size datasets: the whole image, resized
+            cfg["crop_pct"] = 1.0
+    if meta and "model_name" in meta and name is None:
+        cfg["architecture"] = read_metadata_json(meta, "model_name")
+    return cfg
