@@ -56,6 +56,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoint") -> Path:
     """Write ``path`` through ``write(tmp)`` into a temporary file in the same folder, fsync it,
     then ``os.replace`` it over ``path``.
@@ -67,6 +74,9 @@ def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoi
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        # Some writers (safetensors) create private 0600 files; give the file the mode any new
+        # file gets here (0666 minus the umask) so a shared group can read the checkpoint.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

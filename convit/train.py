@@ -393,7 +393,10 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
             lr_scheduler.step_update(num_updates=start_epoch * steps)
         say(f"resuming {out} from epoch {start_epoch} ({cfg.resume})")
         if start_epoch >= epochs:
-            say(f"the run already finished its {epochs} epochs; pass --epochs N to train longer")
+            say(f"the run already trained {start_epoch} epochs (>= the {epochs} asked for): nothing to "
+                f"train, config.yaml left as it was; pass --epochs N with N > {start_epoch} to train longer")
+    # A resumed run that trains no further keeps its config.yaml: it still describes the run.
+    keep_config = state is not None and start_epoch >= epochs
 
     # -- run folder --------------------------------------------------------------------------
     log_path, last_path = out / "log.jsonl", out / "last.pt"
@@ -406,9 +409,10 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
                 (out / stale).unlink(missing_ok=True)
         else:
             _truncate_log(log_path, start_epoch)
-        save_config(cfg, out / "config.yaml", comments={
-            "effective lr": lr, "epochs run": epochs, "warmup epochs": warmup,
-            "global batch": cfg.batch_size * world, "processes": world, "device": str(device)})
+        if not keep_config:
+            save_config(cfg, out / "config.yaml", comments={
+                "effective lr": lr, "epochs run": epochs, "warmup epochs": warmup,
+                "global batch": cfg.batch_size * world, "processes": world, "device": str(device)})
         if cfg.tensorboard:
             writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     meta_extra = {"class_names": list(data.class_names), "model_name": cfg.model,
@@ -498,7 +502,7 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
     if not entry:  # resumed a finished run: report what it logged
         entry = _read_log(log_path)[-1] if log_path.is_file() else {}
     summary: Dict[str, Any] = {
-        "output": str(out), "epochs": epochs, "time_s": time.perf_counter() - t_start,
+        "output": str(out), "epochs": start_epoch if keep_config else epochs, "time_s": time.perf_counter() - t_start,
         "test_top1": entry.get("test_top1"), "test_top5": entry.get("test_top5"),
         "test_loss": entry.get("test_loss"), "val_top1": entry.get("val_top1"),
         "best_val_top1": best["val_top1"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,

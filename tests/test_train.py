@@ -110,6 +110,31 @@ def test_resume_can_extend_epochs(tmp_path):
     assert [e["epoch"] for e in read_log(tmp_path / "run")] == [1, 2]
 
 
+def test_resume_of_a_finished_run_with_fewer_epochs_keeps_its_config(tmp_path, capsys):
+    assert train(tmp_path, "--epochs", "2") == 0
+    run = tmp_path / "run"
+    config_before = (run / "config.yaml").read_text()
+    log_before = (run / "log.jsonl").read_text()
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--no-report"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert (run / "config.yaml").read_text() == config_before
+    assert build_config(config_file=run / "config.yaml").epochs == 2
+    assert (run / "log.jsonl").read_text() == log_before
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)  # group may read, others nothing
+    try:
+        assert train(tmp_path, "--epochs", "1") == 0
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "best.safetensors", "last.pt", "log.jsonl", "config.yaml"):
+        assert (run / name).stat().st_mode & 0o777 == 0o640, name
+
+
 def test_existing_output_needs_resume_or_overwrite(tmp_path, capsys):
     assert train(tmp_path, "--epochs", "1") == 0
     assert train(tmp_path, "--epochs", "1") == 2
