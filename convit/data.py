@@ -82,6 +82,14 @@ _CIFAR10_SHARED = os.path.join("..", "shared", "data", _CIFAR10_NPZ)
 # DeiT's ImageNet recipe (Touvron et al. 2021), as used by ConViT.
 _DEIT_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob=0.25,
                  re_mode="pixel", re_count=1, interpolation="bicubic")
+# The one change to DeiT's RandAugment (see docs/augmentation.md): timm's
+# ``PosterizeIncreasing`` keeps ``4 - int(0.4 * m)`` bits, i.e. 0 bits when the sampled magnitude
+# ``m`` (N(9, 0.5), clipped to [0, 10]) reaches 10. Old Pillow turned 0 bits into an all-black
+# image; Pillow >= 13 raises ``ValueError: bits must be between or equal to 1 and 8``. Capping
+# that op's magnitude (timm's own ``magnitude_max``) just below 10 keeps 1 bit for those draws
+# and leaves every draw below 10, and every other op, exactly as in DeiT.
+_POSTERIZE_OP = "PosterizeIncreasing"
+_POSTERIZE_MAX_MAGNITUDE = 9.99
 _CROP_PCT = 0.875  # eval: resize to img_size / 0.875 (256 for 224), centre-crop img_size
 
 
@@ -247,6 +255,7 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], i
     not square, as the training images never are); without it (photos) DeiT's resize +
     centre-crop is used. Use ``bundle.native_size`` to reproduce the test-set preprocessing.
     """
+    _check_stats(mean, std, in_chans)
     return v2.Compose([_ToFloatImage(in_chans), *_geometry_eval(img_size, native_size),
                        v2.Normalize(list(mean), list(std))])
 
@@ -255,6 +264,73 @@ def _tensor_eval(img_size: int, native_size: int, mean, std) -> Callable:
     """Eval transform for in-memory datasets, whose items are already float [C, H, W]."""
     return v2.Compose([*_geometry_eval(img_size, native_size, inputs_native=True),
                        v2.Normalize(list(mean), list(std))])
+
+
+def _check_stats(mean: Sequence[float], std: Sequence[float], in_chans: int) -> None:
+    """Reject normalisation statistics that cannot apply to ``in_chans`` channels.
+
+    One value (applied to every channel) or one per channel; anything else would only fail
+    at the first image, inside a DataLoader worker. For ``deit`` it also matters before
+    normalising: timm fills the pixels that rotate / shear / translate uncover with the colour
+    ``round(255 * mean)``, and Pillow refuses a 3-value colour on a greyscale ("L") image.
+    """
+    if len(mean) != len(std) or len(mean) not in (1, in_chans):
+        raise ValueError(f"mean and std must both have 1 or in_chans={in_chans} values, got "
+                         f"mean={tuple(mean)}, std={tuple(std)}")
+
+
+def _rand_augment_of(transform: Callable):
+    """The single timm ``RandAugment`` inside a timm ``create_transform`` pipeline.
+
+    Raises ``RuntimeError`` if there is not exactly one: the posterize cap below must not
+    silently stop applying when timm reorganises its pipeline.
+    """
+    from timm.data.auto_augment import RandAugment
+
+    found = [t for t in getattr(transform, "transforms", ()) if isinstance(t, RandAugment)]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one timm RandAugment in the DeiT pipeline, found "
+                           f"{len(found)} in {transform!r}; convit's posterize fix "
+                           f"(convit.data._cap_posterize) needs updating for this timm version")
+    return found[0]
+
+
+def _cap_posterize(transform: Callable) -> None:
+    """Cap the magnitude of timm's posterize op in ``transform`` at
+    :data:`_POSTERIZE_MAX_MAGNITUDE`, so it never asks Pillow for 0 bits.
+
+    Uses timm's per-op ``magnitude_max`` (the knob behind the policy string's ``mmax``) on
+    that one op only, so the other 14 ops keep DeiT's [0, 10] range. Then probes the op at the
+    highest magnitude it can be given (magnitude std 0, magnitude far above the cap, prob 1)
+    on a white 1x1 image: it must keep at least one bit, i.e. return a non-black pixel.
+    Raises ``RuntimeError`` if the op is missing, the knob is gone, or the probe fails --
+    timm changed and the fix would otherwise silently not apply.
+    """
+    import copy
+    import random
+
+    ra = _rand_augment_of(transform)
+    ops = [op for op in ra.ops if getattr(op, "name", None) == _POSTERIZE_OP]
+    if len(ops) != 1 or not hasattr(ops[0], "magnitude_max"):
+        raise RuntimeError(f"expected one timm AugmentOp {_POSTERIZE_OP!r} with a magnitude_max "
+                           f"in {ra!r}; convit's posterize fix needs updating for this timm "
+                           f"version")
+    op = ops[0]
+    op.magnitude_max = min(op.magnitude_max or _POSTERIZE_MAX_MAGNITUDE, _POSTERIZE_MAX_MAGNITUDE)
+    probe = copy.copy(op)  # shallow: same functions and cap, own prob/magnitude
+    probe.prob, probe.magnitude_std, probe.magnitude = 1.0, 0.0, 1e6
+    rng_state = random.getstate()  # the probe must not shift the seeded augmentation stream
+    for mode, white in (("L", 255), ("RGB", (255, 255, 255))):
+        try:
+            out = probe(Image.new(mode, (1, 1), white))
+        except (ValueError, TypeError) as e:
+            raise RuntimeError(f"timm's {_POSTERIZE_OP} still fails at its highest magnitude "
+                               f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}: {e}") from e
+        finally:
+            random.setstate(rng_state)
+        if not any(np.asarray(out).ravel()):
+            raise RuntimeError(f"timm's {_POSTERIZE_OP} keeps 0 bits at its highest magnitude "
+                               f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}")
 
 
 def train_transform(augment: str, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -266,18 +342,24 @@ def train_transform(augment: str, img_size: int, mean: Sequence[float], std: Seq
     PIL-based DeiT pipeline); otherwise the transform takes a float tensor [C, H, W] in
     [0, 1] for fixed-size datasets, or a PIL image for photos (``native_size is None``).
 
-    * ``deit``: ``timm.data.create_transform`` with DeiT's RandAugment, colour jitter and
-      random erasing (random-resized-crop to ``img_size``, bicubic).
+    * ``deit``: ``timm.data.create_transform`` with DeiT's RandAugment and random erasing
+      (random-resized-crop to ``img_size``, bicubic; timm turns colour jitter off when
+      RandAugment is on). One change from DeiT: posterize's magnitude is capped below 10
+      (:func:`_cap_posterize`), because Pillow >= 13 refuses the 0 bits timm asks for there.
+      PIL input must have ``in_chans`` channels ("L" or "RGB").
     * ``small``: random crop with ``img_size // 8`` zero padding (+ horizontal flip if
       ``hflip``), the standard CIFAR recipe; photos are first resized (shorter side).
     * ``none``: just the eval geometry and normalisation.
     """
     mean, std = tuple(mean), tuple(std)
+    _check_stats(mean, std, in_chans)
     if augment == "deit":
         from timm.data import create_transform
 
-        return create_transform(img_size, is_training=True, mean=mean, std=std,
-                                hflip=0.5 if hflip else 0.0, **_DEIT_AUG), True
+        transform = create_transform(img_size, is_training=True, mean=mean, std=std,
+                                     hflip=0.5 if hflip else 0.0, **_DEIT_AUG)
+        _cap_posterize(transform)
+        return transform, True
     head = [] if native_size is not None else [_ToFloatImage(in_chans)]
     if augment == "none":
         return v2.Compose([*head, *_geometry_eval(img_size, native_size, inputs_native=True),
@@ -331,9 +413,29 @@ class TensorImageDataset(Dataset):
         return self.transform(x), int(self.labels[i])
 
 
+#: Pillow modes of one grey channel wider than 8 bits, read as 16-bit values (0..65535):
+#: 16-bit PNG / TIFF open as ``I;16*``; 16-bit PGM (any maxval, rescaled by Pillow to
+#: 0..65535) and some TIFFs open as 32-bit ``I``.
+_GREY16_MODES: Tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _grey16_to_l(im: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit ``L``: ``round(v / 257)``, clipped to 0..255.
+
+    Pillow's own ``convert("L")``/``convert("RGB")`` clips these modes at 255 instead of
+    rescaling, which turns almost every 16-bit photo pure white. ``v / 257`` maps 0 -> 0 and
+    65535 -> 255 exactly, and ``257 * k`` (an 8-bit value stored in 16 bits) back to ``k``.
+    """
+    a = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)
+    return Image.fromarray(((a + 128) // 257).astype(np.uint8))  # = round(a / 257), no ties
+
+
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     """Open an image file fully (decoded), for ``convit predict`` and ``imagefolder``.
 
+    The result converts correctly with ``.convert("RGB")`` / ``.convert("L")``: palette
+    images come back as ``RGBA`` and 16-bit greyscale ones (``I;16``, ``I``) as 8-bit ``L``
+    scaled by 1/257 (see :func:`_grey16_to_l`); other modes are returned as decoded.
     Raises ``FileNotFoundError`` if it does not exist and ``ValueError`` naming the file if
     Pillow cannot read it (not an image, truncated, unsupported format).
     """
@@ -343,7 +445,11 @@ def load_image(path: Union[str, os.PathLike]) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy() if im.mode != "P" else im.convert("RGBA")
+            if im.mode == "P":
+                return im.convert("RGBA")
+            if im.mode in _GREY16_MODES:
+                return _grey16_to_l(im)
+            return im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
 

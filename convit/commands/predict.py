@@ -2,8 +2,8 @@
 
 Images are preprocessed exactly like the test set the model was evaluated on: size, channel
 count, mean and std come from the checkpoint's metadata (written by ``convit train``).  For
-foreign checkpoints (official / timm) ImageNet statistics and DeiT's resize + centre crop
-are used, and classes are shown as indices.
+foreign checkpoints (official / timm) the model's ``pretrained_cfg`` statistics (ImageNet's
+for 3 channels) and DeiT's resize + centre crop are used, and classes are shown as indices.
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from typing import List
 import torch
 
 from .evaluate import load_model
-
-_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, args.model, device=str(device))
     data = info["data"] or {}
-    cfg = model.cfg
+    cfg, pcfg = model.cfg, model.pretrained_cfg  # pcfg: timm-style defaults matching in_chans
     transform = eval_transform(int(data.get("img_size", cfg.img_size[0])),
-                               data.get("mean", _IMAGENET["mean"]), data.get("std", _IMAGENET["std"]),
+                               data.get("mean", pcfg["mean"]), data.get("std", pcfg["std"]),
                                int(data.get("in_chans", cfg.in_chans)), data.get("native_size"))
     names: List[str] = info["class_names"] or [str(i) for i in range(model.num_classes)]
     k = min(args.topk, model.num_classes)
