@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from .checkpoint import atomic_save
+from .fileio import atomic_save
 
 __all__ = [
     "DATASETS", "AUGMENTS", "DataBundle", "build_data", "subsample_per_class",

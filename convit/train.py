@@ -32,7 +32,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as D
-from .checkpoint import CheckpointSaveError, atomic_save, read_checkpoint, save_model
+from .checkpoint import read_checkpoint, save_model
+from .fileio import CheckpointSaveError, atomic_save, read_jsonl
 from .config import TrainConfig, save_config
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .model import ConViT, count_params
@@ -500,7 +501,7 @@ def _fit(cfg: TrainConfig, device: torch.device, dist_info: D.DistInfo, say: Cal
 
     # -- final model, report, summary --------------------------------------------------------
     if not entry:  # resumed a finished run: report what it logged
-        entry = _read_log(log_path)[-1] if log_path.is_file() else {}
+        entry = read_jsonl(log_path)[-1] if log_path.is_file() else {}
     summary: Dict[str, Any] = {
         "output": str(out), "epochs": start_epoch if keep_config else epochs, "time_s": time.perf_counter() - t_start,
         "test_top1": entry.get("test_top1"), "test_top5": entry.get("test_top5"),
@@ -579,15 +580,11 @@ def _plain(obj: Any) -> Any:
     return repr(obj)
 
 
-def _read_log(path: Path) -> List[Dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _truncate_log(path: Path, epoch: int) -> None:
     """Keep the log entries of epochs up to ``epoch`` (a crash may have logged one more)."""
     if not path.is_file():
         return
-    kept = [e for e in _read_log(path) if e.get("epoch", 0) <= epoch]
+    kept = [e for e in read_jsonl(path) if e.get("epoch", 0) <= epoch]
     atomic_save(lambda p: p.write_text("".join(json.dumps(e) + "\n" for e in kept)), path, "log")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import read_metadata_json
+from ..fileio import read_jsonl as read_log
 from ..model import ConViT, ConViTConfig
 from . import figures as F
 from .locality import attention_grids, locality_summary
@@ -27,26 +28,6 @@ MAX_DEFAULT_HEADS = 8  # attention-map figures show at most this many heads unle
 
 
 # -- logs -------------------------------------------------------------------------------------
-
-def read_log(path: Path) -> List[dict]:
-    """Entries of a ``log.jsonl`` (one JSON object per line); blank or truncated lines (a run
-    still writing) are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"log file not found: {path}")
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
 
 def run_label(log_path: Path) -> str:
     """A run's name for legends: its directory name (the log's parent)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..checkpoint import atomic_save
+from ..fileio import atomic_save
 from .grids import Preset, Variant, epochs_for_fraction, get_preset, grid_variants
 
 __all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
