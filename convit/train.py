@@ -236,9 +236,11 @@ def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
 
 def _loader(dataset, batch_size: int, sampler, cfg: TrainConfig, device: torch.device,
             drop_last: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
+    # More workers than CPUs only adds process switching (the presets ask for DeiT's 8).
+    workers = min(cfg.num_workers, _cpu_count())
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", drop_last=drop_last,
-                      persistent_workers=cfg.num_workers > 0, generator=generator)
+                      persistent_workers=workers > 0, generator=generator)
 
 
 def _fixed_batch(dataset, n: int = 64) -> torch.Tensor:
