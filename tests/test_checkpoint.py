@@ -98,8 +98,8 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, timm_tiny):
 
 
 def test_deit_file_needs_a_name(tmp_path):
-    path = save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.attn.qkv.weight":
-                      torch.zeros(24, 8)}, str(tmp_path / "deit.safetensors"))
+    save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.attn.qkv.weight":
+               torch.zeros(24, 8)}, str(tmp_path / "deit.safetensors"))
     with pytest.raises(CheckpointError, match="pass the model name"):
         create_model(checkpoint_path=tmp_path / "deit.safetensors")
 
