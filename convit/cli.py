@@ -1,8 +1,9 @@
 """The ``convit`` command line.
 
 Each subcommand lives in the module that owns its work and exposes two functions,
-``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up, importing a
-module when its command is used so that ``convit models`` stays fast.
+``add_arguments(parser)`` and ``run(args) -> int``; this file only wires them up, importing
+only the module of the command given, so that ``convit models`` does not load the trainer,
+the analysis and the experiments.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import argparse
 import importlib
 import sys
 from typing import List, Optional
+
+from . import __version__
 
 # name -> (module, one-line help). Keep in data-flow order.
 COMMANDS = {
@@ -23,23 +26,29 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``convit`` parser with every subcommand; the arguments of ``command`` only, or of
+    all of them when it is None (the top-level help needs none: it lists the one-line helps)."""
     parser = argparse.ArgumentParser(
         prog="convit", description="ConViT: train, evaluate and analyse vision transformers "
                                    "with soft convolutional inductive biases.")
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"convit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if command is None or name == command:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first argument (the only top-level options, --help and --version, end
+    # the program): only its module is imported.  Without a known command (none, or a typo that
+    # argparse reports), no module is needed: the top-level help lists the one-line helps.
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

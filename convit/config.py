@@ -24,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11: the same parser as the optional package tomli, if installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ImportError:
+        tomllib = None  # type: ignore[assignment]
+
 __all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET_FOR_DATASET", "build_config", "load_config_file",
-           "add_config_arguments", "config_from_args", "save_config"]
+           "add_config_arguments", "given_fields", "config_from_args", "save_config"]
 
 
 def _knob(default: Any, help: str, **kw) -> Any:
@@ -259,17 +269,13 @@ def load_config_file(path: os.PathLike) -> Dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text()
     if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python < 3.11
-            import tomli as tomllib  # type: ignore[no-redef]
+        if tomllib is None:
+            raise ValueError(f"reading {path} needs Python >= 3.11 or the tomli package (pip install tomli)")
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"cannot parse TOML config {path}: {e}") from None
     else:
-        import yaml
-
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -310,8 +316,6 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
 
 def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[str, Any]] = None) -> None:
     """Write ``cfg`` as YAML (loadable with ``--config``); ``comments`` go on top as ``# k: v``."""
-    import yaml
-
     lines = [f"# {k}: {v}" for k, v in (comments or {}).items()]
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
     Path(path).write_text("\n".join(lines + [body]))
@@ -322,8 +326,7 @@ def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[
 # ---------------------------------------------------------------------------------------------
 
 def _parse_kwargs(items) -> Dict[str, Any]:
-    import yaml
-
+    """``KEY=VALUE`` items as a dict, each value read as YAML (``true``, ``0.5``, ``[1, 2]``)."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -334,6 +337,14 @@ def _parse_kwargs(items) -> Dict[str, Any]:
 
 
 class _KwargsAction(argparse.Action):
+    """``--model-kwargs depth=6 qkv_bias=false``: KEY=VALUE pairs into a dict.
+
+    Not timm.utils.ParseKwargs: it reads values with ``ast.literal_eval`` and falls back to the
+    string, so ``qkv_bias=false`` would arrive as the (truthy) string ``"false"``, and an item
+    without ``=`` is a traceback instead of a usage error.  YAML values keep the config-file
+    spelling working on the command line.
+    """
+
     def __call__(self, parser, namespace, values, option_string=None):
         try:
             setattr(namespace, self.dest, _parse_kwargs(values))
@@ -379,7 +390,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                 metavar=f.name.upper() if typ is not str else None, **kw)
 
 
+def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
+    """The :class:`TrainConfig` fields set by flags actually given on the command line
+    (:func:`add_config_arguments` leaves the others out of ``args``)."""
+    return {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config for ``convit train``'s parsed flags (only flags actually given override)."""
-    given = {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
-    return build_config(given, getattr(args, "config", None))
+    return build_config(given_fields(args), getattr(args, "config", None))

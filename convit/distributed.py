@@ -7,20 +7,23 @@ how to sum a number over all of us.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, List
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "broadcast_object",
-           "barrier", "ShardSampler"]
+__all__ = ["DistInfo", "init_distributed", "cleanup", "process_group", "all_reduce_sum", "broadcast_object",
+           "all_gather_object", "on_main", "barrier", "ShardSampler"]
 
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -56,8 +59,18 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def cleanup() -> None:
+    """Leave the process group (if one was joined), so the next run in this process starts clean."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_type: str) -> Iterator[DistInfo]:
+    """:func:`init_distributed` for the ``with`` block, :func:`cleanup` after it (also on errors)."""
+    try:
+        yield init_distributed(device_type)
+    finally:
+        cleanup()
 
 
 def _active() -> bool:
@@ -78,6 +91,34 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's value of a picklable object, in rank order (``[obj]`` in a single process)."""
+    if not _active():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_main(fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` on rank 0 only (the files of a run); if it fails, every rank raises.
+
+    Without the broadcast, the other ranks would wait forever in the next collective for a
+    rank 0 that has died.
+    """
+    failure = None
+    if not _active() or dist.get_rank() == 0:
+        try:
+            fn(*args)
+        except Exception as e:  # re-raised below, after telling the other ranks
+            failure = e
+    message = broadcast_object(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise RuntimeError(f"rank 0 failed: {message}")
 
 
 def barrier() -> None:

@@ -1,6 +1,6 @@
 """One epoch of training and one pass of evaluation (the two loops of DeiT's ``engine.py``).
 
-Nothing here parses arguments or knows which model it trains: :mod:`convit.train` builds
+Nothing here parses arguments or knows which model it trains: :func:`convit.train.fit` builds
 the model, data, optimizer and schedule and calls these two functions once per epoch.
 Metrics are sums (of losses, correct predictions and image counts) reduced over all
 processes before dividing, so they are exact under DDP rather than means of means.
@@ -8,6 +8,7 @@ processes before dividing, so they are exact under DDP rather than means of mean
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from typing import Callable, Dict, Iterable, Optional
@@ -15,6 +16,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .distributed import all_reduce_sum
 
@@ -27,9 +29,14 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, epoch: int, step: int, steps: int, loss: float, lr: float, note: str = "",
                  what: str = "") -> None:
         self.epoch, self.step, self.steps, self.loss, self.lr = epoch, step, steps, loss, lr
+        self.what = what
         what = what or f"the training loss is {loss}"
         super().__init__(f"{what} at epoch {epoch}, step {step}/{steps} (lr {lr:.3g}); training "
                          f"stopped" + (f"; {note}" if note else ""))
+
+    def with_note(self, note: str) -> "NonFiniteLossError":
+        """The same error with ``note`` (e.g. where the run can be resumed from) appended."""
+        return NonFiniteLossError(self.epoch, self.step, self.steps, self.loss, self.lr, note=note, what=self.what)
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -42,51 +49,36 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     """A tqdm bar when stderr is a terminal (and we are the printing process), else the iterable."""
     if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
     return iterable
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    device: torch.device,
-    epoch: int,
-    lr_scheduler=None,
-    mixup_fn: Optional[Callable] = None,
-    amp_dtype: Optional[torch.dtype] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    clip_grad: Optional[float] = None,
-    ema=None,
-    channels_last: bool = False,
-    progress: bool = True,
-    log_every: int = 0,
-    print_fn: Callable[[str], None] = print,
-) -> Dict[str, float]:
-    """Train ``model`` for one pass over ``loader``; returns ``train_loss``, ``lr`` and
-    ``images_per_s`` (over all processes).
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device, epoch: int,
+                    lr_scheduler=None, mixup_fn: Optional[Callable] = None, amp_dtype: Optional[torch.dtype] = None,
+                    scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None, ema=None,
+                    channels_last: bool = False, progress: bool = True, log_every: int = 0,
+                    print_fn: Callable[[str], None] = print) -> Dict[str, float]:
+    """Train ``model`` for one pass over ``loader``; returns ``train_loss``, ``lr``,
+    ``images_per_s`` and ``train_images`` (over all processes).
 
-    epoch: 1-based number of this epoch (for messages, and for the per-step schedule, which
-        is updated after every optimizer step to ``(epoch - 1) * steps + step``).
-    lr_scheduler: a timm scheduler stepped per update (``step_update``), or None.
-    mixup_fn: timm ``Mixup`` (turns labels into soft targets; ``loss_fn`` must accept them).
-    amp_dtype: autocast dtype (bf16 / fp16) or None for full precision; ``scaler`` for fp16.
-    ema: timm ``ModelEmaV3`` updated after each step.
-    log_every: without a progress bar, print a line every N steps (0: never).
+    epoch: 1-based (for messages, and for the per-step schedule: after every optimizer step
+        it is set to ``(epoch - 1) * steps + step``).  lr_scheduler: timm, stepped per update.
+    mixup_fn: timm ``Mixup`` (soft targets: ``loss_fn`` must accept them).  amp_dtype: autocast
+        dtype or None; ``scaler``: an fp16 loss scaler (None or disabled: plain steps).
+    ema: timm ``ModelEmaV3``, updated after each step.  log_every: without a progress bar,
+        print a line every N steps (0: never).
 
-    Raises :class:`NonFiniteLossError` on a NaN/inf loss (on every process at the same step:
-    the check is reduced over ranks), before the step that would corrupt the weights.
+    Raises :class:`NonFiniteLossError` on a NaN/inf loss before the step that would corrupt
+    the weights (on every process at the same step: the check is reduced over ranks), and
+    after the epoch if a finite loss still overflowed the weights.
     """
     model.train()
     steps = len(loader)
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    n_images = torch.zeros((), dtype=torch.float64, device=device)
-    start = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
+    # A disabled GradScaler passes loss and step through unchanged (same numbers, no branches).
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, images
+    start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
     bar = _progress(loader, steps, f"epoch {epoch}", progress)
     for step, (images, targets) in enumerate(bar, start=1):
         images = images.to(device, non_blocking=True)
@@ -95,51 +87,40 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
-
         with autocast(device, amp_dtype):
-            outputs = model(images)
-            loss = loss_fn(outputs.float(), targets)
+            loss = loss_fn(model(images).float(), targets)
 
         # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
-        bad = torch.tensor(float(not torch.isfinite(loss.detach())), device=device)
-        if distributed:
-            all_reduce_sum(bad)
+        bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=device))
         if bad.item() > 0:
             raise NonFiniteLossError(epoch, step, steps, loss.item(), optimizer.param_groups[0]["lr"])
 
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+        scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
         if ema is not None:
             ema.update(model, step=(epoch - 1) * steps + step)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=(epoch - 1) * steps + step)
 
-        loss_sum += loss.detach().double() * images.shape[0]
-        n_images += images.shape[0]
+        sums += torch.stack([loss.detach().double() * images.shape[0], sums.new_tensor(images.shape[0])])
         if bar is not loader:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        elif log_every and step % log_every == 0 and print_fn is not None:
+        elif log_every and step % log_every == 0:
             print_fn(f"  epoch {epoch} step {step}/{steps}  loss {loss.item():.4f}  lr {lr:.3e}")
     if bar is not loader:
         bar.close()
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # a finite loss overflowed
+        raise NonFiniteLossError(epoch, steps, steps, math.nan, lr, what="the weights became NaN/inf")
 
-    totals = all_reduce_sum(torch.stack([loss_sum, n_images]))
-    elapsed = time.perf_counter() - start
-    n = totals[1].item()
-    return {"train_loss": totals[0].item() / max(n, 1.0), "lr": lr,
-            "images_per_s": n / max(elapsed, 1e-9), "train_images": int(n)}
+    n, loss_sum = all_reduce_sum(sums)[1].item(), sums[0].item()
+    return {"train_loss": loss_sum / max(n, 1.0), "lr": lr,
+            "images_per_s": n / max(time.perf_counter() - start, 1e-9), "train_images": int(n)}
 
 
 @torch.no_grad()
@@ -155,6 +136,10 @@ def evaluate(
     Returns ``top1``, ``top5``, ``loss``, ``n`` (images over all processes) and
     ``images_per_s``.  With fewer than 5 classes, top-5 is top-``num_classes`` (100%).
     Each process must see a disjoint shard (see :class:`convit.distributed.ShardSampler`).
+
+    Not timm.utils.accuracy / AverageMeter: those give per-batch percentages averaged in Python
+    floats on each process (a ``.item()`` sync per batch); counting hits into one float64
+    tensor reduced once over ranks gives exact counts, hence exact DDP metrics.
     """
     was_training = model.training
     model.eval()

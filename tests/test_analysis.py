@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from convit import ConViT, ConViTConfig
+from convit import ConViT, ConViTConfig, create_model
 from convit.analysis import (attention_grids, attention_nonlocality, evaluate_masked, gates,
                              locality_summary, masked, nonlocality, patch_attention,
                              positional_centres, positional_spans)
 from convit.attention import GPSA
 from convit.checkpoint import save_model
+from convit.data import build_data
+from convit.fileio import read_jsonl
 
 GRID = (5, 7)  # non-square on purpose: H=5 rows, W=7 columns
 # Centres of the convolutional init (dx, dy), written out by hand (paper eq. 7 / official code):
@@ -332,8 +333,6 @@ def _digits_meta():
 def make_run(run_dir: Path, name: str, epochs: int = 2) -> Path:
     """A run directory made by hand: our model file and a fabricated log whose locality entries
     come from locality_summary."""
-    from convit import create_model
-
     torch.manual_seed(0)
     model = create_model(name, depth=3, local_up_to_layer=2 if name.startswith("convit") else 0,
                          embed_dim=32)
@@ -389,7 +388,12 @@ def test_write_run_report(tmp_path):
     assert [(r["mode"], r["k"], r["remove_pos_embed"]) for r in rows] == [
         ("none", 0, False), ("content", 1, False), ("content", 2, False),
         ("positional", 1, False), ("positional", 2, False), ("none", 0, True)]
-    assert all(0.0 <= r["top1"] <= 100.0 for r in rows)
+    # The table is measured on the whole test split of the run's dataset: its unmasked row is the
+    # model's test accuracy, and a masked row that of the model with those gates forced.
+    model = create_model(checkpoint_path=run / "model.safetensors").eval()
+    test = torch.utils.data.DataLoader(build_data("digits", augment="none").test, batch_size=256)
+    assert rows[0]["top1"] == evaluate_masked(model, test)
+    assert rows[4]["top1"] == evaluate_masked(_with_gating(model, 2, -1e4), test)  # positional masked
 
 
 def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
@@ -426,27 +430,24 @@ def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
 
 # -- end to end with the trainer --------------------------------------------------------------
 
-@pytest.mark.skipif(importlib.util.find_spec("convit.train") is None,
-                    reason="convit.train (the trainer) is not importable yet")
-def test_train_then_analyze(tmp_path, capsys):
-    """`convit train` (2 epochs, tiny ConViT on digits) writes the locality log and the report
-    through write_run_report; `convit analyze` then works on the run folder."""
+def test_train_then_analyze(trained_run, tmp_path, capsys):
+    """`convit train` (the shared 2-epoch tiny ConViT run) logs locality every epoch and writes
+    the report through write_run_report; `convit analyze` then works on the run folder."""
     from convit.cli import main
 
-    run = tmp_path / "run"
-    rc = main(["train", "--dataset", "digits", "--epochs", "2", "--sampling-ratio", "0.1",
-               "--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16",
-               "--threads", "1", "--output", str(run)])
-    assert rc == 0
-    entries = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    run = trained_run.folder
+    entries = read_jsonl(run / "log.jsonl")
     assert [e["epoch"] for e in entries] == [1, 2]
     loc = entries[-1]["locality"]
     assert loc["layer_types"] == ["gpsa", "mhsa"] and len(loc["gates"]) == 1
+    # The logged locality is that of the final model on the first 64 validation images.
+    model = create_model(checkpoint_path=run / "model.safetensors")
+    val = build_data("digits", val_fraction=0.1, sampling_ratio=0.2, augment="none").val
+    assert locality_summary(model, torch.stack([val[i][0] for i in range(64)])) == loc
     figures = {p.name for p in (run / "figures").iterdir()}
     assert {"nonlocality_training.png", "gates.png", "centres_spans.png", "attention_layer1.png",
             "training_curves.png"} <= figures
     assert (run / "report.html").read_text().count("data:image/png;base64,") >= 7
-    capsys.readouterr()
     rc = main(["analyze", str(run / "model.safetensors"), "--output", str(tmp_path / "a"),
                "--layers", "1", "--no-html"])
     assert rc == 0

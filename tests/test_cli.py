@@ -11,34 +11,27 @@ from PIL import Image
 
 from convit.checkpoint import save_model
 from convit.cli import main
+from convit.fileio import read_jsonl
 from convit.zoo import create_model
 
-TINY = ["--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2",
-        "--sampling-ratio", "0.2", "--batch-size", "32", "--threads", "1", "--warmup-epochs", "1"]
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """One tiny 2-epoch digits run shared by the tests of this module."""
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", *TINY, "--epochs", "2", "--output", str(out), "--no-report", "--no-locality"]) == 0
-    return out
-
-
-def _log(run: Path):
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+@pytest.fixture
+def run_dir(trained_run) -> Path:
+    """The folder of the tiny 2-epoch run shared by the whole session (conftest): read only."""
+    return trained_run.folder
 
 
 def test_eval_our_checkpoint_matches_the_training_log(run_dir, capsys):
+    """The test and val top-1 logged by the trainer are exactly what `convit eval` measures on
+    the saved final model: same split, same transform, same weights."""
     assert main(["eval", "--checkpoint", str(run_dir / "model.safetensors"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    last = _log(run_dir)[-1]
+    last = read_jsonl(run_dir / "log.jsonl")[-1]
     assert metrics["dataset"] == "digits" and metrics["n"] == 360
-    assert metrics["top1"] == pytest.approx(last["test_top1"])
-    assert metrics["top5"] == pytest.approx(last["test_top5"])
-    assert metrics["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
-    assert main(["eval", "--checkpoint", str(run_dir / "model.safetensors"), "--split", "val"]) == 0
-    assert f"top-1 {last['val_top1']:.2f}%" in capsys.readouterr().out
+    assert metrics["top1"] == last["test_top1"] and metrics["top5"] == last["test_top5"]
+    assert metrics["loss"] == pytest.approx(last["test_loss"], rel=1e-5)  # summed in another batch order
+    assert main(["eval", "--checkpoint", str(run_dir / "model.safetensors"), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == last["val_top1"]
 
 
 def test_eval_wrong_number_of_classes_says_so(run_dir, tmp_path, capsys):
@@ -62,11 +55,11 @@ def test_eval_checkpoint_of_another_architecture_says_which_keys(run_dir, tmp_pa
     assert "does not match the model" in err and "blocks.0.attn.pos_proj.weight" in err and "--model" in err
 
 
-def test_finetune_from_a_checkpoint_with_another_head(run_dir, tmp_path, capsys):
+def test_finetune_from_a_checkpoint_with_another_head(run_dir, tmp_path, capsys, tiny):
     model = create_model(checkpoint_path=run_dir / "model.safetensors")
     model.reset_classifier(7)
     save_model(model, tmp_path / "seven.safetensors")
-    assert main(["train", *TINY, "--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"),
+    assert main(["train", *tiny, "--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"),
                  "--output", str(tmp_path / "ft"), "--no-report", "--no-locality"]) == 0
     assert "7-class head is replaced by a new 10-class head" in capsys.readouterr().out
 

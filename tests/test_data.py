@@ -17,10 +17,11 @@ from PIL import Image
 
 from convit.data import (DATASETS, build_data, eval_transform, load_cifar10_npz, load_image,
                          subsample_per_class)
+from convit.data import cifar, fashion_mnist
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-CIFAR_NPZ_CANDIDATES = [Path("../shared/data/cifar10_jpeg.npz"),
-                        Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.npz"]
+# ../shared beside the repository root (as in CI), wherever pytest is started from.
+CIFAR_NPZ_CANDIDATES = [Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.npz"]
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +184,7 @@ def test_fashion_mnist():
 
 
 def test_fashion_mnist_missing_files_message(tmp_path, monkeypatch):
-    import convit.data as data
-
-    monkeypatch.setattr(data, "_FASHION_SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(fashion_mnist, "_FASHION_SYSTEM_DIR", str(tmp_path / "system"))
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(FileNotFoundError) as e:
@@ -218,6 +217,17 @@ def _write_small_npz(path: Path, n_train: int = 30, n_test: int = 10) -> np.ndar
     return arrays["train_labels"]
 
 
+def _poison_cache(cached: Path) -> np.ndarray:
+    """Overwrite the decoded images in the cache file with a pattern no JPEG decodes to."""
+    with np.load(cached) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_x"] = np.full_like(arrays["train_x"], 7)
+    arrays["train_x"][:, 0, 0, 0] = np.arange(len(arrays["train_x"]))
+    with open(cached, "wb") as f:  # same name: the key (source name, size, mtime) still matches
+        np.savez(f, **arrays)
+    return arrays["train_x"]
+
+
 def test_cifar10_npz_format_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "data" / "cifar10_jpeg.npz"
@@ -228,19 +238,41 @@ def test_cifar10_npz_format_and_cache(tmp_path, monkeypatch):
     assert ty.dtype == np.int64 and np.array_equal(ty, labels) and classes[3] == "c3"
     cached = list((tmp_path / "cache").glob("*.npz"))
     assert len(cached) == 1
+    # The second load must come from the cache: its (poisoned) pixels, and no JPEG decoded.
+    poison = _poison_cache(cached[0])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded the JPEGs again instead of reading the cache")
+
+    monkeypatch.setattr(cifar, "_decode_jpegs", no_decoding)
     again = load_cifar10_npz(src)
-    assert np.array_equal(again[0], tx)
+    assert np.array_equal(again[0], poison) and np.array_equal(again[1], ty)
+    assert np.array_equal(again[2], vx) and again[4] == classes
     b = build_data("cifar10", data_path=str(src.parent), val_fraction=0.2)
+    assert torch.equal(b.train.images, torch.from_numpy(poison).permute(0, 3, 1, 2))
     assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 10)  # 3 per class: 1 held out
     x, y = b.train[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10 and b.class_names[0] == "c0"
+
+
+def test_cifar10_npz_unreadable_cache_is_decoded_again(tmp_path):
+    src = tmp_path / "cifar10_jpeg.npz"
+    _write_small_npz(src, n_train=10, n_test=10)
+    tx = load_cifar10_npz(src, cache=tmp_path / "cache")[0]
+    (cached,) = (tmp_path / "cache").glob("*.npz")
+    cached.write_bytes(b"not an npz file")
+    with pytest.warns(UserWarning, match="ignoring unreadable cache"):
+        again = load_cifar10_npz(src, cache=tmp_path / "cache")
+    assert np.array_equal(again[0], tx)
+    with np.load(cached) as z:  # and the cache was written afresh
+        assert np.array_equal(z["train_x"], tx)
 
 
 def _real_cifar_npz() -> Path:
     path = next((p for p in CIFAR_NPZ_CANDIDATES if p.is_file()), None)
     if path is None:
         pytest.skip(f"cifar10_jpeg.npz not found at {CIFAR_NPZ_CANDIDATES[0].resolve()}; put "
-                    "cifar10_jpeg.npz in ../shared/data")
+                    "cifar10_jpeg.npz in ../shared/data beside the repository")
     return path
 
 
@@ -271,9 +303,7 @@ def test_cifar10_real_npz_subset(tmp_path, monkeypatch):
     assert raw.dtype == torch.uint8 and raw.float().std() > 10  # real pixels, not blank
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CONVIT_SLOW_TESTS"),
-                    reason="full CIFAR-10 decode (~10 s); set CONVIT_SLOW_TESTS=1 to run")
+@pytest.mark.slow  # full CIFAR-10 decode (~10 s): the full tier (.ci/run) only
 def test_cifar10_real_npz_full(tmp_path, monkeypatch):
     path = _real_cifar_npz()
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path))

@@ -13,20 +13,21 @@ import sys
 import pytest
 
 from convit.cli import main
+from convit.fileio import read_jsonl
 
 
-def test_two_process_gloo_training(tmp_path, capsys):
+@pytest.mark.slow  # two processes starting torch: ~8 s
+def test_two_process_gloo_training(tmp_path, capsys, tiny):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "convit.cli", "train", "--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16",
-           "patch_size=2", "--sampling-ratio", "0.2", "--batch-size", "16", "--epochs", "1",
-           "--warmup-epochs", "0", "--threads", "1", "--output", str(out), "--no-report"]
+           "-m", "convit.cli", "train", *tiny, "--batch-size", "16", "--epochs", "1", "--warmup-epochs", "0",
+           "--output", str(out), "--no-report"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("done in") == 1  # rank 0 alone prints
     assert "2 process(es)" in proc.stdout and "of 32 (lr" in proc.stdout  # global batch = 2 x 16
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = read_jsonl(out / "log.jsonl")
     assert len(log) == 1 and "locality" in log[0]
     # Metrics summed over the two shards equal a one-process evaluation of the same weights.
     for split in ("val", "test"):

@@ -10,8 +10,9 @@ WEBP, TIFF, PPM/PGM).
 It also forces the worst case of DeiT's RandAugment: every op of the policy at the lowest
 and highest magnitude it can be given, on RGB and greyscale images. Pillow >= 13 refuses the
 0-bit posterize that timm asks for at magnitude 10 (see docs/augmentation.md), which the
-recipe in convit.data caps; without that cap ``test_every_rand_augment_op_at_extreme_magnitudes``
-and ``test_train_cli_on_real_files_at_the_worst_case_policy`` fail.
+recipe in convit.data.transforms caps; without that cap
+``test_every_rand_augment_op_at_extreme_magnitudes`` and
+``test_train_cli_on_real_files_at_the_worst_case_policy`` fail.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ import pytest
 import torch
 from PIL import Image
 
-import convit.data as data
 from convit.config import PRESETS, build_config
 from convit.data import (ImageFileDataset, TensorImageDataset, build_data, eval_transform,
                          load_image, train_transform)
+from convit.data import transforms
 
 # --------------------------------------------------------------------------------------------
 # The image files
@@ -389,7 +390,7 @@ def test_deit_recipe_from_in_memory_greyscale_tensors():
     imgs[0] = 1.0
     t, wants_pil = train_transform("deit", 28, (0.286,), (0.353,), 1)
     assert wants_pil
-    _force_extreme(data._rand_augment_of(t), 10.0)
+    _force_extreme(transforms._rand_augment_of(t), 10.0)
     ds = TensorImageDataset(imgs, np.zeros(n, dtype=np.int64), np.arange(n), t, to_pil=True)
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     for i in range(len(ds)):
@@ -420,7 +421,7 @@ def _recipe_ops(in_chans: int):
     mean = (0.485, 0.456, 0.406) if in_chans == 3 else (0.286,)
     std = (0.229, 0.224, 0.225) if in_chans == 3 else (0.353,)
     t, _ = train_transform("deit", 32, mean, std, in_chans)
-    return data._rand_augment_of(t).ops
+    return transforms._rand_augment_of(t).ops
 
 
 def _forced(op, magnitude: float):
@@ -440,7 +441,7 @@ def test_recipe_is_deits_policy_with_only_posterize_capped():
     from timm.data.auto_augment import rand_augment_transform
 
     ours = _recipe_ops(3)
-    theirs = rand_augment_transform(data._DEIT_AUG["auto_augment"],
+    theirs = rand_augment_transform(transforms._DEIT_AUG["auto_augment"],
                                      {"img_mean": (124, 116, 104)}).ops
     assert [op.name for op in ours] == DEIT_OPS == [op.name for op in theirs]
     for a, b in zip(ours, theirs):
@@ -495,7 +496,7 @@ def test_posterize_cap_changes_nothing_below_magnitude_10():
     from timm.data.auto_augment import rand_augment_transform
 
     ours = next(op for op in _recipe_ops(1) if op.name == "PosterizeIncreasing")
-    theirs = next(op for op in rand_augment_transform(data._DEIT_AUG["auto_augment"], {}).ops
+    theirs = next(op for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
                   if op.name == "PosterizeIncreasing")
     ramp = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     for magnitude in np.arange(0.0, 10.0, 0.01):
@@ -521,7 +522,7 @@ def test_posterize_cap_changes_about_2_3_percent_of_applications():
         return asked
 
     ours = next(op for op in _recipe_ops(3) if op.name == "PosterizeIncreasing")
-    theirs = next(op for op in rand_augment_transform(data._DEIT_AUG["auto_augment"], {}).ops
+    theirs = next(op for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
                   if op.name == "PosterizeIncreasing")
     a, b = bits_asked(theirs, 40_000), bits_asked(ours, 40_000)
     assert len(a) == len(b) > 15_000
@@ -535,12 +536,12 @@ def test_the_cap_fails_loudly_when_timm_moves(monkeypatch):
     from torchvision.transforms import Compose
 
     with pytest.raises(RuntimeError, match="RandAugment"):
-        data._cap_posterize(Compose([]))
+        transforms._cap_posterize(Compose([]))
     no_posterize = Compose([RandAugment(rand_augment_ops(9, transforms=["Rotate", "Equalize"]))])
     with pytest.raises(RuntimeError, match="PosterizeIncreasing"):
-        data._cap_posterize(no_posterize)
+        transforms._cap_posterize(no_posterize)
     # a cap that no longer keeps a bit (as if timm's level mapping moved) is caught at build time
-    monkeypatch.setattr(data, "_POSTERIZE_MAX_MAGNITUDE", 10.0)
+    monkeypatch.setattr(transforms, "_POSTERIZE_MAX_MAGNITUDE", 10.0)
     with pytest.raises(RuntimeError, match="highest magnitude"):
         train_transform("deit", 32, (0.5,) * 3, (0.2,) * 3, 3)
 
@@ -600,7 +601,7 @@ def test_train_cli_on_real_files_at_the_worst_case_policy(image_files, tmp_path,
     from convit.cli import main
 
     root, _ = image_files
-    monkeypatch.setitem(data._DEIT_AUG, "auto_augment", "rand-m10-n4-mstd0-p1.0-inc1")
+    monkeypatch.setitem(transforms._DEIT_AUG, "auto_augment", "rand-m10-n4-mstd0-p1.0-inc1")
     out = tmp_path / "run"
     assert main(["train", "--dataset", "imagefolder", "--data-path", str(root), *TINY_RUN,
                  "--output", str(out)]) == 0

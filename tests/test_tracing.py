@@ -95,6 +95,8 @@ def test_jit_trace_with_a_stale_cache_computes_p_from_the_weights():
         torch.testing.assert_close(traced(x), b(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.xfail(strict=True, reason="torch.fx cannot trace past PatchEmbed's input checks yet "
+                   "(issue 9, timm contract: still open); strict, so it flips to a failure once fixed")
 def test_fx_symbolic_trace_with_a_stale_cache_computes_p_from_the_weights():
     a, b, x = _models()
     with torch.no_grad():

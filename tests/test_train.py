@@ -2,13 +2,17 @@
 
 Covers the run folder layout and log keys, the printed summary against log.jsonl, exact
 resume after an interruption, atomic checkpoints (crash before rename, disk full), NaN
-stops, the config system and bad input.
+stops, run-folder policy, the config system and bad input.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import errno
 import json
+import os
 import re
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +20,26 @@ import pytest
 import torch
 from PIL import Image
 
+import convit.train as T
 from convit.checkpoint import read_checkpoint
 from convit.cli import main
-from convit.config import PRESETS, TrainConfig, build_config, load_config_file
-from convit.train import load_training_state
-
-# A 2-block ConViT on a 4x4 grid of 2x2 patches and a fifth of digits: ~1 s per epoch.
-TINY = ["--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2",
-        "--sampling-ratio", "0.2", "--batch-size", "32", "--threads", "1", "--warmup-epochs", "1"]
+from convit.config import (PRESETS, TrainConfig, add_config_arguments, build_config, config_from_args,
+                           load_config_file)
+from convit.fileio import read_jsonl
+from convit.runs import find_last_checkpoint, load_training_state, resolve_output
 
 
-def train(tmp: Path, *extra: str, name: str = "run") -> int:
-    return main(["train", *TINY, "--output", str(tmp / name), "--no-report", *extra])
+def _log(run: Path):
+    return read_jsonl(run / "log.jsonl")
 
 
-def read_log(run: Path):
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def test_two_epochs_run_folder_log_and_summary(tmp_path, capsys):
-    assert main(["train", *TINY, "--epochs", "2", "--output", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
-    run = tmp_path / "run"
+def test_run_folder_log_and_summary(trained_run):
+    """The shared 2-epoch run (conftest): files, log keys, printed summary, model metadata."""
+    run, out = trained_run.folder, trained_run.stdout
     for name in ("config.yaml", "log.jsonl", "last.pt", "best.safetensors", "model.safetensors", "report.html"):
         assert (run / name).is_file(), name
     assert any((run / "figures").iterdir())
-    log = read_log(run)
+    log = _log(run)
     assert [e["epoch"] for e in log] == [1, 2]
     for e in log:
         for key in ("epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss", "images_per_s",
@@ -64,6 +62,9 @@ def test_two_epochs_run_folder_log_and_summary(tmp_path, capsys):
     assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
     data = json.loads(meta["data"])
     assert data["dataset"] == "digits" and data["img_size"] == 8 and data["in_chans"] == 1
+    # best.safetensors holds the weights of the best validation epoch, and says which.
+    _, best_meta = read_checkpoint(run / "best.safetensors")
+    assert int(best_meta["epoch"]) == best["epoch"] and float(best_meta["val_top1"]) == best["val_top1"]
     # config.yaml is loadable and reproduces the config.
     cfg = build_config(config_file=run / "config.yaml")
     assert cfg.epochs == 2 and cfg.model_kwargs["embed_dim"] == 16
@@ -72,8 +73,6 @@ def test_two_epochs_run_folder_log_and_summary(tmp_path, capsys):
 
 
 def _interrupt_at_epoch(monkeypatch, n: int) -> None:
-    import convit.train as T
-
     real = T.train_one_epoch
 
     def flaky(*args, **kwargs):
@@ -84,13 +83,13 @@ def _interrupt_at_epoch(monkeypatch, n: int) -> None:
     monkeypatch.setattr(T, "train_one_epoch", flaky)
 
 
-def test_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
+def test_resume_is_bit_identical(train_tiny, tmp_path, monkeypatch, capsys):
     # drop_path and mixup consume random numbers every step: the RNG state must be restored too.
     extra = ["--epochs", "3", "--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"]
-    assert train(tmp_path, *extra, name="straight") == 0
+    assert train_tiny(*extra, name="straight") == 0
     with monkeypatch.context() as m:
         _interrupt_at_epoch(m, 2)
-        assert train(tmp_path, *extra, name="resumed") == 130
+        assert train_tiny(*extra, name="resumed") == 130
     assert "--resume" in capsys.readouterr().err
     assert load_training_state(tmp_path / "resumed" / "last.pt")["epoch"] == 1
     assert main(["train", "--resume", str(tmp_path / "resumed")]) == 0
@@ -99,35 +98,35 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    la, lb = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
+    la, lb = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
     assert [e["epoch"] for e in lb] == [1, 2, 3]
     assert [e["train_loss"] for e in la] == [e["train_loss"] for e in lb]
 
 
-def test_resume_can_extend_epochs(tmp_path):
-    assert train(tmp_path, "--epochs", "1") == 0
+def test_resume_can_extend_epochs(train_tiny, tmp_path):
+    assert train_tiny("--epochs", "1") == 0
     assert main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2", "--no-report"]) == 0
-    assert [e["epoch"] for e in read_log(tmp_path / "run")] == [1, 2]
+    assert [e["epoch"] for e in _log(tmp_path / "run")] == [1, 2]
 
 
-def test_resume_of_a_finished_run_with_fewer_epochs_keeps_its_config(tmp_path, capsys):
-    assert train(tmp_path, "--epochs", "2") == 0
+def test_resume_of_a_finished_run_with_fewer_epochs_keeps_its_config(train_tiny, tmp_path, capsys):
+    assert train_tiny("--epochs", "2") == 0
     run = tmp_path / "run"
     config_before = (run / "config.yaml").read_text()
     log_before = (run / "log.jsonl").read_text()
     assert main(["train", "--resume", str(run), "--epochs", "1", "--no-report"]) == 0
-    assert "nothing to train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to train" in out
+    assert f"test top-1 {_log(run)[-1]['test_top1']:.2f}%" in out  # it reports what the run logged
     assert (run / "config.yaml").read_text() == config_before
     assert build_config(config_file=run / "config.yaml").epochs == 2
     assert (run / "log.jsonl").read_text() == log_before
 
 
-def test_run_files_follow_the_umask(tmp_path):
-    import os
-
+def test_run_files_follow_the_umask(train_tiny, tmp_path):
     old = os.umask(0o027)  # group may read, others nothing
     try:
-        assert train(tmp_path, "--epochs", "1") == 0
+        assert train_tiny("--epochs", "1") == 0
     finally:
         os.umask(old)
     run = tmp_path / "run"
@@ -135,17 +134,31 @@ def test_run_files_follow_the_umask(tmp_path):
         assert (run / name).stat().st_mode & 0o777 == 0o640, name
 
 
-def test_existing_output_needs_resume_or_overwrite(tmp_path, capsys):
-    assert train(tmp_path, "--epochs", "1") == 0
-    assert train(tmp_path, "--epochs", "1") == 2
+def test_existing_output_needs_resume_or_overwrite(train_tiny, capsys):
+    assert train_tiny("--epochs", "1") == 0
+    assert train_tiny("--epochs", "1") == 2
     assert "--resume" in capsys.readouterr().err
-    assert train(tmp_path, "--epochs", "1", "--overwrite") == 0
+    assert train_tiny("--epochs", "1", "--overwrite") == 0
 
 
-def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    import convit.train as T
+def test_default_run_folders_are_numbered(tmp_path, monkeypatch):
+    """Without --output: runs/<model>_<dataset>, then -2, -3 beside it once it holds a run
+    (relative to the working directory, which is a temporary one here)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config()
+    assert resolve_output(cfg) == Path("runs/convit_digits_digits")
+    Path("runs/convit_digits_digits").mkdir(parents=True)
+    assert resolve_output(cfg) == Path("runs/convit_digits_digits")  # empty: reused
+    Path("runs/convit_digits_digits/log.jsonl").touch()
+    assert resolve_output(cfg) == Path("runs/convit_digits_digits-2")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        find_last_checkpoint("runs/convit_digits_digits")
+    with pytest.raises(ValueError, match="needs --output"):
+        find_last_checkpoint("auto")
 
-    real_replace = T.os.replace
+
+def test_crash_between_write_and_rename_keeps_previous_checkpoint(train_tiny, tmp_path, monkeypatch, capsys):
+    real_replace = os.replace
     calls = {"n": 0}
 
     def crash_on_second_last_pt(src, dst):
@@ -155,8 +168,8 @@ def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monk
                 raise OSError(errno.EIO, "simulated crash before rename")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(T.os, "replace", crash_on_second_last_pt)
-    assert train(tmp_path, "--epochs", "2") == 1
+    monkeypatch.setattr(os, "replace", crash_on_second_last_pt)
+    assert train_tiny("--epochs", "2") == 1
     err = capsys.readouterr().err
     assert "last.pt" in err and "intact" in err
     state = load_training_state(tmp_path / "run" / "last.pt")
@@ -164,9 +177,7 @@ def test_crash_between_write_and_rename_keeps_previous_checkpoint(tmp_path, monk
     assert not list((tmp_path / "run").glob(".*tmp"))  # no temporary file left behind
 
 
-def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    import convit.train as T
-
+def test_disk_full_while_saving_keeps_previous_checkpoint(train_tiny, tmp_path, monkeypatch, capsys):
     real_save = torch.save
     calls = {"n": 0}
 
@@ -177,16 +188,15 @@ def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr(T.torch, "save", save_then_fill_disk)
-    assert train(tmp_path, "--epochs", "2") == 1
+    monkeypatch.setattr(torch, "save", save_then_fill_disk)
+    assert train_tiny("--epochs", "2") == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "intact" in err
     assert load_training_state(tmp_path / "run" / "last.pt")["epoch"] == 1
     assert not list((tmp_path / "run").glob(".*tmp"))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import convit.train as T
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_tiny, tmp_path, monkeypatch, capsys):
     from timm.loss import LabelSmoothingCrossEntropy
 
     epoch = {"now": 0}
@@ -202,7 +212,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(T, "train_one_epoch", tracking_epoch)
     monkeypatch.setattr(LabelSmoothingCrossEntropy, "forward", nan_in_epoch_two)
-    assert train(tmp_path, "--epochs", "3") == 1
+    assert train_tiny("--epochs", "3") == 1
     err = capsys.readouterr().err
     assert re.search(r"loss is nan at epoch 2, step 1/\d+", err), err
     assert "last good checkpoint" in err and "last.pt" in err
@@ -249,10 +259,18 @@ def test_corrupt_image_is_skipped(tmp_path, capsys):
                    "patch_size=2", "--epochs", "1", "--batch-size", "4", "--threads", "1",
                    "--output", str(tmp_path / "r"), "--no-report", "--num-workers", "0"])
     assert rc == 0
-    assert read_log(tmp_path / "r")[0]["test_top1"] >= 0  # no val split: test is evaluated
+    assert "6 train / 0 val / 6 test images" in capsys.readouterr().out  # the broken file is not one
+    # No val split: the test split is evaluated every epoch, and the logged number is what
+    # `convit eval` measures on the saved model (same images, same transform).
+    logged = read_jsonl(tmp_path / "r" / "log.jsonl")[0]
+    with pytest.warns(UserWarning, match="broken.png"):  # eval reads the same folder
+        assert main(["eval", "--checkpoint", str(tmp_path / "r" / "model.safetensors"), "--data-path", str(root),
+                     "--json", "--device", "cpu"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    assert measured["n"] == 6 and measured["top1"] == logged["test_top1"]
 
 
-def test_tensorboard_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
+def test_tensorboard_missing_is_a_clear_error(train_tiny, capsys, monkeypatch):
     import builtins
 
     real_import = builtins.__import__
@@ -263,7 +281,7 @@ def test_tensorboard_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    assert train(tmp_path, "--epochs", "1", "--tensorboard") == 2
+    assert train_tiny("--epochs", "1", "--tensorboard") == 2
     assert "pip install tensorboard" in capsys.readouterr().err
 
 
@@ -294,14 +312,46 @@ def test_scale_epochs():
     assert build_config({"sampling_ratio": 0.25, "epochs": 10}).run_epochs == 10
 
 
-def test_every_config_field_has_a_flag(capsys):
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    text = capsys.readouterr().out
-    import dataclasses
+_HINTS = typing.get_type_hints(TrainConfig)
+#: A valid non-default command-line value for the string fields that are not paths.
+_STRING_FLAGS = {"preset": "cifar", "model": "deit_digits", "dataset": "cifar10", "augment": "none",
+                 "opt": "sgd", "sched": "step", "device": "cpu", "amp": "bf16"}
 
-    for f in dataclasses.fields(TrainConfig):
-        assert "--" + f.name.replace("_", "-") in text, f.name
+
+def _flag_and_value(f: dataclasses.Field):
+    """(command-line words, expected field value) that set field ``f`` to a non-default value."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    hint = _HINTS[f.name]
+    if typing.get_origin(hint) is typing.Union:  # Optional[int] -> int
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    kind = typing.get_origin(hint) or hint  # Dict[str, Any] -> dict
+    if kind is bool:
+        return ([flag] if not default else ["--no-" + flag[2:]]), not default
+    if kind is dict:
+        return [flag, "depth=3", "qkv_bias=false", "global_pool=token"], {"depth": 3, "qkv_bias": False,
+                                                                          "global_pool": "token"}
+    if kind is int:
+        return [flag, str((default or 0) + 3)], (default or 0) + 3
+    if kind is float:
+        value = 0.25 if default != 0.25 else 0.75  # inside every range check (fractions, smoothing)
+        return [flag, str(value)], value
+    value = _STRING_FLAGS.get(f.name, "some/path")  # else a path: data_path, finetune, output, resume
+    return [flag, value], value
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
+def test_each_flag_sets_its_field(field):
+    """Every TrainConfig field has a flag, and giving it sets the field (with its type) in the
+    config that `convit train` builds, whatever preset the flag selects."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    words, expected = _flag_and_value(field)
+    cfg = config_from_args(parser.parse_args(words))
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    assert expected != default
+    got = getattr(cfg, field.name)
+    assert got == expected and type(got) is type(expected), (words, got)
 
 
 def test_example_configs_load():

@@ -7,25 +7,42 @@
 * :mod:`.figures`   matplotlib figures (Agg canvas) from logs and summaries
 * :mod:`.report`    ``convit analyze`` and the per-run HTML report (``write_run_report``)
 
-Figures and reports import matplotlib lazily (via :mod:`.report`); the measures do not need it.
+:func:`training_hooks` is what ``convit train`` adds to :func:`convit.train.fit`, which itself
+knows nothing of this package: locality in the log of every evaluated epoch, and the figures
+and report of the run at its end.
 """
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict
+
+import torch
+import torch.nn as nn
+
 from .locality import (attention_grids, attention_nonlocality, centres_and_spans, gates,
                        layer_nonlocality, locality_summary, mean_pairwise_distance, nonlocality,
                        pairwise_distances, patch_attention, positional_centres, positional_spans)
 from .masking import MASK_MODES, evaluate_masked, masked, masking_table
+from .report import analyze, write_run_report
 
 __all__ = [
     "attention_grids", "attention_nonlocality", "centres_and_spans", "gates", "layer_nonlocality",
     "locality_summary", "mean_pairwise_distance", "nonlocality", "pairwise_distances",
     "patch_attention", "positional_centres", "positional_spans", "MASK_MODES", "evaluate_masked",
-    "masked", "masking_table", "write_run_report", "analyze",
+    "masked", "masking_table", "write_run_report", "analyze", "log_locality", "training_hooks",
 ]
 
 
-def __getattr__(name: str):
-    # report pulls in matplotlib: import it only when asked for
-    if name in ("write_run_report", "analyze"):
-        from . import report
+def log_locality(model: nn.Module, images: torch.Tensor) -> Dict[str, Any]:
+    """Log entries of an evaluated epoch: ``locality`` (:func:`locality_summary` of ``model`` on
+    ``images``: per-layer nonlocality, gates, centres, spans) and ``locality_time_s``."""
+    start = time.perf_counter()
+    summary = locality_summary(model, images)
+    return {"locality": summary, "locality_time_s": time.perf_counter() - start}
 
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def training_hooks() -> Dict[str, Callable[..., Any]]:
+    """The hooks of ``convit train``, as keyword arguments of :func:`convit.train.fit`:
+    ``fit(cfg, **training_hooks())`` logs locality (``cfg.locality``) and writes figures and
+    report.html into the run folder at the end (``cfg.report``)."""
+    return {"on_eval": log_locality, "on_end": write_run_report}

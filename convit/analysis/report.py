@@ -11,16 +11,22 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from safetensors import safe_open
+
 from ..checkpoint import read_metadata_json
+from ..data import build_data, eval_transform, load_image
 from ..fileio import read_jsonl as read_log
 from ..model import ConViT, ConViTConfig
-from . import figures as F
+from ..zoo import create_model
+from . import figures  # not `as F`: F is torch.nn.functional's alias everywhere else
 from .locality import attention_grids, locality_summary
+from .masking import masking_table
 
 __all__ = ["read_log", "run_label", "load_inputs", "AnalysisInputs", "analyze", "write_run_report"]
 
@@ -50,8 +56,6 @@ def _read_metadata(path: Path) -> dict:
     """Header metadata of one of our safetensors files without loading the tensors ({} else)."""
     if Path(path).suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
@@ -99,8 +103,6 @@ def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
     dataset = data.get("dataset")
     if dataset:
         try:
-            from ..data import build_data
-
             bundle = build_data(dataset, data_path=data.get("data_path"), img_size=size[0],
                                 augment="none")
             test_set = bundle.test
@@ -109,8 +111,6 @@ def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
         except Exception as e:  # dataset not available here: fall back, and say so
             note = f"test set of {dataset!r} unavailable ({type(e).__name__}: {e})"
     if image is not None:
-        from ..data import eval_transform, load_image
-
         if not data.get("mean"):
             raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
         t = eval_transform(size[0], data["mean"], data["std"], in_chans, data.get("native_size"))
@@ -148,6 +148,40 @@ def _default_layers(model: ConViT) -> List[int]:
 
 
 # -- HTML -------------------------------------------------------------------------------------
+# The page is a string.Template filled with escaped values and small generated tables: no
+# template engine to depend on, and the layout reads as HTML rather than string sums.
+
+_PAGE = Template("""<!DOCTYPE html>
+<html><head><meta charset='utf-8'><title>$title</title>
+<style>
+body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}
+th{background:#eee}img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#444;font-size:13px}
+.note{color:#a40}
+</style></head>
+<body>
+<h1>$title</h1>
+<p>checkpoint <code>$checkpoint</code>; $depth blocks ($gpsa GPSA), $heads heads, embed dim $dim,
+patch grid $grid_h&times;$grid_w; measures on $n_images images ($images_source); attention maps on
+the $image_source.</p>
+$sections
+<h2>Figures</h2>
+$figures
+</body></html>
+""")
+_NOTE = Template("<p class='note'>Note: $note</p>")
+_SECTION = Template("<h2>$title</h2>\n$intro$table")
+_FIGURE = Template("<figure><img src='data:image/png;base64,$png' alt='$name'><figcaption>$caption</figcaption>"
+                   "</figure>")
+_GATES_INTRO = ("<p>Gate &sigma;(&lambda;<sub>h</sub>): weight of the positional attention (eq. 6). Nonlocality D "
+                "(eq. 8, patches): mean over heads of the attention-weighted distance between query and key "
+                "patches, on each layer's own input; MHSA layers: class token removed, rows renormalised over "
+                "patches.</p>")
+_CENTRES_INTRO = ("<p>Centre &Delta; = &minus;(v<sub>dx</sub>, v<sub>dy</sub>)/(2 v<sub>d2</sub>) in patches (dx, dy); "
+                  "span 1/|v<sub>d2</sub>|.</p>")
+_MASKING_INTRO = ("<p>Top-1 (%) on the test images with the content (&sigma;:=1) or positional (&sigma;:=0) part of "
+                  "the first k GPSA layers masked, or the absolute position embedding removed.</p>")
+
 
 def _fmt(x, nd: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -168,6 +202,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
+def _section(title: str, intro: str, header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    return _SECTION.substitute(title=html.escape(title), intro=intro, table=_table(header, rows))
+
+
 def _metrics_rows(runs: List[Tuple[str, List[dict]]]) -> List[List[str]]:
     rows = []
     for name, entries in runs:
@@ -181,75 +219,64 @@ def _metrics_rows(runs: List[Tuple[str, List[dict]]]) -> List[List[str]]:
     return rows
 
 
-def _write_html(path: Path, title: str, model: ConViT, inputs: AnalysisInputs, summary: dict,
-                init_summary: dict, runs: List[Tuple[str, List[dict]]], figures: List[Tuple[Path, str]],
-                masking: Optional[List[dict]], checkpoint: Path) -> Path:
-    cfg = model.cfg
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>checkpoint <code>{html.escape(str(checkpoint))}</code>; {cfg.depth} blocks "
-             f"({cfg.local_up_to_layer} GPSA), {cfg.num_heads} heads, embed dim {cfg.embed_dim}, "
-             f"patch grid {cfg.grid[0]}&times;{cfg.grid[1]}; measures on {summary['num_images']} "
-             f"images ({html.escape(inputs.images_source)}); attention maps on the "
-             f"{html.escape(inputs.source)}.</p>"]
-    if inputs.note:
-        parts.append(f"<p class='note'>Note: {html.escape(inputs.note)}</p>")
-    metrics = _metrics_rows(runs)
-    if metrics:
-        parts.append("<h2>Accuracy</h2>" + _table(
-            ["run", "last epoch", "train loss", "val top-1 (last)", "val top-1 (best)", "test top-1",
-             "test top-5"], metrics))
-    rows = []
-    gi = 0
+def _layer_rows(summary: dict, init_summary: dict) -> List[List[str]]:
+    """One row per block: type, gates, nonlocality (full, content, positional, at init, per head)."""
+    rows, gi = [], 0
     for l, t in enumerate(summary["layer_types"]):
         gates = summary["gates"][gi] if t == "gpsa" else None
-        rows.append([str(l + 1), t.upper(),
-                     _fmt(_mean(gates)) if gates else "–",
+        rows.append([str(l + 1), t.upper(), _fmt(_mean(gates)) if gates else "–",
                      " ".join(_fmt(g, 2) for g in gates) if gates else "–",
-                     _fmt(_mean(summary["nonlocality"][l]), 2),
-                     _fmt(_mean(summary["nonlocality_content"][l]), 2),
+                     _fmt(_mean(summary["nonlocality"][l]), 2), _fmt(_mean(summary["nonlocality_content"][l]), 2),
                      _fmt(_mean(summary["nonlocality_positional"][l]), 2),
                      _fmt(_mean(init_summary["nonlocality"][l]), 2),
                      " ".join(_fmt(v, 2) for v in summary["nonlocality"][l])])
         gi += t == "gpsa"
-    parts.append("<h2>Gates and nonlocality per layer</h2>"
-                 "<p>Gate &sigma;(&lambda;<sub>h</sub>): weight of the positional attention (eq. 6). "
-                 "Nonlocality D (eq. 8, patches): mean over heads of the attention-weighted distance "
-                 "between query and key patches, on each layer's own input; MHSA layers: class token "
-                 "removed, rows renormalised over patches.</p>" + _table(
-                     ["layer", "type", "mean gate", "gates per head", "D", "D content", "D positional",
-                      "D fresh init", "D per head"], rows))
+    return rows
+
+
+def _centre(c) -> str:
+    return "no peak" if c is None or None in c else f"({c[0]:+.2f}, {c[1]:+.2f})"
+
+
+def _centre_rows(summary: dict, init_summary: dict) -> List[List[str]]:
+    """One row per GPSA head: centre and span at init and after training."""
+    ic, isp = init_summary["centres"], init_summary["spans"]
+    rows = []
+    for l, (cs, ss) in enumerate(zip(summary["centres"], summary["spans"])):
+        for h, (c, s) in enumerate(zip(cs, ss)):
+            c0 = ic[l][h] if l < len(ic) else None
+            s0 = isp[l][h] if l < len(isp) else None
+            rows.append([str(l + 1), str(h + 1), _centre(c0), _fmt(s0, 2), _centre(c), _fmt(s, 2)])
+    return rows
+
+
+def _write_html(path: Path, title: str, model: ConViT, inputs: AnalysisInputs, summary: dict,
+                init_summary: dict, runs: List[Tuple[str, List[dict]]], figures: List[Tuple[Path, str]],
+                masking: Optional[List[dict]], checkpoint: Path) -> Path:
+    cfg = model.cfg
+    sections = [_NOTE.substitute(note=html.escape(inputs.note))] if inputs.note else []
+    metrics = _metrics_rows(runs)
+    if metrics:
+        sections.append(_section("Accuracy", "", ["run", "last epoch", "train loss", "val top-1 (last)",
+                                                  "val top-1 (best)", "test top-1", "test top-5"], metrics))
+    sections.append(_section("Gates and nonlocality per layer", _GATES_INTRO,
+                             ["layer", "type", "mean gate", "gates per head", "D", "D content", "D positional",
+                              "D fresh init", "D per head"], _layer_rows(summary, init_summary)))
     if summary["centres"]:
-        ic, isp = init_summary["centres"], init_summary["spans"]
-        rows = []
-        for l, (cs, ss) in enumerate(zip(summary["centres"], summary["spans"])):
-            for h, (c, s) in enumerate(zip(cs, ss)):
-                c0 = ic[l][h] if l < len(ic) else None
-                s0 = isp[l][h] if l < len(isp) else None
-                fmt_c = lambda c: "no peak" if c is None or None in c else f"({c[0]:+.2f}, {c[1]:+.2f})"
-                rows.append([str(l + 1), str(h + 1), fmt_c(c0), _fmt(s0, 2), fmt_c(c), _fmt(s, 2)])
-        parts.append("<h2>Positional attention centres and spans</h2>"
-                     "<p>Centre &Delta; = &minus;(v<sub>dx</sub>, v<sub>dy</sub>)/(2 v<sub>d2</sub>) "
-                     "in patches (dx, dy); span 1/|v<sub>d2</sub>|.</p>" + _table(
-                         ["GPSA layer", "head", "centre at init", "span at init", "centre trained",
-                          "span trained"], rows))
+        sections.append(_section("Positional attention centres and spans", _CENTRES_INTRO,
+                                 ["GPSA layer", "head", "centre at init", "span at init", "centre trained",
+                                  "span trained"], _centre_rows(summary, init_summary)))
     if masking:
-        parts.append("<h2>Test-time masking</h2><p>Top-1 (%) on the test images with the content "
-                     "(&sigma;:=1) or positional (&sigma;:=0) part of the first k GPSA layers masked, "
-                     "or the absolute position embedding removed.</p>" + _table(
-                         ["masked", "k", "position embedding", "top-1"],
-                         [[r["mode"], str(r["k"]), "removed" if r["remove_pos_embed"] else "kept",
-                           _fmt(r["top1"], 2)] for r in masking]))
-    parts.append("<h2>Figures</h2>")
-    for fig_path, caption in figures:
-        b64 = base64.b64encode(Path(fig_path).read_bytes()).decode("ascii")
-        parts.append(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(fig_path.name)}'>"
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "font-size:13px}th{background:#eee}img{max-width:100%}figure{margin:1.5em 0}"
-             "figcaption{color:#444;font-size:13px}.note{color:#a40}")
-    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        sections.append(_section("Test-time masking", _MASKING_INTRO, ["masked", "k", "position embedding", "top-1"],
+                                 [[r["mode"], str(r["k"]), "removed" if r["remove_pos_embed"] else "kept",
+                                   _fmt(r["top1"], 2)] for r in masking]))
+    figs = [_FIGURE.substitute(png=base64.b64encode(Path(p).read_bytes()).decode("ascii"),
+                               name=html.escape(Path(p).name), caption=html.escape(caption)) for p, caption in figures]
+    doc = _PAGE.substitute(
+        title=html.escape(title), checkpoint=html.escape(str(checkpoint)), depth=cfg.depth,
+        gpsa=cfg.local_up_to_layer, heads=cfg.num_heads, dim=cfg.embed_dim, grid_h=cfg.grid[0], grid_w=cfg.grid[1],
+        n_images=summary["num_images"], images_source=html.escape(inputs.images_source),
+        image_source=html.escape(inputs.source), sections="\n".join(sections), figures="\n".join(figs))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc, encoding="utf-8")
@@ -272,82 +299,91 @@ def analyze(checkpoint: Path, logs: Sequence[Path] = (), image: Optional[Path] =
     model_name: zoo name, for foreign checkpoints whose architecture cannot be inferred (DeiT).
     Returns the paths written (PNGs, then the HTML).
     """
-    from ..zoo import create_model
-
-    checkpoint = Path(checkpoint)
-    output = Path(output)
+    checkpoint, output = Path(checkpoint), Path(output)
+    model = create_model(model_name, checkpoint_path=checkpoint).eval()
+    layers, heads = _check_indices(model, layers, heads)
     output.mkdir(parents=True, exist_ok=True)
-    model = create_model(model_name, checkpoint_path=checkpoint)
-    model.eval()
-    meta = _read_metadata(checkpoint)
-    inputs = load_inputs(model.cfg, meta, image, max_images)
-
+    inputs = load_inputs(model.cfg, _read_metadata(checkpoint), image, max_images)
     summary = locality_summary(model, inputs.images, max_images)
-    fresh = _fresh_model(model.cfg)
-    init_summary = locality_summary(fresh, inputs.images, max_images)
+    init_summary = locality_summary(_fresh_model(model.cfg), inputs.images, max_images)
     log_paths = [Path(p) for p in logs]
     runs = list(zip(_unique_labels(log_paths), [read_log(p) for p in log_paths]))
     own = checkpoint.parent.name or "model"
-    written: List[Tuple[Path, str]] = []
-
-    def add(path: Path, caption: str) -> None:
-        written.append((path, caption))
-
-    if runs:
-        add(F.plot_nonlocality_history(runs, output / "nonlocality_training.png"),
-            "Nonlocality (eq. 8) per layer over training, mean over heads (paper fig. 5).")
-        add(F.plot_training_curves(runs, output / "training_curves.png"), "Loss and top-1 per epoch.")
-    add(F.plot_final_nonlocality(summary, output / "nonlocality_layers.png", init_summary,
-                                 title=f"{own}: nonlocality per layer and head (eq. 8)"),
-        "Nonlocality of the analysed model per layer and head, with the content and positional "
-        "parts of GPSA layers and a freshly initialised model of the same config.")
-    if model.local_up_to_layer > 0:
-        add(F.plot_gates(runs, summary["gates"], output / "gates.png"),
-            "GPSA gates over training and in the analysed model (paper fig. 6).")
-        add(F.plot_centres((init_summary["centres"], init_summary["spans"]),
-                           (summary["centres"], summary["spans"]), output / "centres_spans.png",
-                           grid=model.cfg.grid),
-            "Attention centres and spans of the positional attention at init and after training.")
     grid = model.cfg.grid
     q = tuple(query) if query is not None else (grid[0] // 2, grid[1] // 2)
-    grids = attention_grids(model, inputs.image, q)
-    n_heads = model.cfg.num_heads
-    heads = list(heads) if heads is not None else list(range(min(n_heads, MAX_DEFAULT_HEADS)))
-    bad = [h for h in heads if not 0 <= h < n_heads]
-    if bad:
-        raise ValueError(f"head indices {bad} out of range: the model has {n_heads} heads")
-    layers = list(layers) if layers is not None else _default_layers(model)
-    bad = [l for l in layers if not 0 <= l < len(model.blocks)]
-    if bad:
-        raise ValueError(f"layer indices {bad} out of range: the model has {len(model.blocks)} blocks")
-    note = inputs.source + (f" ({inputs.note})" if inputs.note else "")
-    for l in layers:
-        t = "gpsa" if model.blocks[l].use_gpsa else "mhsa"
-        add(F.plot_attention_maps(grids[l], inputs.display, q, l, output / f"attention_layer{l + 1}.png",
-                                  heads=heads, note=note, patch_size=model.cfg.patch_size),
-            f"Attention of layer {l + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
-            "(paper fig. 7).")
+    written = (_summary_figures(model, runs, summary, init_summary, output, own)
+               + _attention_figures(model, inputs, q, layers, heads, output))
     paths = [p for p, _ in written]
     summary_path = output / "locality.json"
     summary_path.write_text(json.dumps({"analysed": summary, "fresh_init": init_summary}, indent=1))
     paths.append(summary_path)
-    table = None
-    if masking:
-        table = _masking_on_inputs(model, inputs)
-        if table is not None:
-            (output / "masking.json").write_text(json.dumps(table, indent=1))
-            paths.append(output / "masking.json")
+    table = _masking_on_inputs(model, inputs) if masking else None
+    if table is not None:
+        (output / "masking.json").write_text(json.dumps(table, indent=1))
+        paths.append(output / "masking.json")
     if html_path is not None:
         paths.append(_write_html(Path(html_path), title or f"ConViT analysis: {own}", model, inputs,
                                  summary, init_summary, runs, written, table, checkpoint))
     return paths
 
 
+def _check_indices(model: ConViT, layers: Optional[Sequence[int]], heads: Optional[Sequence[int]]
+                   ) -> Tuple[List[int], List[int]]:
+    """The blocks and heads to draw (defaults filled in); out-of-range indices are an error
+    raised before anything is computed or written."""
+    n_heads, depth = model.cfg.num_heads, len(model.blocks)
+    heads = list(heads) if heads is not None else list(range(min(n_heads, MAX_DEFAULT_HEADS)))
+    bad = [h for h in heads if not 0 <= h < n_heads]
+    if bad:
+        raise ValueError(f"head indices {bad} out of range: the model has {n_heads} heads")
+    layers = list(layers) if layers is not None else _default_layers(model)
+    bad = [l for l in layers if not 0 <= l < depth]
+    if bad:
+        raise ValueError(f"layer indices {bad} out of range: the model has {depth} blocks")
+    return layers, heads
+
+
+def _summary_figures(model: ConViT, runs: List[Tuple[str, List[dict]]], summary: dict, init_summary: dict,
+                     output: Path, own: str) -> List[Tuple[Path, str]]:
+    """Nonlocality over training and per layer, training curves, gates, centres: (path, caption)."""
+    written = []
+    if runs:
+        written += [(figures.plot_nonlocality_history(runs, output / "nonlocality_training.png"),
+                     "Nonlocality (eq. 8) per layer over training, mean over heads (paper fig. 5)."),
+                    (figures.plot_training_curves(runs, output / "training_curves.png"), "Loss and top-1 per epoch.")]
+    written.append((figures.plot_final_nonlocality(summary, output / "nonlocality_layers.png", init_summary,
+                                                   title=f"{own}: nonlocality per layer and head (eq. 8)"),
+                    "Nonlocality of the analysed model per layer and head, with the content and positional "
+                    "parts of GPSA layers and a freshly initialised model of the same config."))
+    if model.local_up_to_layer > 0:
+        written += [(figures.plot_gates(runs, summary["gates"], output / "gates.png"),
+                     "GPSA gates over training and in the analysed model (paper fig. 6)."),
+                    (figures.plot_centres((init_summary["centres"], init_summary["spans"]),
+                                          (summary["centres"], summary["spans"]), output / "centres_spans.png",
+                                          grid=model.cfg.grid),
+                     "Attention centres and spans of the positional attention at init and after training.")]
+    return written
+
+
+def _attention_figures(model: ConViT, inputs: AnalysisInputs, q: Tuple[int, int], layers: List[int],
+                       heads: List[int], output: Path) -> List[Tuple[Path, str]]:
+    """The attention maps of ``layers`` from the query patch ``q`` (paper fig. 7): (path, caption)."""
+    grids = attention_grids(model, inputs.image, q)
+    note = inputs.source + (f" ({inputs.note})" if inputs.note else "")
+    written = []
+    for l in layers:
+        t = "gpsa" if model.blocks[l].use_gpsa else "mhsa"
+        written.append((figures.plot_attention_maps(grids[l], inputs.display, q, l,
+                                                    output / f"attention_layer{l + 1}.png", heads=heads, note=note,
+                                                    patch_size=model.cfg.patch_size),
+                        f"Attention of layer {l + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
+                        "(paper fig. 7)."))
+    return written
+
+
 def _masking_on_inputs(model: ConViT, inputs: AnalysisInputs) -> Optional[List[dict]]:
     """Test-time masking table on the whole test split of the checkpoint's dataset (None when
     that split could not be loaded)."""
-    from .masking import masking_table
-
     if inputs.test_set is None:
         return None
     loader = torch.utils.data.DataLoader(inputs.test_set, batch_size=256)

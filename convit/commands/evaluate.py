@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..checkpoint import CheckpointError, read_checkpoint, read_metadata_json
 from ..model import ConViT
+from ..runtime import resolve_amp, resolve_device
 
 __all__ = ["load_model", "add_arguments", "run"]
 
@@ -66,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import build_data
     from ..engine import evaluate
-    from ..train import resolve_amp, resolve_device
 
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, args.model, args.img_size, str(device))

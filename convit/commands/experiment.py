@@ -19,7 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from ..experiments.grids import GRIDS, PRESETS
+from ..experiments.results import write_results
+from ..experiments.runner import load_results, plan_runs, run_status, run_sweep
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _kv(items) -> dict:
-    import yaml
-
+    """``--set`` / ``--model-set`` KEY=VALUE items, values read as YAML (as in a config file)."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -59,9 +62,6 @@ def _kv(items) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments.results import write_results
-    from ..experiments.runner import load_results, plan_runs, run_status, run_sweep
-
     output = Path(args.output or f"runs/experiments/{args.grid}-{args.preset}")
     if args.table_only:
         records = load_results(output, grid=args.grid)

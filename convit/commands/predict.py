@@ -13,6 +13,7 @@ from typing import List
 
 import torch
 
+from ..runtime import resolve_device
 from .evaluate import load_model
 
 
@@ -27,7 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import eval_transform, load_image
-    from ..train import resolve_device
 
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")

@@ -4,13 +4,21 @@ Every field of :class:`convit.config.TrainConfig` is a flag; ``--config FILE`` (
 sets many at once and flags override it.  Under ``torchrun`` it trains with DDP::
 
     torchrun --standalone --nproc_per_node=2 -m convit.cli train --dataset cifar10
+
+This is where the trainer meets the analysis: :func:`convit.train.fit` is given the hooks of
+:func:`convit.analysis.training_hooks` (per-epoch locality in the log, the report at the end).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..config import _FIELDS, add_config_arguments, config_from_args
+from ..analysis import training_hooks
+from ..config import add_config_arguments, config_from_args, given_fields, load_config_file
+from ..engine import NonFiniteLossError
+from ..fileio import CheckpointSaveError
+from ..runs import config_for_resume
+from ..train import fit
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,20 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import NonFiniteLossError
-    from ..train import CheckpointSaveError, config_for_resume, fit
-
     if getattr(args, "resume", None):
-        given = {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
+        # The resumed run's own config, then the file and the flags given now on top.
+        given = given_fields(args)
         if hasattr(args, "config"):
-            from ..config import load_config_file
-
             given = {**load_config_file(args.config), **given}
         cfg = config_for_resume(args.resume, given)
     else:
         cfg = config_from_args(args)
     try:
-        fit(cfg)
+        fit(cfg, **training_hooks())
     except NonFiniteLossError as e:
         print(f"convit train: error: {e}", file=sys.stderr)
         return 1

@@ -3,7 +3,8 @@
 * :mod:`.grids`   -- the comparisons (variants) and the scales they run at (presets);
 * :mod:`.runner`  -- a resumable sweep of training runs, one folder per run;
 * :mod:`.results` -- mean +- std tables, relative gains over DeiT, figures;
-* :mod:`.gpu_data` -- CIFAR-sized data held and augmented on the GPU, and its training loop.
+* :mod:`.gpu_data` -- old import path of :mod:`convit.data.device` (CIFAR-sized data held and
+  augmented on the GPU; trained by :func:`convit.train.fit` with ``on_device=True``).
 
 Command line: ``convit experiment GRID --preset PRESET`` (see ``convit experiment --help``).
 """

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..zoo import model_spec
+
 __all__ = ["Variant", "Preset", "GRIDS", "PRESETS", "PAPER_SAMPLE_EFFICIENCY", "PAPER_ABLATION",
            "grid_variants", "get_preset", "epochs_for_fraction"]
 
@@ -50,8 +52,8 @@ class Preset:
     base_epochs, base_warmup: epochs and warm-up at ``f = 1``; scaled by ``1 / f``.
     eval_points: about how many times the validation split is evaluated per run.
     ablation_fractions: fractions for the non-sample-efficiency grids (paper: full and 10%).
-    backend: ``fit`` (:func:`convit.train.fit`) or ``device`` (the on-device data pipeline of
-        :mod:`convit.experiments.gpu_data`, for CIFAR-10 on a GPU).
+    backend: ``fit`` (:func:`convit.train.fit` on DataLoaders) or ``device`` (the same ``fit`` on
+        batches made on the accelerator, :mod:`convit.data.device`, for CIFAR-10 on a GPU).
     """
 
     name: str
@@ -74,8 +76,6 @@ class Preset:
     @property
     def depth(self) -> int:
         """Number of blocks of the preset's ConViT (zoo config with ``model_kwargs`` on top)."""
-        from ..zoo import model_spec
-
         return int({**model_spec(self.convit_model).config, **self.model_kwargs}.get("depth", 12))
 
 

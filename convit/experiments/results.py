@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from matplotlib.figure import Figure
+
 from .grids import PAPER_ABLATION, PAPER_SAMPLE_EFFICIENCY
 
 __all__ = ["mean_std", "relative_gain", "Cell", "summarize", "write_results", "FIGURE_NAMES"]
@@ -200,18 +202,9 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
 # Figures
 # ---------------------------------------------------------------------------------------------
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")  # no pyplot: no global backend or figure state
+    ax, ax2 = fig.subplots(1, 2)
     variants = list(dict.fromkeys(c.variant for c in cells))
     base_label = next((c.label for c in cells if c.baseline), "baseline")
     for i, v in enumerate(variants):
@@ -239,18 +232,16 @@ def _sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
     ax.set_title("top-1 vs training fraction (mean ± std over seeds)")
     ax2.set_ylabel("relative gain (%)")
     ax2.set_title(f"relative gain over {base_label}")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
     """Bars per variant, one colour per fraction, error bars = std over seeds."""
-    plt = _plt()
     variants = list(dict.fromkeys(c.variant for c in cells))
     labels = {c.variant: c.label for c in cells}
     fractions = sorted({c.fraction for c in cells})
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(variants)), 4))
+    fig = Figure(figsize=(max(6, 1.3 * len(variants)), 4), layout="tight")
+    ax = fig.subplots()
     width = 0.8 / len(fractions)
     for j, f in enumerate(fractions):
         d = {c.variant: c for c in cells if c.fraction == f}
@@ -266,9 +257,7 @@ def _grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "",

@@ -21,6 +21,8 @@ shared by every variant, so variants are compared on the same images (paired by 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -29,8 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import yaml
+from safetensors import safe_open
+
+from ..analysis import training_hooks
+from ..config import TrainConfig, build_config
 from ..fileio import atomic_save
+from ..model import ConViTConfig
+from ..train import fit
+from ..zoo import model_spec
 from .grids import Preset, Variant, epochs_for_fraction, get_preset, grid_variants
+from .results import write_results
 
 __all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
            "RESULT_FILE"]
@@ -51,7 +62,7 @@ class RunSpec:
     seed: int
     folder: Path
     overrides: Dict[str, Any]  # TrainConfig fields, everything but output/resume/overwrite
-    backend: str = "fit"
+    backend: str = "fit"  # "device": convit.train.fit on on-device batches (the preset's backend)
 
     @property
     def key(self) -> str:
@@ -63,7 +74,7 @@ def run_folder(output: os.PathLike, variant: str, fraction: float, seed: int) ->
     return Path(output) / variant / f"f{fraction:g}" / f"seed{seed}"
 
 
-#: ConViTConfig fields that convit.train.build_model derives from the data and the recipe.
+#: ConViTConfig fields that convit.recipe.build_model derives from the data and the recipe.
 _DATA_DERIVED = ("img_size", "in_chans", "num_classes", "drop_path_rate")
 
 
@@ -71,11 +82,6 @@ def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Every ConViTConfig field of ``model`` with ``kwargs`` on top (but those taken from the
     data), so a run's config.yaml states the whole architecture and a later change of the zoo's
     defaults cannot silently change an experiment (the runner then refuses to mix results)."""
-    import dataclasses
-
-    from ..model import ConViTConfig
-    from ..zoo import model_spec
-
     arch = {f.name: f.default for f in dataclasses.fields(ConViTConfig)}
     arch.update(model_spec(model).config)
     arch.update(kwargs)
@@ -104,8 +110,6 @@ def _model_for(preset: Preset, variant: Variant, overrides: Optional[Dict[str, A
 def _full_recipe(train: Dict[str, Any]) -> Dict[str, Any]:
     """Every TrainConfig field: its default, then ``train`` on top.  With every field given, the
     trainer's named presets (which may be retuned at any time) have no effect on a sweep."""
-    from ..config import TrainConfig
-
     base = TrainConfig().to_dict()
     base.update(train)
     return base
@@ -175,8 +179,6 @@ def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
     path = folder / "config.yaml"
     if not (folder / "last.pt").is_file() or not path.is_file():
         return None
-    import yaml
-
     try:
         return _settings(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError):
@@ -186,8 +188,6 @@ def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
 def run_status(spec: RunSpec) -> str:
     """``done`` (finished, same settings), ``stale`` (finished with other settings: the sweep
     would refuse it), ``partial`` (a last.pt to resume from) or ``todo``."""
-    from ..config import build_config
-
     result_path = spec.folder / RESULT_FILE
     planned = _plain(_settings(build_config(spec.overrides).to_dict()))
     if result_path.is_file():
@@ -196,14 +196,10 @@ def run_status(spec: RunSpec) -> str:
     return "partial" if stored is not None and _plain(stored) == planned else "todo"
 
 
-def _default_fit(backend: str) -> Callable:
-    if backend == "device":
-        from .gpu_data import fit_on_device
-
-        return fit_on_device
-    from ..train import fit
-
-    return fit
+def _default_fit(backend: str) -> Callable[[TrainConfig], Dict[str, Any]]:
+    """:func:`convit.train.fit` with ``convit train``'s hooks (locality log, report: each only
+    if the run's config asks), on on-device batches for the ``device`` backend."""
+    return functools.partial(fit, on_device=backend == "device", **training_hooks())
 
 
 def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = True) -> Dict[str, Any]:
@@ -214,8 +210,6 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
     the run time and whether it was skipped or resumed.  ``quiet`` sends the trainer's console
     output to ``<folder>/train.log``.
     """
-    from ..config import build_config
-
     folder = spec.folder
     result_path = folder / RESULT_FILE
     planned = _plain(_settings(build_config(spec.overrides).to_dict()))
@@ -267,8 +261,6 @@ def _count_params(folder: Path) -> Optional[int]:
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             n = 0
             for k in f.keys():
@@ -291,8 +283,6 @@ def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Ca
     Returns the result records in plan order.  An exception in a run propagates after the
     runs before it have been recorded, so the same call later continues where it stopped.
     """
-    from .results import write_results
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:

@@ -1,0 +1,58 @@
+"""What every dataset reader returns (:class:`Source`), and helpers the readers share.
+
+A reader (``digits``, ``fashion_mnist``, ``cifar``, ``imagefolder``) only loads a dataset's own
+train and test splits and says how to treat them; the hold-out, the subsampling and the
+transforms are applied afterwards, identically for every dataset, by
+:func:`convit.data.build_data`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["Source", "nhwc_to_tensor", "cache_dir"]
+
+
+@dataclass
+class Source:
+    """A dataset's train and test splits before hold-out, subsampling and transforms.
+
+    ``*_images`` is a tensor [N, C, H, W] for in-memory datasets or a list of file paths.
+    ``native_size`` is the stored size of fixed-size datasets (``None`` for photos),
+    ``hflip`` whether mirroring is a valid augmentation, ``default_augment`` what
+    ``augment="auto"`` means, ``skipped`` the unreadable files left out.
+    """
+
+    train_images: Union[torch.Tensor, List[str]]
+    train_labels: np.ndarray
+    test_images: Union[torch.Tensor, List[str]]
+    test_labels: np.ndarray
+    class_names: List[str]
+    in_chans: int
+    native_size: Optional[int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    hflip: bool
+    default_augment: str
+    skipped: List[str] = field(default_factory=list)
+
+
+def nhwc_to_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W(, C)] array -> [N, C, H, W] tensor view (no copy)."""
+    if x.ndim == 3:
+        x = x[..., None]
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
+def cache_dir() -> Path:
+    """Where decoded and downloaded datasets go: ``$CONVIT_CACHE``, else
+    ``$XDG_CACHE_HOME/convit`` (default ``~/.cache/convit``)."""
+    if os.environ.get("CONVIT_CACHE"):
+        return Path(os.environ["CONVIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "convit"

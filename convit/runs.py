@@ -1,0 +1,299 @@
+"""A run folder: where it is, what it holds, and how a run continues from it.
+
+The run folder (``cfg.output``) holds::
+
+    config.yaml          the effective config (pass it back with --config to repeat the run)
+    log.jsonl            one JSON object per epoch: epoch, train_loss, lr, val_top1/top5/loss,
+                         test_top1/top5/loss (when evaluated), images_per_s, epoch_time_s and
+                         what the caller's per-epoch hook adds (``convit train``: locality)
+    last.pt              the full training state after the last finished epoch (model,
+                         optimizer, scheduler, scaler, EMA, RNG states, config); written
+                         atomically, so a crash or a full disk leaves the previous one intact
+    best.safetensors     the weights with the best validation top-1 (never chosen on test)
+    model.safetensors    the final weights (ema.safetensors: the final EMA weights)
+    figures/, report.html, tensorboard/
+
+Policy kept here, out of the training loop: which folder ``--output`` / ``--resume`` mean
+(:func:`resolve_output`, :func:`find_last_checkpoint`, :func:`config_for_resume`), what a
+fresh run removes and a resumed one truncates (:meth:`RunFolder.create`), and what ``last.pt``
+holds (:class:`TrainingState`).  Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import save_model
+from .config import TrainConfig, save_config
+from .fileio import atomic_save, read_jsonl
+from .runtime import seed_everything, set_rng_state
+
+__all__ = ["STATE_VERSION", "find_last_checkpoint", "load_training_state", "config_for_resume", "resolve_output",
+           "TrainingState", "RunFolder", "truncate_log"]
+
+STATE_VERSION = 1
+#: Files of a run that a fresh run in the same folder (--overwrite) must not leave behind.
+_RUN_FILES = ("log.jsonl", "last.pt", "best.safetensors", "model.safetensors", "ema.safetensors", "report.html")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which folder, which checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def find_last_checkpoint(resume: str, output: Optional[str] = None) -> Path:
+    """The ``last.pt`` meant by ``--resume``: a file, a run folder, or ``auto`` (= ``output``)."""
+    if resume == "auto":
+        if not output:
+            raise ValueError("--resume without a path needs --output (the run folder to continue)")
+        resume = output
+    p = Path(resume)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at {p}")
+    return p
+
+
+def load_training_state(path: Path) -> Dict[str, Any]:
+    """Read a ``last.pt`` written by :func:`convit.train.fit` (tensors and plain values only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read training checkpoint {path}: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != "convit-train":
+        raise ValueError(f"{path} is not a training checkpoint written by `convit train` "
+                         "(to start from model weights, use --finetune FILE)")
+    return state
+
+
+def config_for_resume(resume: str, overrides: Dict[str, Any]) -> TrainConfig:
+    """The config of the run to continue, with ``overrides`` (flags given now) on top.
+
+    Overriding ``epochs`` extends or shortens the schedule; overriding the model or data
+    makes the checkpoint fail to load, with a message naming the mismatch.
+    """
+    path = find_last_checkpoint(resume, overrides.get("output"))
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a training checkpoint written by `convit train`")
+    values = {**state["config"], "output": str(path.parent)}
+    values.update({k: v for k, v in overrides.items() if k != "resume"})
+    values["resume"] = str(path)
+    return TrainConfig(**values).validate()
+
+
+def _holds_run(folder: Path) -> bool:
+    return any((folder / n).exists() for n in ("last.pt", "log.jsonl", "model.safetensors"))
+
+
+def resolve_output(cfg: TrainConfig) -> Path:
+    """The run folder: ``--output``, the resumed run's folder, or ``runs/<model>_<dataset>``
+    (with ``-2``, ``-3``, ... when that already holds a run).
+
+    timm.utils.get_outdir numbers folders too, but it creates the folder at once (every DDP
+    rank would race to make its own ``-1``), skips any existing folder rather than only one
+    holding a run, and numbers from ``-1``; ours only decides, so every rank resolves the
+    same name and rank 0 creates it.
+    """
+    if cfg.resume and cfg.output is None:
+        return find_last_checkpoint(cfg.resume).parent
+    if cfg.output is not None:
+        out = Path(cfg.output)
+        if not cfg.resume and not cfg.overwrite and _holds_run(out):
+            raise ValueError(f"output folder {out} already holds a run; pass --resume to continue it, "
+                             f"--overwrite to replace it, or another --output")
+        return out
+    base = Path("runs") / f"{cfg.model}_{cfg.dataset}"
+    out, i = base, 1
+    while _holds_run(out):
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def truncate_log(path: Path, epoch: int) -> None:
+    """Keep the log entries of epochs up to ``epoch`` (a crash may have logged one more)."""
+    if not path.is_file():
+        return
+    kept = [e for e in read_jsonl(path) if e.get("epoch", 0) <= epoch]
+    atomic_save(lambda p: p.write_text("".join(json.dumps(e) + "\n" for e in kept)), path, "log")
+
+
+# ---------------------------------------------------------------------------------------------
+# last.pt
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingState:
+    """The objects whose state ``last.pt`` holds, so a run continues bit-identically."""
+
+    cfg: TrainConfig
+    model: nn.Module  # without DDP / compile wrappers
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a timm scheduler, or None
+    scaler: torch.amp.GradScaler
+    ema: Any = None  # timm ModelEmaV3, or None
+
+    def state_dict(self, epoch: int, best: Dict[str, Any], rngs: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """``last.pt`` after ``epoch``; ``rngs``: every process's RNG state, in rank order."""
+        sched = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {"format": "convit-train", "version": STATE_VERSION, "epoch": epoch, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": _plain(sched), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "best": best, "rng": rngs}
+
+    def restore(self, state: Dict[str, Any], steps: int, rank: int, world: int,
+                say: Callable[[str], None]) -> Tuple[int, Dict[str, Any]]:
+        """Load ``state`` (a ``last.pt``) into the objects; returns (epochs done, best so far).
+
+        The schedule is a function of the update count: it was rebuilt from the config (so
+        ``--epochs`` may extend a run) and is moved to where the run stopped.
+        """
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        epoch = int(state["epoch"])
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=epoch * steps)
+        say(f"resuming from epoch {epoch} ({self.cfg.resume})")
+        if epoch >= self.cfg.run_epochs:
+            say(f"the run already trained {epoch} epochs (>= the {self.cfg.run_epochs} asked for): nothing to "
+                f"train, config.yaml left as it was; pass --epochs N with N > {epoch} to train longer")
+        rngs = state.get("rng") or []
+        if len(rngs) == world:  # continue exactly where the interrupted run was
+            set_rng_state(rngs[rank])
+        else:
+            say(f"note: the checkpoint was written by {len(rngs)} process(es), this run has {world}: "
+                "random streams are re-seeded, so the run will not be bit-identical to an uninterrupted one")
+            seed_everything(self.cfg.seed + rank + 1000 * epoch)
+        return epoch, dict(state["best"])
+
+
+def _plain(obj: Any) -> Any:
+    """Drop values ``torch.load(weights_only=True)`` would refuse (scheduler internals)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items() if isinstance(k, str)}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    return repr(obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# The files of a run
+# ---------------------------------------------------------------------------------------------
+
+class RunFolder:
+    """The files of one run; every method that writes is for rank 0 only.
+
+    Constructing one writes nothing (every rank may), but checks that ``--tensorboard`` can
+    work before any time is spent on data and model.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: Path, epochs: int, say: Callable[[str], None]) -> None:
+        self.cfg, self.out, self.epochs, self.say = cfg, Path(out), epochs, say
+        self.log, self.last = self.out / "log.jsonl", self.out / "last.pt"
+        self.meta: Dict[str, Any] = {}  # what the model files say about the data (set by create)
+        self.writer = None
+        self._writer_class = _tensorboard_writer() if cfg.tensorboard else None
+
+    def create(self, meta: Dict[str, Any], resumed_at: Optional[int], keep_config: bool,
+               comments: Dict[str, Any]) -> None:
+        """Make the folder.  A fresh run removes a replaced run's files (nothing of it may pass
+        for this one); a resumed run drops log entries after its checkpoint's epoch.  The
+        config is written unless ``keep_config`` (a finished run resumed with nothing to train)."""
+        self.meta = meta
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resumed_at is None:
+            for name in _RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+        else:
+            truncate_log(self.log, resumed_at)
+        if not keep_config:
+            save_config(self.cfg, self.out / "config.yaml", comments=comments)
+        if self._writer_class is not None:
+            self.writer = self._writer_class(log_dir=str(self.out / "tensorboard"))
+
+    def end_epoch(self, entry: Dict[str, Any], best: Dict[str, Any], improved: bool, trained: TrainingState,
+                  rngs: List[Dict[str, Any]]) -> None:
+        """Log the epoch (file, tensorboard, console), save the best weights if they improved,
+        then ``last.pt`` (last: a crash before it resumes from the epoch before)."""
+        with open(self.log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.writer is not None:
+            for k, v in entry.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, entry["epoch"])
+        self.say(epoch_line(entry, self.epochs, best))
+        if improved:
+            save_model(trained.model, self.out / "best.safetensors",
+                       extra={**self.meta, "epoch": entry["epoch"], "val_top1": entry["val_top1"]})
+        state = trained.state_dict(entry["epoch"], best, rngs)
+        atomic_save(lambda p: torch.save(state, p), self.last, "training checkpoint")
+
+    def last_entry(self) -> Dict[str, Any]:
+        """The last logged epoch ({} if none): what a resumed, already finished run reports."""
+        return (read_jsonl(self.log)[-1:] or [{}])[0] if self.log.is_file() else {}
+
+    def finish(self, model: nn.Module, ema: Any, entry: Dict[str, Any], epoch: int, has_val: bool) -> None:
+        """The final weights (and EMA weights); without a validation split, ``best`` is the final model."""
+        extra = {**self.meta, "epoch": entry.get("epoch", epoch),
+                 **{k: entry[k] for k in ("test_top1", "val_top1") if k in entry}}
+        save_model(model, self.out / "model.safetensors", extra=extra)
+        if ema is not None:
+            save_model(ema.module, self.out / "ema.safetensors", extra=extra)
+        if not has_val:
+            save_model(model, self.out / "best.safetensors", extra=extra)
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard_writer():
+    """``SummaryWriter``, or a clear error: tensorboard is an optional dependency."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run prints
+# ---------------------------------------------------------------------------------------------
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def epoch_line(e: Dict[str, Any], epochs: int, best: Dict[str, Any]) -> str:
+    """One console line per epoch: loss, lr, val top-1 (and the best so far), test top-1, speed."""
+    parts = [f"epoch {e['epoch']}/{epochs}", f"loss {e['train_loss']:.4f}", f"lr {e['lr']:.2e}"]
+    if "val_top1" in e:
+        parts.append(f"val {e['val_top1']:.2f}% (best {best['val_top1']:.2f}% @ {best['epoch']})")
+    if "test_top1" in e:
+        parts.append(f"test {e['test_top1']:.2f}%")
+    parts += [f"{e['images_per_s']:.0f} img/s", f"{e['epoch_time_s']:.1f} s"]
+    return "  ".join(parts)
+
+
+def summary_text(s: Dict[str, Any], has_val: bool) -> str:
+    """The lines printed at the end of a run: final test (and val) top-1 and the files written."""
+    lines = [f"done in {s['time_s']:.1f} s: {s['epochs']} epoch(s) on {s['train_images']} training images",
+             f"  test top-1 {_pct(s['test_top1'])} (final model)"
+             + (f"   val top-1 {_pct(s['val_top1'])} (final), best {_pct(s['best_val_top1'])} "
+                f"at epoch {s['best_epoch']}" if has_val else
+                "   (no validation split: best.safetensors is the final model)")]
+    lines += [f"  checkpoint: {s['checkpoint']}   (best by val: {s['best']}; resume: {s['last']})",
+              f"  log:        {s['log']}"]
+    if s.get("report"):
+        lines.append(f"  figures:    {s['figures']}   report: {s['report']}")
+    return "\n".join(lines)
