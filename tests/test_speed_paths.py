@@ -248,8 +248,12 @@ def test_gate_override_skips_a_branch_exactly():
     for o in (0.0, 1.0):
         layer.gate_override = o
         with torch.no_grad():
+            content_heads, positional_heads, _ = layer._branches(layer.gate())
+            # gate 1: no head computes the content branch; gate 0: none the positional one
+            assert (content_heads, positional_heads) == (([], None) if o == 1.0 else (None, []))
             assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
         # with autograd on nothing is skipped, and the value is the same
+        assert layer._branches(layer.gate())[:2] == (None, None)
         assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
 
 
