@@ -276,8 +276,10 @@ def test_skip_gate_tol_is_within_its_stated_bound():
     with torch.no_grad():
         layer.gating_param.copy_(torch.full((4,), 30.0))
         layer.gate_override = None
+        assert layer._branches(layer.gate())[0] == []  # no head computes the content branch
         only_pos = layer(x)
         layer.gating_param.copy_(torch.full((4,), -30.0))
+        assert layer._branches(layer.gate())[1] == []  # no head computes the positional branch
         only_content = layer(x)
         layer.skip_gate_tol = None
         assert (only_content - layer(x)).abs().max() < 1e-5
