@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("convit.commands.train", "train a model with the DeiT recipe (no arguments: the digits main job)"),
     "eval": ("convit.commands.evaluate", "top-1/top-5/loss and images/s of a checkpoint on a dataset"),
     "predict": ("convit.commands.predict", "top-k classes of image files"),
-    "export": ("convit.commands.export", "export a checkpoint to ONNX"),
+    "export": ("convit.commands.export", "export a checkpoint to ONNX or to timm's hub layout"),
     "analyze": ("convit.commands.analyze", "locality figures and HTML report of a checkpoint and its logs"),
     "experiment": ("convit.commands.experiment", "resumable sweeps reproducing the paper's sample-efficiency and ablation results"),
 }

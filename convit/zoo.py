@@ -6,7 +6,6 @@ means and where its published weights come from.
 from __future__ import annotations
 
 import os
-import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -14,6 +13,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .checkpoint import config_from_metadata, infer_config, load_into, read_checkpoint, read_metadata_json
+from .hub import resolve_pretrained
 from .model import ConViT, ConViTConfig, architecture_cfg
 
 
@@ -118,25 +118,9 @@ def weights_dir() -> Path:
 
 
 def _pretrained_file(name: str, info: Pretrained) -> Path:
-    """Local path of a model's published weights, downloading them only if they are absent."""
-    if info.url is None:
-        raise FileNotFoundError(
-            f"no official download for {name!r}; timm's copy is {info.hf_hub_id!r}: download its "
-            f"model.safetensors and pass checkpoint_path=")
-    path = weights_dir() / info.filename
-    if path.is_file():
-        return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(info.url, str(path), hash_prefix=info.sha256, progress=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise FileNotFoundError(
-            f"cannot download the pretrained weights of {name!r} ({e}).\n"
-            f"Download {info.url} on a machine with internet and put it at {path} "
-            f"(or set CONVIT_HOME to its folder), or pass checkpoint_path=<file>."
-            + (f" timm's copy ({info.hf_hub_id}, model.safetensors) works too." if info.hf_hub_id else "")
-        ) from e
-    return path
+    """Local path of a model's published weights: the local file, else the official download,
+    else timm's copy on the Hugging Face hub (see :func:`convit.hub.resolve_pretrained`)."""
+    return resolve_pretrained(name, info, weights_dir())
 
 
 def create_model(
@@ -150,7 +134,8 @@ def create_model(
     name: a zoo name (see :func:`list_models`); may be omitted when ``checkpoint_path`` is one
         of our safetensors files (the config is stored in it) or a ConViT file whose
         architecture can be read off its shapes.
-    pretrained: load the published weights (looked for locally first; see :func:`weights_dir`).
+    pretrained: load the published weights: the local file (:func:`weights_dir`), else the
+        official download, else timm's copy on the Hugging Face hub (:mod:`convit.hub`).
     checkpoint_path: load weights from this file (official ``.pth``, timm ``.safetensors`` /
         ``.bin``, or ours).  Takes precedence over ``pretrained``.
     overrides: ConViTConfig fields, e.g. ``num_classes=10, drop_path_rate=0.1``.
@@ -175,8 +160,9 @@ def create_model(
         info = model_spec(name).pretrained
         if info is None:
             raise ValueError(f"no published weights for {name!r}")
-        sd, _ = read_checkpoint(_pretrained_file(name, info))
-        checkpoint_path = f"pretrained weights of {name}"
+        path = _pretrained_file(name, info)
+        sd, _ = read_checkpoint(path)
+        checkpoint_path = f"pretrained weights of {name} ({path})"
     if sd is not None:
         load_into(model, sd, source=str(checkpoint_path))
     model.pretrained_cfg = pretrained_cfg(name, model, meta)

@@ -114,6 +114,10 @@ def test_unreadable_and_missing_files(tmp_path):
 
 def test_pretrained_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVIT_HOME", str(tmp_path))
+    # The hub step must not download timm's weights on a machine that has internet.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
 
     def no_network(*a, **k):
         raise urllib.error.URLError("no network")
