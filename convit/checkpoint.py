@@ -81,6 +81,11 @@ def config_from_metadata(meta: dict) -> Optional[dict]:
     return None
 
 
+def plain_state_dict(model: nn.Module) -> StateDict:
+    """The model's tensors as safetensors needs them: detached, contiguous, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
 def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None) -> Path:
     """Write the model weights and config as safetensors (atomically: temp file, then rename).
 
@@ -90,10 +95,10 @@ def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sd = plain_state_dict(model)
     meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_save(lambda p: save_file(sd, str(p), metadata=meta), path, "model file")
 
 

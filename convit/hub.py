@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
+import huggingface_hub
+from huggingface_hub import constants as hf_constants
 
+from .checkpoint import plain_state_dict
 from .fileio import atomic_save
 from .model import ConViT, ConViTConfig
 
@@ -66,11 +69,7 @@ def hf_offline() -> bool:
     as set *now*, or huggingface_hub's own flag (read when it was imported, or set by the user)."""
     if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
         return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return False
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    return bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
 
 
 def hf_cache_dir() -> Path:
@@ -82,25 +81,11 @@ def hf_cache_dir() -> Path:
             return Path(os.path.expandvars(os.path.expanduser(os.environ[var])))
     if os.environ.get("HF_HOME"):
         return Path(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"]))) / "hub"
-    try:
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except ImportError:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return Path(base) / "huggingface" / "hub"
+    return Path(hf_constants.HF_HUB_CACHE)
 
 
 def _hf_endpoint() -> str:
-    env = os.environ.get("HF_ENDPOINT")
-    if env:
-        return env
-    try:
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    except ImportError:
-        return "https://huggingface.co"
+    return os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT
 
 
 def _hub_host_unresolvable() -> bool:
@@ -147,14 +132,12 @@ def _hub_offline_flag(offline: bool) -> Iterator[None]:
     if not offline:
         yield
         return
-    from huggingface_hub import constants
-
-    before = getattr(constants, "HF_HUB_OFFLINE", False)
-    constants.HF_HUB_OFFLINE = True
+    before = getattr(hf_constants, "HF_HUB_OFFLINE", False)
+    hf_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = before
+        hf_constants.HF_HUB_OFFLINE = before
 
 
 def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
@@ -164,18 +147,16 @@ def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
 
     Offline (``HF_HUB_OFFLINE``, or a hub host that does not resolve) only the cache is read,
     and a missing file raises :class:`FileNotFoundError` saying so.  Other failures raise
-    huggingface_hub's errors (ImportError when it is not installed).
+    huggingface_hub's errors.
     """
-    from huggingface_hub import hf_hub_download
-
-    from . import __version__
+    from . import __version__  # (the package's __init__ imports this module's importers)
 
     repo_id, _, revision = hub_id.partition("@")
     cache = hf_cache_dir()
     offline = _local_only_reason()
     try:
         with _hub_offline_flag(offline is not None):
-            path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision or None,
+            path = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision or None,
                                    cache_dir=str(cache), local_files_only=offline is not None,
                                    library_name="convit", library_version=__version__)
     except Exception as e:
@@ -229,9 +210,6 @@ def resolve_pretrained(name: str, info: "Pretrained", folder: Optional[Path] = N
     if info.hf_hub_id:
         try:
             return hf_hub_file(info.hf_hub_id, HF_WEIGHTS_NAME)
-        except ImportError:
-            tried.append(f"Hugging Face hub {info.hf_hub_id} ({HF_WEIGHTS_NAME}): huggingface_hub is not "
-                         "installed (pip install huggingface_hub)")
         except Exception as e:  # huggingface_hub's error types vary across its versions
             tried.append(f"Hugging Face hub {info.hf_hub_id} ({HF_WEIGHTS_NAME}): {_reason(e)}")
     raise PretrainedNotFoundError(_not_found_message(name, info, local, tried))
@@ -398,7 +376,7 @@ def export_timm(model: ConViT, out_dir: Union[str, os.PathLike], label_names: Op
     config = timm_config(model, label_names, fixed_size)  # validates before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = plain_state_dict(model)
     atomic_save(lambda p: save_file(sd, str(p), metadata={"format": "pt"}), out / HF_WEIGHTS_NAME,
                 "timm weights")
     text = json.dumps(config, indent=2) + "\n"

@@ -117,12 +117,6 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _pretrained_file(name: str, info: Pretrained) -> Path:
-    """Local path of a model's published weights: the local file, else the official download,
-    else timm's copy on the Hugging Face hub (see :func:`convit.hub.resolve_pretrained`)."""
-    return resolve_pretrained(name, info, weights_dir())
-
-
 def create_model(
     name: Optional[str] = None,
     pretrained: bool = False,
@@ -160,7 +154,7 @@ def create_model(
         info = model_spec(name).pretrained
         if info is None:
             raise ValueError(f"no published weights for {name!r}")
-        path = _pretrained_file(name, info)
+        path = resolve_pretrained(name, info, weights_dir())
         sd, _ = read_checkpoint(path)
         checkpoint_path = f"pretrained weights of {name} ({path})"
     if sd is not None:
@@ -175,11 +169,11 @@ def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = No
     cfg = architecture_cfg(model.cfg)
     if name is not None:
         spec = model_spec(name)
-        tag = spec.pretrained.hf_hub_id.split(".", 1)[1] if spec.pretrained and spec.pretrained.hf_hub_id \
-            and "." in spec.pretrained.hf_hub_id else None
-        cfg.update(architecture=name, tag=tag, **spec.data)
+        cfg.update(architecture=name, **spec.data)
         if spec.pretrained is not None:
-            cfg.update(url=spec.pretrained.url or "", hf_hub_id=spec.pretrained.hf_hub_id)
+            hub_id = spec.pretrained.hf_hub_id
+            cfg.update(url=spec.pretrained.url or "", hf_hub_id=hub_id,
+                       tag=hub_id.partition(".")[2] or None if hub_id else None)  # 'fb_in1k'
     data = read_metadata_json(meta, "data") if meta else None
     if data:  # written by `convit train`: normalise and size exactly as in training
         cfg.update(mean=tuple(data["mean"]), std=tuple(data["std"]))
