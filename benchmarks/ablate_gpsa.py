@@ -3,7 +3,7 @@
 
 Variants of one GPSA layer's forward, all on the same layer and input (inference):
 
-    explicit      eq. 6 with A materialised (GPSA._forward_explicit): what timm computes
+    explicit      eq. 6 with A materialised (GPSA.forward_reference): what timm computes
     v0_initial    the first fast path (SDPA + P@v, separate qk/v matmuls, sigma*P scaled per
                   call, addcmul mix) with P NOT flushed: P keeps its subnormal entries
     v1_flush      v0 with the subnormal entries of P flushed to 0
@@ -140,12 +140,12 @@ def main() -> None:
     if not args.train_only:
         with torch.inference_mode():
             ref = layer(x)
-            for name, f in (("explicit", lambda: layer._forward_explicit(x)),
+            for name, f in (("explicit", lambda: layer.forward_reference(x)),
                             ("v0", lambda: forward_v0(layer, x, False, cache)),
                             ("v1", lambda: forward_v0(layer, x, True, cache))):
                 print(f"  max |{name} - current| = {(f() - ref).abs().max().item():.2e}")
             layer_times = interleaved({
-                "explicit": lambda: layer._forward_explicit(x),
+                "explicit": lambda: layer.forward_reference(x),
                 "v0_initial": lambda: forward_v0(layer, x, False, cache),
                 "v1_flush": lambda: forward_v0(layer, x, True, cache),
                 "current": lambda: layer(x),
@@ -157,7 +157,7 @@ def main() -> None:
     xg = x.clone().requires_grad_(True)
     grad_out = torch.randn(B, 196, 192)
     train_fns = {
-        "explicit": lambda: layer._forward_explicit(xg),
+        "explicit": lambda: layer.forward_reference(xg),
         "v0_initial": lambda: forward_v0(layer, xg, False, {}),
         "v1_flush": lambda: forward_v0(layer, xg, True, {}),
         "v2_lerp": lambda: forward_v2(layer, xg),

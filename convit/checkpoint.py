@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from .fileio import CheckpointSaveError, atomic_save
+from .fileio import atomic_save
 
 FORMAT = "convit"
 StateDict = Dict[str, torch.Tensor]
@@ -51,8 +53,6 @@ def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     meta: dict = {}
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
@@ -91,8 +91,6 @@ def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None
 
     extra: more JSON-serialisable metadata (e.g. ``{"class_names": [...], "model_name": ...}``).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = plain_state_dict(model)

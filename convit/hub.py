@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 import huggingface_hub
 from huggingface_hub import constants as hf_constants
+from safetensors.torch import save_file
+from timm.models._pretrained import PretrainedCfg
 
 from .checkpoint import plain_state_dict
 from .fileio import atomic_save
@@ -182,20 +184,16 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def resolve_pretrained(name: str, info: "Pretrained", folder: Optional[Path] = None) -> Path:
+def resolve_pretrained(name: str, info: "Pretrained", folder: Path) -> Path:
     """Local path of zoo model ``name``'s published weights, fetching them if needed.
 
-    Order: (a) the local file :func:`local_weights_file` in ``folder`` (default
+    Order: (a) the local file :func:`local_weights_file` in ``folder`` (the zoo passes
     :func:`convit.zoo.weights_dir`: ``$CONVIT_HOME`` or torch hub's checkpoints folder);
     (b) the official URL, downloaded to that file; (c) timm's ``model.safetensors`` in hub
     repo ``info.hf_hub_id`` through huggingface_hub (only its cache when offline).  A source
     the model lacks is skipped.  Raises :class:`PretrainedNotFoundError` naming every source,
     why each failed and where to put the file by hand.
     """
-    if folder is None:
-        from .zoo import weights_dir
-
-        folder = weights_dir()
     local = local_weights_file(name, info, folder)
     if local.is_file():
         return local
@@ -321,14 +319,6 @@ _SOURCE_KEYS = {"url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "so
 _KEEP_NULL = {"pool_size", "first_conv", "classifier"}  # timm keeps these even when None
 
 
-def _timm_cfg_fields() -> Optional[set]:
-    try:
-        from timm.models._pretrained import PretrainedCfg
-    except ImportError:  # private module moved: keep every key
-        return None
-    return {f.name for f in dataclasses.fields(PretrainedCfg)}
-
-
 def timm_config(model: ConViT, label_names: Optional[Sequence[str]] = None,
                 fixed_size: bool = False) -> Dict[str, Any]:
     """timm's ``config.json`` for ``model``: ``architecture``, ``num_classes``, ``num_features``,
@@ -337,9 +327,9 @@ def timm_config(model: ConViT, label_names: Optional[Sequence[str]] = None,
     cfg = model.cfg
     args = timm_model_args(cfg, fixed_size)
     src = dict(getattr(model, "pretrained_cfg", None) or {})
-    fields = _timm_cfg_fields()
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}  # the keys timm knows
     pcfg = {k: v for k, v in src.items()
-            if k not in _SOURCE_KEYS and (fields is None or k in fields) and (v is not None or k in _KEEP_NULL)}
+            if k not in _SOURCE_KEYS and k in fields and (v is not None or k in _KEEP_NULL)}
     pcfg.update(num_classes=cfg.num_classes, input_size=[cfg.in_chans, *cfg.img_size],
                 fixed_input_size=not (cfg.dynamic_img_size and cfg.local_up_to_layer == 0),
                 first_conv="patch_embed.proj", classifier="head", custom_load=False)
@@ -371,8 +361,6 @@ def export_timm(model: ConViT, out_dir: Union[str, os.PathLike], label_names: Op
     whose size differs from its ``pretrained_cfg``'s).  Nothing is written when the model
     cannot be expressed (:class:`TimmExportError`).
     """
-    from safetensors.torch import save_file
-
     config = timm_config(model, label_names, fixed_size)  # validates before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

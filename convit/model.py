@@ -8,18 +8,18 @@ and timm.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models._features import feature_take_indices  # (public in timm's vit models since 1.0.9)
 from torch.utils.checkpoint import checkpoint
 
-from .attention import GPSA, MHSA, AttentionMaps, Grid
+from .attention import AttentionMaps, Grid
+from .layers import Block, PatchEmbed
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -121,55 +121,6 @@ def architecture_cfg(cfg: ConViTConfig) -> dict:
         pool_size=None, first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens, with clear errors for wrong inputs."""
-
-    def __init__(self, cfg: ConViTConfig) -> None:
-        super().__init__()
-        self.img_size, self.patch_size, self.in_chans = cfg.img_size, cfg.patch_size, cfg.in_chans
-        self.dynamic = cfg.dynamic_img_size
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
-
-    def grid_for(self, x: torch.Tensor) -> Grid:
-        if x.ndim != 4:
-            raise ValueError(f"expected images as [B, C, H, W], got shape {tuple(x.shape)}")
-        _, c, h, w = x.shape
-        if c != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {c} (input shape {tuple(x.shape)})")
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"input size {h}x{w} is not divisible by the patch size {self.patch_size}")
-        if not self.dynamic and (h, w) != tuple(self.img_size):
-            raise ValueError(
-                f"input size {h}x{w} differs from the model's img_size {self.img_size[0]}x{self.img_size[1]}; "
-                "build the model with dynamic_img_size=True to accept other sizes")
-        return (h // self.patch_size, w // self.patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C]
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block whose attention is GPSA or MHSA."""
-
-    def __init__(self, cfg: ConViTConfig, use_gpsa: bool, drop_path: float) -> None:
-        super().__init__()
-        dim = cfg.embed_dim
-        self.use_gpsa = use_gpsa
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        if use_gpsa:
-            self.attn = GPSA(dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.proj_drop_rate,
-                             cfg.locality_strength, cfg.grid)
-        else:
-            self.attn = MHSA(dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.proj_drop_rate)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), act_layer=nn.GELU, drop=cfg.proj_drop_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 class ConViT(nn.Module):
     """ConViT (and, with no GPSA block, DeiT) with timm's uniform model API."""
 
@@ -190,7 +141,8 @@ class ConViT(nn.Module):
         # published weights' metadata (url, hub id, mean/std, crop) for named models.
         self.pretrained_cfg: dict = architecture_cfg(cfg)
 
-        self.patch_embed = PatchEmbed(cfg)
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
+                                      cfg.dynamic_img_size)
         self.grid: Grid = cfg.grid
         num_patches = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -202,8 +154,14 @@ class ConViT(nn.Module):
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # stochastic depth decay rule
-        self.blocks = nn.ModuleList(
-            [Block(cfg, use_gpsa=i < cfg.local_up_to_layer, drop_path=dpr[i]) for i in range(cfg.depth)])
+        self.blocks = nn.ModuleList([
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.proj_drop_rate,
+                  cfg.attn_drop_rate, dpr[i], use_gpsa=i < cfg.local_up_to_layer,
+                  locality_strength=cfg.locality_strength, grid=cfg.grid)
+            for i in range(cfg.depth)])
+        # timm's feature contract: every block's patch tokens, at stride patch_size.
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
+                             for i in range(cfg.depth)]
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
@@ -267,19 +225,6 @@ class ConViT(nn.Module):
         """Recompute each block's activations in backward instead of storing them."""
         self.grad_checkpointing = enable
 
-    def set_gate_skip_tolerance(self, tol: Optional[float]) -> None:
-        """Opt-in inference shortcut for every GPSA block (None turns it off, the default).
-
-        In inference (no autograd) a head whose gate sigma(lambda) >= 1 - tol skips its
-        content branch and one with sigma <= tol skips its positional branch; each attention
-        output element (before ``proj``) moves by at most 2 * tol * max|v|.  See
-        :meth:`convit.attention.GPSA._branches`.
-        """
-        if tol is not None and not 0.0 <= tol < 0.5:
-            raise ValueError(f"the gate skip tolerance must be in [0, 0.5), got {tol}")
-        for blk in self.gpsa_blocks():
-            blk.attn.skip_gate_tol = tol
-
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -291,7 +236,7 @@ class ConViT(nn.Module):
                 raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        w = self.norm.weight
+        w = self.cls_token  # (device and dtype of the model; the norm may be pruned)
         self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
         if num_classes > 0:
@@ -300,34 +245,37 @@ class ConViT(nn.Module):
         self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes, global_pool=self.global_pool)
 
     # -- forward ----------------------------------------------------------------------------
-    def _set_grid(self, grid: Grid) -> None:
+    def _cls_joins_at(self) -> int:
+        """Where the class token joins: -1 = with the patches, before the position embedding
+        (DeiT: it has a position); otherwise before block ``local_up_to_layer``, the first MHSA
+        block (paper sec. 3), or after the last block when every block is GPSA."""
+        return -1 if self.pos_embed_has_cls else min(self.local_up_to_layer, len(self.blocks))
+
+    def _join_cls(self, x: torch.Tensor, at: int) -> torch.Tensor:
+        """Prepend the class token if it joins at ``at`` (block index; -1 = before the position
+        embedding).  The only place the class token enters the sequence."""
+        if at != self._cls_joins_at():
+            return x
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # [B, 1 + N, C]
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> patch tokens (+ DeiT's class token) with positions added."""
+        grid = self.patch_embed.grid_for(x)
         if grid != self.grid:
             self.grid = grid
             for blk in self.gpsa_blocks():
                 blk.attn.set_grid(grid)
-
-    def _pos_embed(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """Add the absolute position embedding (bicubically resampled for another grid)."""
-        B = x.shape[0]
-        cls = self.cls_token.expand(B, -1, -1)
-        if self.pos_embed_has_cls:
-            x = torch.cat([cls, x], dim=1)
+        x = self._join_cls(self.patch_embed(x), -1)  # [B, N (+1), C]
         if self.pos_embed is not None:
             pos = self.pos_embed
-            if grid != self.cfg.grid:
+            if grid != self.cfg.grid:  # bicubically resampled for another grid
                 pos = resample_abs_pos_embed(pos, list(grid), list(self.cfg.grid),
                                              num_prefix_tokens=int(self.pos_embed_has_cls))
             x = x + pos
         return self.pos_drop(x)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self.patch_embed.grid_for(x)
-        self._set_grid(grid)
-        return self._pos_embed(self.patch_embed(x), grid)
-
-    def _run_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if i == self.local_up_to_layer and not self.pos_embed_has_cls:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        x = self._join_cls(x, i)
         blk = self.blocks[i]
         if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
                 and not torch.jit.is_scripting():
@@ -338,10 +286,8 @@ class ConViT(nn.Module):
         """Images [B, C, H, W] -> normalised tokens [B, 1 + N, C] (class token first)."""
         x = self._embed(x)
         for i in range(len(self.blocks)):
-            x = self._run_block(i, x)
-        if len(self.blocks) == self.local_up_to_layer:  # all blocks GPSA: class token joins last
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.norm(x)
+            x = self._block(i, x)
+        return self.norm(self._join_cls(x, len(self.blocks)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -354,64 +300,69 @@ class ConViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- timm's feature-extraction contract --------------------------------------------------
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
+        indices: Optional[Union[int, List[int]]] = None,
         norm: bool = False,
+        stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-        stop_early: bool = False,
-    ):
-        """Patch tokens after chosen blocks (class token removed), like timm.
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Patch tokens after chosen blocks, with timm's signature and behaviour.
 
-        indices: None for all blocks, an int n for the last n, or a list of block indices
-        (negative counts from the end).  Returns (final normalised tokens, list) or the list alone.
+        indices: None for every block, an int n for the last n, or block indices (negative
+            count from the end); out of range (including 0) raises, as in timm.
+        norm: apply the final norm to each intermediate.  stop_early: run no block after the
+            last one taken.  output_fmt: 'NCHW' ([B, C, H, W] maps) or 'NLC' ([B, N, C]).
+        Returns the list of intermediates (class token removed) or, unless intermediates_only,
+        (what forward_features returns, the list).
         """
-        depth = len(self.blocks)
-        if indices is None:
-            take = list(range(depth))
-        elif isinstance(indices, int):
-            take = list(range(depth - indices, depth))
-        else:
-            take = [i if i >= 0 else depth + i for i in indices]
-        if any(not 0 <= i < depth for i in take):
-            raise ValueError(f"block indices {indices} out of range for depth {depth}")
         if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError("output_fmt must be 'NCHW' or 'NLC'")
-        B = x.shape[0]
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        last = max_index if stop_early else len(self.blocks) - 1
         x = self._embed(x)
-        H, W = self.grid
-        out = []
-        last = max(take) if (stop_early and take) else depth - 1
+        B, (H, W) = x.shape[0], self.grid
+        intermediates = []
         for i in range(last + 1):
-            x = self._run_block(i, x)
+            x = self._block(i, x)
             if i in take:
                 y = self.norm(x) if norm else x
-                has_cls = self.pos_embed_has_cls or i >= self.local_up_to_layer
-                y = y[:, 1:] if has_cls else y
-                out.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-                           if output_fmt == "NCHW" else y)
+                y = y[:, int(i >= self._cls_joins_at()):]  # patch tokens only, [B, N, C]
+                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+                                     if output_fmt == "NCHW" else y)
         if intermediates_only:
-            return out
-        if last == depth - 1 and depth == self.local_up_to_layer:
-            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
-        return self.norm(x), out
+            return intermediates
+        return self.norm(self._join_cls(x, last + 1)), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the blocks after the last of ``indices`` (and the norm / head), as timm's
+        ``features_only`` wrapper does; returns the absolute block indices kept for output."""
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> List[AttentionMaps]:
         """Each block's attention on its own input (for analysis), in block order.
 
-        Runs the model once; at block i the attention module's ``attention_maps`` (the explicit
-        eq. 6 terms, the same code the layer uses) is evaluated on ``norm1`` of that block's
-        input.  Token axes: GPSA maps are over patches only; MHSA maps include the class token
-        at index 0.
+        Runs the model once; at block i the attention module's ``attention_maps`` (the paper's
+        eq. 6 terms, :func:`convit.attention.gpsa_attention`) is evaluated on ``norm1`` of that
+        block's input.  Token axes: GPSA maps are over patches only; MHSA maps include the
+        class token at index 0.
         """
         x = self._embed(x)
         maps = []
         for i, blk in enumerate(self.blocks):
-            if i == self.local_up_to_layer and not self.pos_embed_has_cls:
-                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = self._join_cls(x, i)
             maps.append(blk.attn.attention_maps(blk.norm1(x)))
             x = blk(x)
         return maps

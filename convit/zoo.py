@@ -5,14 +5,18 @@ means and where its published weights come from.
 """
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+from timm.models._features import FeatureGetterNet
 
-from .checkpoint import config_from_metadata, infer_config, load_into, read_checkpoint, read_metadata_json
+from .checkpoint import (CheckpointError, config_from_metadata, infer_config, load_into, read_checkpoint,
+                         read_metadata_json)
 from .hub import resolve_pretrained
 from .model import ConViT, ConViTConfig, architecture_cfg
 
@@ -60,15 +64,11 @@ def register(name: str, spec: ModelSpec) -> None:
 
 def list_models(pattern: str = "*") -> List[str]:
     """Names in the zoo matching a shell-style pattern, e.g. ``'convit_*'``."""
-    import fnmatch
-
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
@@ -121,8 +121,11 @@ def create_model(
     name: Optional[str] = None,
     pretrained: bool = False,
     checkpoint_path: Optional[os.PathLike] = None,
+    features_only: bool = False,
+    out_indices: Union[int, Sequence[int]] = 3,
+    feature_cfg: Optional[Dict[str, Any]] = None,
     **overrides,
-) -> ConViT:
+) -> Union[ConViT, FeatureGetterNet]:
     """Build a model by zoo name and/or from a weight file.
 
     name: a zoo name (see :func:`list_models`); may be omitted when ``checkpoint_path`` is one
@@ -132,6 +135,12 @@ def create_model(
         official download, else timm's copy on the Hugging Face hub (:mod:`convit.hub`).
     checkpoint_path: load weights from this file (official ``.pth``, timm ``.safetensors`` /
         ``.bin``, or ours).  Takes precedence over ``pretrained``.
+    features_only: return timm's ``FeatureGetterNet`` around the model instead: calling it
+        gives the patch-token maps [B, C, H/p, W/p] after the blocks in ``out_indices`` (an int
+        n = the last n blocks, as timm's ViTs; negative indices count from the end), and it
+        has timm's ``feature_info``.  The blocks after the last one taken, the final norm and
+        the head are pruned.  ``feature_cfg`` goes to the wrapper (``output_fmt='NLC'``,
+        ``norm=True``).
     overrides: ConViTConfig fields, e.g. ``num_classes=10, drop_path_rate=0.1``.
     """
     sd = meta = None
@@ -160,7 +169,32 @@ def create_model(
     if sd is not None:
         load_into(model, sd, source=str(checkpoint_path))
     model.pretrained_cfg = pretrained_cfg(name, model, meta)
+    if features_only:
+        features = FeatureGetterNet(model, out_indices=out_indices, **(feature_cfg or {}))
+        features.pretrained_cfg = features.default_cfg = model.pretrained_cfg  # as timm sets them
+        return features
     return model
+
+
+def load_model(checkpoint: os.PathLike, name: Optional[str] = None, img_size: Optional[int] = None,
+               device: str = "cpu") -> Tuple[ConViT, Dict[str, Any]]:
+    """The eval-mode model in ``checkpoint`` and what the file says about its data.
+
+    Returns ``(model, info)`` with ``info`` = ``{"class_names": [...] or None, "data": {mean,
+    std, img_size, in_chans, native_size, dataset} or None, "model_name": ...}`` (only our
+    files carry the first two).  The code path of ``convit eval``, ``predict`` and ``export``.
+    """
+    _, meta = read_checkpoint(checkpoint)
+    overrides = {"img_size": img_size} if img_size else {}
+    try:
+        model = create_model(name, checkpoint_path=checkpoint, **overrides)
+    except CheckpointError as e:
+        hint = ("\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
+                "--model, or omit --model for files written by `convit train`)" if name else "")
+        raise CheckpointError(f"{e}{hint}") from None
+    info = {"class_names": read_metadata_json(meta, "class_names"), "data": read_metadata_json(meta, "data"),
+            "model_name": read_metadata_json(meta, "model_name") or name}
+    return model.to(device).eval(), info
 
 
 def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = None) -> dict:

@@ -90,7 +90,7 @@ def _timm_convit_tiny(tmp_path: Path):
 
 
 def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
-    from convit.commands.evaluate import load_model
+    from convit.zoo import load_model
     from convit.data import build_data
 
     ref, path = _timm_convit_tiny(tmp_path)
@@ -123,7 +123,7 @@ def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
 def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
-    from convit.commands.evaluate import load_model
+    from convit.zoo import load_model
     from convit.data import build_data
 
     digits = load_digits()
@@ -170,7 +170,7 @@ def test_export_onnx(run_dir, tmp_path, capsys):
                  "--output", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0
     ort = pytest.importorskip("onnxruntime")
-    from convit.commands.evaluate import load_model
+    from convit.zoo import load_model
 
     model, _ = load_model(str(run_dir / "model.safetensors"))
     x = torch.randn(3, 1, 8, 8)

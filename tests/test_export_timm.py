@@ -22,7 +22,7 @@ import torch
 
 from convit import ConViT, list_models, model_spec, save_model
 from convit.cli import main
-from convit.commands.evaluate import load_model
+from convit.zoo import load_model
 from convit.hub import TimmExportError, export_timm, timm_model_args
 from convit.zoo import create_model
 

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 import convit.hub as hub
 from convit.hub import PretrainedNotFoundError, hf_cache_dir
-from convit.zoo import create_model, model_spec
+from convit.zoo import create_model, model_spec, weights_dir
 
 URL = "https://dl.fbaipublicfiles.com/convit/convit_tiny.pth"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -95,7 +95,7 @@ def test_convit_from_the_hub_when_the_official_download_fails(env):
     model = create_model("convit_tiny", pretrained=True)
     assert env["downloads"] == [URL]  # the official URL was tried first
     assert_same_weights(model, sd)
-    found = hub.resolve_pretrained("convit_tiny", model_spec("convit_tiny").pretrained)
+    found = hub.resolve_pretrained("convit_tiny", model_spec("convit_tiny").pretrained, weights_dir())
     assert found.parent.parent.parent == env["hf"] / "hub" / "models--timm--convit_tiny.fb_in1k"
     assert not (env["home"] / "convit_tiny.pth").exists()  # nothing half-downloaded left behind
     assert hf_constants.HF_HUB_OFFLINE is False  # huggingface_hub's own flag is restored after the call

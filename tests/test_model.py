@@ -63,8 +63,9 @@ def test_forward_head_and_intermediates():
     assert torch.allclose(final, feats)
     nlc = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True)
     assert len(nlc) == 1 and nlc[0].shape == (2, 16, 32)
-    with pytest.raises(ValueError, match="out of range"):
-        model.forward_intermediates(x, indices=[5])
+    for bad in ([5], 0, 4, [-4]):  # timm's feature_take_indices raises AssertionError for these
+        with pytest.raises(AssertionError, match="out of range"):
+            model.forward_intermediates(x, indices=bad)
 
 
 def test_reset_classifier_and_avg_pool():

@@ -1,7 +1,7 @@
 """Every fast path of GPSA against the explicit formula (eq. 6 with A materialised).
 
 The fast path (fused q/k/v matmul, SDPA, batch-shared P @ v, lerp mix, subnormal flush,
-inference caches, opt-in gate skipping) must give the explicit formula's outputs and
+the inference cache, masking by gate override) must give the explicit formula's outputs and
 gradients in float32, for random weights and gates (not the init), in train and eval.
 """
 import math
@@ -73,7 +73,7 @@ def test_fast_path_outputs_and_gradients_equal_explicit(train, qkv_bias):
     layer = _layer(qkv_bias=qkv_bias).train(train)
     x = torch.randn(3, 20, 32)
     out_f, g_f = _grads(layer, x, layer)
-    out_e, g_e = _grads(layer, x, layer._forward_explicit)
+    out_e, g_e = _grads(layer, x, layer.forward_reference)
     out_m, _ = _grads(layer, x, lambda t: _maps_formula(layer, t))
     assert (out_f - out_e).abs().max() < 1e-5
     assert (out_f - out_m).abs().max() < 1e-5
@@ -85,7 +85,7 @@ def test_fast_path_in_float64_is_exact(train):
     layer = _layer(heads=3, dim=24, grid=(3, 4), seed=1).double().train(train)
     x = torch.randn(2, 12, 24, dtype=torch.float64)
     with torch.no_grad():
-        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-12
+        assert (layer(x) - layer.forward_reference(x)).abs().max() < 1e-12
 
 
 def test_gated_positional_mix_gradcheck_and_double_backward():
@@ -112,7 +112,7 @@ def test_bf16_autocast_gradients_as_accurate_as_explicit_path():
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, g_fast = _grads(layer, x, layer)
-        _, g_expl = _grads(layer, x, layer._forward_explicit)
+        _, g_expl = _grads(layer, x, layer.forward_reference)
     assert out.dtype == torch.bfloat16
     names = ["x"] + [n for n, _ in layer.named_parameters()]
     for name, a, e, b in zip(names, g_fast, g_expl, g64):
@@ -129,7 +129,7 @@ def test_partial_gradients_constant_gate_and_frozen_positions():
     layer.pos_proj.requires_grad_(False)
     x = torch.randn(2, 20, 32)
     out_f, g_f = _grads(layer, x, layer)
-    out_e, g_e = _grads(layer, x, layer._forward_explicit)
+    out_e, g_e = _grads(layer, x, layer.forward_reference)
     assert (out_f - out_e).abs().max() < 1e-5
     names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
     assert len(names) == len(g_f) and "pos_proj.weight" not in names
@@ -209,7 +209,7 @@ def test_cache_invalidates_after_optimizer_step():
     assert (after - before).abs().max() > 1e-4
     assert torch.equal(after, _fresh_pos(layer))
     with torch.no_grad():
-        assert (layer.eval()(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+        assert (layer.eval()(x) - layer.forward_reference(x)).abs().max() < 1e-5
 
 
 def test_cache_invalidates_after_load_state_dict_and_copy():
@@ -233,67 +233,32 @@ def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
     layer.to(torch.float64)
     x = torch.randn(2, 20, 32, dtype=torch.float64)
     with torch.no_grad():
-        assert (layer.eval()(x) - layer._forward_explicit(x)).abs().max() < 1e-6
+        assert (layer.eval()(x) - layer.forward_reference(x)).abs().max() < 1e-6
     layer.to(torch.float32).set_grid((5, 4))
     assert _cached_pos(layer).shape == (4, 20, 20)
     x = torch.randn(2, 20, 32)
     with torch.no_grad():
-        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
+        assert (layer(x) - layer.forward_reference(x)).abs().max() < 1e-5
 
 
-# -- gate skipping --------------------------------------------------------------------------
-def test_gate_override_skips_a_branch_exactly():
+# -- masking: a gate override of 0 or 1 computes one branch only -----------------------
+def test_gate_override_skips_a_branch_exactly(monkeypatch):
+    """gate_override 0 runs only SDPA, 1 only P @ v, anything else both; outputs equal eq. 6."""
+    import convit.attention as A
     layer = _layer().eval()
     x = torch.randn(2, 20, 32)
-    for o in (0.0, 1.0):
+    calls = []
+    sdpa, pv = A.F.scaled_dot_product_attention, A._positional_values
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", lambda *a, **k: calls.append("sdpa") or sdpa(*a, **k))
+    monkeypatch.setattr(A, "_positional_values", lambda *a: calls.append("P@v") or pv(*a))
+    for o, expect in ((0.0, ["sdpa"]), (1.0, ["P@v"]), (0.3, ["sdpa", "P@v"])):
         layer.gate_override = o
-        with torch.no_grad():
-            content_heads, positional_heads, _ = layer._branches(layer.gate())
-            # gate 1: no head computes the content branch; gate 0: none the positional one
-            assert (content_heads, positional_heads) == (([], None) if o == 1.0 else (None, []))
-            assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
-        # with autograd on nothing is skipped, and the value is the same
-        assert layer._branches(layer.gate())[:2] == (None, None)
-        assert (layer(x) - layer._forward_explicit(x)).abs().max() < 1e-5
-
-
-def test_skip_gate_tol_is_within_its_stated_bound():
-    # sigma = 1 - 2e-9, 2e-9, and two mixed heads
-    layer = _layer(gates=[20.0, -20.0, 0.3, -0.5]).eval()
-    x = torch.randn(3, 20, 32)
-    with torch.no_grad():
-        exact = layer(x)
-        v_max = layer.v(x).abs().max()
-        layer.skip_gate_tol = 1e-6
-        content_heads, positional_heads, g = layer._branches(layer.gate())
-        assert content_heads == [1, 2, 3] and positional_heads == [0, 2, 3]
-        assert g[0] == 1.0 and g[1] == 0.0
-        fast = layer(x)
-    bound = 2 * 1e-6 * v_max * layer.proj.weight.abs().sum(1).max()
-    assert (fast - exact).abs().max() <= bound + 1e-6
-    assert (fast - layer._forward_explicit(x)).abs().max() < 1e-5
-    # all heads saturated: one branch is skipped entirely
-    with torch.no_grad():
-        layer.gating_param.copy_(torch.full((4,), 30.0))
-        layer.gate_override = None
-        assert layer._branches(layer.gate())[0] == []  # no head computes the content branch
-        only_pos = layer(x)
-        layer.gating_param.copy_(torch.full((4,), -30.0))
-        assert layer._branches(layer.gate())[1] == []  # no head computes the positional branch
-        only_content = layer(x)
-        layer.skip_gate_tol = None
-        assert (only_content - layer(x)).abs().max() < 1e-5
-        layer.gating_param.copy_(torch.full((4,), 30.0))
-        assert (only_pos - layer(x)).abs().max() < 1e-5
-
-
-def test_skip_gate_tol_is_off_with_grad_and_validated():
-    layer = _layer(gates=[20.0, -20.0, 0.3, -0.5])
-    layer.skip_gate_tol = 1e-3
-    assert layer._branches(layer.gate())[:2] == (None, None)  # grad enabled: exact path
-    layer.skip_gate_tol = 0.5
-    with torch.no_grad(), pytest.raises(ValueError):
-        layer(torch.randn(1, 20, 32))
+        for grad in (False, True):
+            calls.clear()
+            with torch.set_grad_enabled(grad):
+                out = layer(x)
+            assert calls == expect, (o, grad, calls)
+            assert (out - layer.forward_reference(x)).abs().max() < 1e-5
 
 
 def test_model_fast_path_equals_explicit_blocks():
@@ -310,13 +275,10 @@ def test_model_fast_path_equals_explicit_blocks():
     g_fast = torch.autograd.grad(fast.square().sum(), list(model.parameters()))
     originals = [blk.attn.forward for blk in model.gpsa_blocks()]
     for blk in model.gpsa_blocks():
-        blk.attn.forward = blk.attn._forward_explicit
+        blk.attn.forward = blk.attn.forward_reference
     slow = model(x)
     g_slow = torch.autograd.grad(slow.square().sum(), list(model.parameters()))
     for blk, f in zip(model.gpsa_blocks(), originals):
         blk.attn.forward = f
     assert (fast - slow).abs().max() < 1e-5
     _assert_grads_close([n for n, _ in model.named_parameters()], g_fast, g_slow)
-    model.set_gate_skip_tolerance(1e-6)
-    assert all(b.attn.skip_gate_tol == 1e-6 for b in model.gpsa_blocks())
-    model.set_gate_skip_tolerance(None)

@@ -95,13 +95,18 @@ def test_jit_trace_with_a_stale_cache_computes_p_from_the_weights():
         torch.testing.assert_close(traced(x), b(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="torch.fx cannot trace past PatchEmbed's input checks yet "
-                   "(issue 9, timm contract: still open); strict, so it flips to a failure once fixed")
 def test_fx_symbolic_trace_with_a_stale_cache_computes_p_from_the_weights():
     a, b, x = _models()
     with torch.no_grad():
         gm = torch.fx.symbolic_trace(a)
         torch.testing.assert_close(gm(x), b(x), rtol=1e-5, atol=1e-5)
+        sd = _other_weights(b)
+        b.load_state_dict(sd)
+        gm.load_state_dict(sd, strict=False)
+        torch.testing.assert_close(gm(x), b(x), rtol=1e-5, atol=1e-5)
+        # The input checks are graph calls, so the traced module still refuses wrong images.
+        with pytest.raises(ValueError, match="input channels"):
+            gm(torch.randn(1, 1, *x.shape[-2:]))
 
 
 def test_torch_export_follows_loaded_weights():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, Rectangle
 from matplotlib.ticker import MaxNLocator
@@ -39,8 +40,6 @@ def _mean(xs: Optional[Sequence[Optional[float]]]) -> float:
 
 
 def _layer_colours(n: int, cmap: str = "viridis") -> List:
-    from matplotlib import colormaps
-
     cm = colormaps[cmap]
     return [cm(0.9 * i / max(n - 1, 1)) for i in range(n)]
 

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.report import analyze
+    from ..analysis.report import analyze  # (matplotlib: loaded only when this command runs)
 
     ckpt: Path = args.checkpoint
     if not ckpt.is_file():

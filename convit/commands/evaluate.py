@@ -9,36 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
 
-from ..checkpoint import CheckpointError, read_checkpoint, read_metadata_json
-from ..model import ConViT
+from torch.utils.data import DataLoader
+
+from ..data import build_data
+from ..engine import evaluate
 from ..runtime import resolve_amp, resolve_device
+from ..zoo import load_model
 
-__all__ = ["load_model", "add_arguments", "run"]
-
-
-def load_model(checkpoint: str, name: Optional[str] = None, img_size: Optional[int] = None,
-               device: str = "cpu") -> Tuple[ConViT, Dict[str, Any]]:
-    """The eval-mode model in ``checkpoint`` and what the file says about its data.
-
-    Returns ``(model, info)`` with ``info`` = ``{"class_names": [...] or None, "data": {mean,
-    std, img_size, in_chans, native_size, dataset} or None}`` (only our files carry them).
-    This is the code path of ``convit eval``, ``predict`` and ``export``.
-    """
-    from ..zoo import create_model
-
-    _, meta = read_checkpoint(checkpoint)
-    overrides = {"img_size": img_size} if img_size else {}
-    try:
-        model = create_model(name, checkpoint_path=checkpoint, **overrides)
-    except CheckpointError as e:
-        hint = ("\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
-                "--model, or omit --model for files written by `convit train`)" if name else "")
-        raise CheckpointError(f"{e}{hint}") from None
-    info = {"class_names": read_metadata_json(meta, "class_names"), "data": read_metadata_json(meta, "data"),
-            "model_name": read_metadata_json(meta, "model_name") or name}
-    return model.to(device).eval(), info
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,11 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from ..data import build_data
-    from ..engine import evaluate
-
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, args.model, args.img_size, str(device))
     dataset = args.dataset or (info["data"] or {}).get("dataset")

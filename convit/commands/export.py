@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import load_model
+from ..hub import export_timm, timm_architecture
+from ..zoo import load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,8 +56,6 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 17) -> Path:
 def run(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, args.model, args.img_size)
     if args.format == "timm":
-        from ..hub import export_timm, timm_architecture
-
         out = export_timm(model, args.output, label_names=info["class_names"], fixed_size=args.fixed_size)
         arch = timm_architecture(model.cfg, model.pretrained_cfg.get("architecture"))
         print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'} (timm architecture {arch}); "

@@ -13,8 +13,9 @@ from typing import List
 
 import torch
 
+from ..data import eval_transform, load_image
 from ..runtime import resolve_device
-from .evaluate import load_model
+from ..zoo import load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,8 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import eval_transform, load_image
-
     if args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     device = resolve_device(args.device)
