@@ -176,11 +176,3 @@ def test_modules_and_functions_stay_short(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= 80, f"{path.name}: {node.name} has {length} lines"
-
-
-def test_device_classes_moved_and_still_reachable_from_experiments():
-    from convit.data import device
-    from convit.experiments import gpu_data
-
-    for name in ("DeviceImages", "TrainBatches", "EvalBatches", "device_splits"):
-        assert getattr(gpu_data, name) is getattr(device, name) is getattr(convit.data, name)

@@ -2,9 +2,10 @@
 
 * :mod:`.grids`   -- the comparisons (variants) and the scales they run at (presets);
 * :mod:`.runner`  -- a resumable sweep of training runs, one folder per run;
-* :mod:`.results` -- mean +- std tables, relative gains over DeiT, figures;
-* :mod:`.gpu_data` -- old import path of :mod:`convit.data.device` (CIFAR-sized data held and
-  augmented on the GPU; trained by :func:`convit.train.fit` with ``on_device=True``).
+* :mod:`.results` -- mean +- std tables, relative gains over DeiT, figures.
+
+The ``cifar10-gpu`` preset keeps its data on the GPU (:mod:`convit.data.device`) and trains with
+the same :func:`convit.train.fit` (``on_device=True``).
 
 Command line: ``convit experiment GRID --preset PRESET`` (see ``convit experiment --help``).
 """
