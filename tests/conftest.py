@@ -15,6 +15,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from convit import list_models, model_spec
 from convit.cli import main
 
 #: ``convit train`` flags of a 2-block ConViT (1 GPSA) on a 4x4 grid of 2x2 patches, trained on a
@@ -28,6 +29,14 @@ TINY_MODEL = dict(depth=2, local_up_to_layer=1, embed_dim=16, patch_size=2)
 REPO = Path(__file__).resolve().parents[1]
 #: Data for development that the project must not require (see its README): beside the repo.
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def zoo_params() -> list:
+    """Every zoo model name, for ``parametrize``; the widest (embed_dim > 450: small_plus and the
+    base sizes, over ~40M parameters) in the slow tier: they run the same code at another width
+    and take longest to build."""
+    return [pytest.param(n, marks=pytest.mark.slow) if model_spec(n).config.get("embed_dim", 192) > 450 else n
+            for n in list_models()]
 
 
 @pytest.fixture(scope="session")

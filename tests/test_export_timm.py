@@ -20,11 +20,11 @@ import pytest
 import timm
 import torch
 
-from convit import ConViT, list_models, model_spec, save_model
+from conftest import zoo_params
+from convit import ConViT, model_spec, save_model
 from convit.cli import main
-from convit.zoo import load_model
+from convit.zoo import create_model, load_model
 from convit.hub import TimmExportError, export_timm, timm_model_args
-from convit.zoo import create_model
 
 DATA = {"dataset": "digits", "mean": [0.25], "std": [0.5], "img_size": 8, "in_chans": 1, "native_size": True}
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
@@ -66,16 +66,7 @@ def _assert_same_logits(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch
     assert a.abs().max().item() > 1e-3  # not trivially zero
 
 
-def _zoo_params():
-    """Every zoo model; the widest (over ~40M parameters) in the slow tier."""
-    params = []
-    for name in list_models():
-        wide = model_spec(name).config.get("embed_dim", 192) > 450
-        params.append(pytest.param(name, marks=pytest.mark.slow) if wide else name)
-    return params
-
-
-@pytest.mark.parametrize("name", _zoo_params())
+@pytest.mark.parametrize("name", zoo_params())
 def test_every_zoo_model_loads_in_timm_with_our_logits(name, tmp_path):
     size = model_spec(name).config.get("img_size", 224)
     overrides = {"img_size": 32} if size == 224 else {}

@@ -26,14 +26,13 @@ from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
 import convit
+from conftest import zoo_params
 
 # Every zoo model; the ImageNet-size ones at 32x32 (a 2x2 grid of 16x16 patches: enough for
-# every code path, GPSA on a grid included) so that the port runs in seconds.  The widest models
-# (embed_dim > 450: small_plus and the base sizes) take longest to build and run the same code at
-# another width, so they are in the slow tier; the fast tier keeps tiny, tiny_plus, small, digits.
+# every code path, GPSA on a grid included) so that the port runs in seconds.  The widest
+# (conftest.zoo_params) are in the slow tier; the fast tier keeps tiny, tiny_plus, small, digits.
 SMALL = dict(img_size=32)
-NAMES = [pytest.param(n, marks=pytest.mark.slow) if convit.zoo.model_spec(n).config.get("embed_dim", 192) > 450
-         else n for n in convit.list_models()]
+NAMES = zoo_params()
 
 
 def _create(name: str, **kwargs):
