@@ -7,7 +7,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import convit
 from convit import CheckpointError, create_model, save_model
 from convit.checkpoint import infer_config, read_checkpoint
 

@@ -4,8 +4,6 @@ The fast path (fused q/k/v matmul, SDPA, batch-shared P @ v, lerp mix, subnormal
 the inference cache, masking by gate override) must give the explicit formula's outputs and
 gradients in float32, for random weights and gates (not the init), in train and eval.
 """
-import math
-
 import pytest
 import torch
 
