@@ -163,7 +163,7 @@ def main() -> None:
         "v2_lerp": lambda: forward_v2(layer, xg),
         "current": lambda: layer(xg),
     }
-    print(f"\nGPSA layer, training: bytes saved for backward (x and the weights excluded)")
+    print("\nGPSA layer, training: bytes saved for backward (x and the weights excluded)")
     ref_grad = None
     for name, f in train_fns.items():
         nbytes, out = saved_bytes(f)

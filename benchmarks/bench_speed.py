@@ -173,7 +173,6 @@ def measured_bf16_peak(n: int, timer: Timer, repeats: int = 10) -> float:
     for _ in range(3):
         a @ b
     times = [timer(lambda: a @ b) for _ in range(repeats)]
-    del a, b
     return 2 * n ** 3 / statistics.median(times)
 
 

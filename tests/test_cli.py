@@ -161,14 +161,16 @@ def test_predict_unreadable_image_is_a_clear_error(run_dir, tmp_path, capsys):
 def test_export_onnx(run_dir, tmp_path, capsys):
     try:
         import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError:
         assert main(["export", "--checkpoint", str(run_dir / "model.safetensors"),
                      "--output", str(tmp_path / "m.onnx")]) == 2
-        assert "pip install onnx" in capsys.readouterr().err
-        pytest.skip("onnx is not installed (checked the error message instead)")
+        assert "pip install onnx onnxscript" in capsys.readouterr().err
+        pytest.skip("onnx/onnxscript are not installed (checked the error message instead)")
     assert main(["export", "--checkpoint", str(run_dir / "model.safetensors"),
                  "--output", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0
+    assert not (tmp_path / "m.onnx.data").exists()  # one self-contained file, weights inside
     ort = pytest.importorskip("onnxruntime")
     from convit.zoo import load_model
 

@@ -1,7 +1,8 @@
 """``convit export``: write a checkpoint's eval-mode model for other tools.
 
 ``--format onnx`` (the default): one ONNX file (input ``images`` [B, C, H, W], output
-``logits`` [B, classes], dynamic batch size); needs the ``onnx`` package.
+``logits`` [B, classes], dynamic batch size), written by PyTorch's dynamo-based exporter;
+needs the ``onnx`` and ``onnxscript`` packages (``pip install 'convit[onnx]'``).
 ``--format timm``: a folder in the layout of timm's hub repositories, ``model.safetensors`` +
 ``config.json``, which ``timm.create_model('local-dir:FOLDER', pretrained=True)`` (or
 ``'hf-hub:owner/name'`` once uploaded) rebuilds with timm's own classes; the mapping lives in
@@ -10,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,29 +27,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="onnx (default): an ONNX graph; timm: timm's hub layout (model.safetensors + config.json)")
     p.add_argument("--model", default=None, help="zoo name (needed for foreign DeiT files)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18, the exporter's own)")
     p.add_argument("--fixed-size", action="store_true",
                    help="timm: export a dynamic_img_size ConViT for its trained size only (timm's ConVit "
                         "has a fixed input size)")
 
 
-def export_onnx(model: torch.nn.Module, path: Path, opset: int = 17) -> Path:
-    """Trace ``model`` (eval mode) with the TorchScript-based exporter, batch axis dynamic."""
+def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis.
+
+    PyTorch's dynamo-based exporter (``torch.export`` underneath): the one PyTorch maintains,
+    and the default since torch 2.9; the TorchScript-based exporter is deprecated. The graph has
+    a fixed image size. The weights sit inside the file, except beyond 1 GB of them (ONNX files
+    are protobufs, capped at 2 GB), where they go to ``PATH.data`` beside it; every zoo model
+    fits (convit_base_plus: 0.57 GB). GPSA's inference cache of P is bypassed while exporting,
+    so the file holds the weights' P, not a stale copy (tests/test_tracing.py).
+    """
     try:
-        import onnx  # noqa: F401  (torch.onnx needs it to serialise)
+        import onnx  # noqa: F401  (the exporter needs both to build and serialise the graph)
+        import onnxscript  # noqa: F401
     except ImportError:
-        raise ValueError("ONNX export needs the onnx package: pip install onnx") from None
+        raise ValueError("ONNX export needs the onnx and onnxscript packages: "
+                         "pip install 'convit[onnx]' (or pip install onnx onnxscript)") from None
     cfg = model.cfg
-    dummy = torch.zeros(2, cfg.in_chans, *cfg.img_size)
+    example = torch.zeros(2, cfg.in_chans, *cfg.img_size)
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 2**30
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The input checks of PatchEmbed/GPSA become constants of the trace: expected, since
-        # the exported graph has a fixed image size (only the batch axis is dynamic).
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(model.eval().cpu(), (dummy,), str(path), input_names=["images"],
-                          output_names=["logits"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    with torch.no_grad():
+        torch.onnx.export(model.eval().cpu(), (example,), str(path), dynamo=True, verbose=False,
+                          external_data=external,
+                          input_names=["images"], output_names=["logits"], opset_version=opset,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
     return path
 
 
