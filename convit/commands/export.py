@@ -57,7 +57,8 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
         torch.onnx.export(model.eval().cpu(), (example,), str(path), dynamo=True, verbose=False,
                           external_data=external,
                           input_names=["images"], output_names=["logits"], opset_version=opset,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
+                          # by position, so it holds whatever the forward's argument is called
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     return path
 
 
