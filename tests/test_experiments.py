@@ -311,7 +311,7 @@ def _on_device_cfg(tmp_path, name, **kw):
                              mixup=0.8, cutmix=1.0, drop_path=0.1, threads=1, locality=True, report=False, **kw))
 
 
-def test_fit_on_device_data_on_cpu(tmp_path, monkeypatch):
+def test_fit_with_on_device_batches_on_cpu(tmp_path, monkeypatch):
     """fit(on_device=True): the same splits as build_data, the logged test top-1 is that of the
     saved final model, the locality hook sees the validation images, and an interrupted run
     resumes bit-identically (checkpointing and resume are the loop's, whichever the data)."""
