@@ -116,44 +116,38 @@ def report(title: str, times: dict, ref: str = None) -> None:
         print(line)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--model-level", action="store_true")
     p.add_argument("--train-only", action="store_true", help="only the training section")
-    args = p.parse_args()
-    torch.manual_seed(0)
-    B = args.batch
-    model = convit.create_model("convit_tiny").eval()  # timm/official init (local init on)
-    layer = model.blocks[0].attn
-    deit_attn = convit.create_model("deit_tiny").eval().blocks[0].attn
-    x = torch.randn(B, 196, 192)
-    x197 = torch.randn(B, 197, 192)
-    cache: dict = {}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}")
-    with torch.inference_mode():
-        pos_raw = positional_unflushed(layer)
-    tiny = torch.finfo(torch.float32).tiny
-    print(f"P of block 0 at init: {int(((pos_raw > 0) & (pos_raw < tiny)).sum())} subnormal entries "
-          f"of {pos_raw.numel()}")
-    if not args.train_only:
-        with torch.inference_mode():
-            ref = layer(x)
-            for name, f in (("explicit", lambda: layer.forward_reference(x)),
-                            ("v0", lambda: forward_v0(layer, x, False, cache)),
-                            ("v1", lambda: forward_v0(layer, x, True, cache))):
-                print(f"  max |{name} - current| = {(f() - ref).abs().max().item():.2e}")
-            layer_times = interleaved({
-                "explicit": lambda: layer.forward_reference(x),
-                "v0_initial": lambda: forward_v0(layer, x, False, cache),
-                "v1_flush": lambda: forward_v0(layer, x, True, cache),
-                "current": lambda: layer(x),
-                "mhsa_deit": lambda: deit_attn(x197),
-            }, args.repeats)
-            report(f"GPSA layer forward, inference, [{B}, 196, 192], convit_tiny block 0", layer_times, "current")
+    return p.parse_args()
 
-    # -- training: forward + backward of one layer ------------------------------------------
+
+def inference_section(layer: GPSA, deit_attn: torch.nn.Module, x: torch.Tensor, x197: torch.Tensor,
+                      cache: dict, repeats: int) -> None:
+    """The variants' agreement with the current path, then their inference times."""
+    B = x.shape[0]
+    with torch.inference_mode():
+        ref = layer(x)
+        for name, f in (("explicit", lambda: layer.forward_reference(x)),
+                        ("v0", lambda: forward_v0(layer, x, False, cache)),
+                        ("v1", lambda: forward_v0(layer, x, True, cache))):
+            print(f"  max |{name} - current| = {(f() - ref).abs().max().item():.2e}")
+        layer_times = interleaved({
+            "explicit": lambda: layer.forward_reference(x),
+            "v0_initial": lambda: forward_v0(layer, x, False, cache),
+            "v1_flush": lambda: forward_v0(layer, x, True, cache),
+            "current": lambda: layer(x),
+            "mhsa_deit": lambda: deit_attn(x197),
+        }, repeats)
+        report(f"GPSA layer forward, inference, [{B}, 196, 192], convit_tiny block 0", layer_times, "current")
+
+
+def training_section(layer: GPSA, x: torch.Tensor, repeats: int) -> None:
+    """Forward + backward of one layer: bytes saved for backward, gradient agreement, times."""
+    B = x.shape[0]
     xg = x.clone().requires_grad_(True)
     grad_out = torch.randn(B, 196, 192)
     train_fns = {
@@ -176,11 +170,13 @@ def main() -> None:
     train_times = interleaved(
         {k: (lambda f=f: torch.autograd.grad(f(), wrt, grad_out, allow_unused=True))
          for k, f in train_fns.items()},
-        max(3, args.repeats // 2))
+        max(3, repeats // 2))
     report(f"GPSA layer forward + backward, [{B}, 196, 192]", train_times, "current")
-    if args.train_only:
-        return
 
+
+def pieces_section(layer: GPSA, x: torch.Tensor, pos_raw: torch.Tensor, repeats: int) -> None:
+    """The isolated pieces of the current path and the SDPA head-shape question (inference)."""
+    B = x.shape[0]
     with torch.inference_mode():
         h, d, N = layer.num_heads, layer.head_dim, 196
         qkv = layer._qkv(x).view(B, N, 3, h, d)
@@ -205,27 +201,56 @@ def main() -> None:
             "lerp mix": lambda: torch.lerp(content, positional, g),
             "proj": lambda: layer.proj(out.reshape(B, N, 192)),
             "P (no cache)": lambda: (layer.clear_cache(), layer.positional_attention()),
-        }, args.repeats)
+        }, repeats)
         report("pieces of the current path", parts)
 
-        if args.model_level:
-            xi = torch.randn(B, 3, 224, 224)
-            gpsa = [blk.attn for blk in model.gpsa_blocks()]
 
-            def with_forward(kind):
-                def run():
-                    for a in gpsa:
-                        if kind == "current":
-                            a.forward = GPSA.forward.__get__(a)
-                        else:
-                            a.forward = (lambda t, a=a, fl=(kind == "v1"): forward_v0(a, t, fl, cache))
-                    model(xi)
-                return run
-            deit = convit.create_model("deit_tiny").eval()
-            mt = interleaved({"v0_initial": with_forward("v0"), "v1_flush": with_forward("v1"),
-                              "current": with_forward("current"), "deit_tiny": lambda: deit(xi)},
-                             max(3, args.repeats // 5))
-            report(f"convit_tiny forward, inference, batch {B}", mt, "current")
+def model_level_section(model: torch.nn.Module, cache: dict, batch: int, repeats: int) -> None:
+    """Whole convit_tiny forwards with the v0 / v1 / current GPSA layers, and deit_tiny's."""
+    with torch.inference_mode():
+        xi = torch.randn(batch, 3, 224, 224)
+        gpsa = [blk.attn for blk in model.gpsa_blocks()]
+
+        def with_forward(kind):
+            def run():
+                for a in gpsa:
+                    if kind == "current":
+                        a.forward = GPSA.forward.__get__(a)
+                    else:
+                        a.forward = (lambda t, a=a, fl=(kind == "v1"): forward_v0(a, t, fl, cache))
+                model(xi)
+            return run
+        deit = convit.create_model("deit_tiny").eval()
+        mt = interleaved({"v0_initial": with_forward("v0"), "v1_flush": with_forward("v1"),
+                          "current": with_forward("current"), "deit_tiny": lambda: deit(xi)},
+                         max(3, repeats // 5))
+        report(f"convit_tiny forward, inference, batch {batch}", mt, "current")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    B = args.batch
+    model = convit.create_model("convit_tiny").eval()  # timm/official init (local init on)
+    layer = model.blocks[0].attn
+    deit_attn = convit.create_model("deit_tiny").eval().blocks[0].attn
+    x = torch.randn(B, 196, 192)
+    x197 = torch.randn(B, 197, 192)
+    cache: dict = {}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {B}")
+    with torch.inference_mode():
+        pos_raw = positional_unflushed(layer)
+    tiny = torch.finfo(torch.float32).tiny
+    print(f"P of block 0 at init: {int(((pos_raw > 0) & (pos_raw < tiny)).sum())} subnormal entries "
+          f"of {pos_raw.numel()}")
+    if not args.train_only:
+        inference_section(layer, deit_attn, x, x197, cache, args.repeats)
+    training_section(layer, x, args.repeats)
+    if args.train_only:
+        return
+    pieces_section(layer, x, pos_raw, args.repeats)
+    if args.model_level:
+        model_level_section(model, cache, B, args.repeats)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Precedence, lowest first:
 
 1. the dataclass defaults below (the DeiT ImageNet recipe where DeiT has a value);
-2. a preset (:data:`PRESETS`): ``imagenet``, ``digits``, ``fashion-mnist`` or ``cifar``.  When
-   none is named, the dataset picks one (digits -> ``digits``, cifar10/100 -> ``cifar``, ...);
+2. a training preset (:data:`convit.presets.TRAIN_PRESETS`): ``imagenet``, ``digits``,
+   ``fashion-mnist`` or ``cifar``.  When none is named, the dataset picks one (digits ->
+   ``digits``, cifar10/100 -> ``cifar``, ...: :data:`convit.presets.DEFAULT_PRESET_FOR_DATASET`);
 3. a YAML or TOML file (``convit train --config run.yaml``): a flat mapping of field names;
 4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``).
 
@@ -26,6 +27,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
+from .presets import DEFAULT_PRESET_FOR_DATASET, TRAIN_PRESETS
+
 try:
     import tomllib
 except ImportError:  # Python < 3.11: the same parser as the optional package tomli, if installed
@@ -34,8 +37,8 @@ except ImportError:  # Python < 3.11: the same parser as the optional package to
     except ImportError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET_FOR_DATASET", "build_config", "load_config_file",
-           "add_config_arguments", "given_fields", "config_from_args", "save_config"]
+__all__ = ["TrainConfig", "build_config", "load_config_file", "add_config_arguments", "given_fields",
+           "config_from_args", "save_config"]
 
 
 def _knob(default: Any, help: str, **kw) -> Any:
@@ -144,8 +147,8 @@ class TrainConfig:
             bad(f"--num-classes must be positive, got {self.num_classes}")
         if self.threads is not None and self.threads < 1:
             bad(f"--threads must be positive, got {self.threads}")
-        if self.preset is not None and self.preset not in PRESETS:
-            bad(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        if self.preset is not None and self.preset not in TRAIN_PRESETS:
+            bad(f"unknown preset {self.preset!r}; known: {', '.join(TRAIN_PRESETS)}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad(f"--clip-grad must be positive, got {self.clip_grad}")
         return self
@@ -171,32 +174,6 @@ class TrainConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-# Presets: only the fields that differ from the defaults above (the DeiT ImageNet recipe).
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # DeiT/ConViT on ImageNet (imagefolder layout): 300 epochs, batch 1024 in total over the
-    # GPUs (lr = 5e-4 * 1024 / 512 = 1e-3), RandAugment + random erasing, repeated augmentation.
-    "imagenet": dict(model="convit_tiny", dataset="imagefolder", epochs=300, batch_size=128,
-                     augment="deit", repeated_aug=True, num_workers=8, val_fraction=0.0),
-    # The main job: 1.3k 8x8 digit images on a laptop CPU in a few minutes.  Chosen on the
-    # validation split (10% of train), never on the test split.  One thread: these tensors are
-    # too small for intra-op parallelism to pay, and two threads on a busy 2-core machine
-    # measured 5x slower than one.
-    "digits": dict(model="convit_digits", dataset="digits", epochs=40, batch_size=32, lr=3e-3,
-                   warmup_epochs=2, min_lr=1e-5, weight_decay=0.05, mixup=0.0, cutmix=0.0,
-                   smoothing=0.1, drop_path=0.0, val_fraction=0.1, num_workers=0, threads=1),
-    # 60k 28x28 images: a ConViT-Ti on a 7x7 grid of 4x4 patches.  A sensible start, not tuned.
-    "fashion-mnist": dict(model="convit_tiny", model_kwargs={"patch_size": 4}, dataset="fashion-mnist",
-                          epochs=30, batch_size=128, blr=2e-3, warmup_epochs=3, mixup=0.2,
-                          cutmix=0.0, drop_path=0.1, val_fraction=0.1, num_workers=2),
-    # CIFAR-10/100 from scratch: 8x8 grid of 4x4 patches, DeiT's regularisation.  Not tuned.
-    "cifar": dict(model="convit_tiny", model_kwargs={"patch_size": 4}, dataset="cifar10",
-                  epochs=100, batch_size=128, blr=2e-3, warmup_epochs=5, drop_path=0.1,
-                  val_fraction=0.1, num_workers=4),
-}
-
-DEFAULT_PRESET_FOR_DATASET = {"digits": "digits", "fashion-mnist": "fashion-mnist",
-                              "cifar10": "cifar", "cifar100": "cifar", "imagefolder": "imagenet"}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -302,11 +279,11 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
     layered = {**from_file, **overrides}
     dataset = layered.get("dataset", TrainConfig.dataset)
     preset = layered.get("preset") or DEFAULT_PRESET_FOR_DATASET.get(dataset)
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if preset is not None and preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
     values: Dict[str, Any] = {}
     if preset is not None:
-        values.update(PRESETS[preset])
+        values.update(TRAIN_PRESETS[preset])
         values["preset"] = preset
     values.update(layered)
     if "dataset" in layered:  # a preset's dataset never overrides the one asked for
@@ -372,8 +349,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = f"default {default}"
-        if f.name in PRESETS["digits"] and PRESETS["digits"][f.name] != default:
-            shown += f"; digits preset {PRESETS['digits'][f.name]}"
+        if f.name in TRAIN_PRESETS["digits"] and TRAIN_PRESETS["digits"][f.name] != default:
+            shown += f"; digits preset {TRAIN_PRESETS['digits'][f.name]}"
         help_ = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
         kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
         if typ is bool:
@@ -384,7 +361,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="?", const="auto", metavar="PATH",
                                 **{**kw, "help": help_ + "; without PATH: the --output folder"})
         elif f.name == "preset":
-            parser.add_argument(flag, choices=list(PRESETS), **kw)
+            parser.add_argument(flag, choices=list(TRAIN_PRESETS), **kw)
         else:
             parser.add_argument(flag, type=_optional_number(typ) if optional and typ in (int, float) else typ,
                                 metavar=f.name.upper() if typ is not str else None, **kw)

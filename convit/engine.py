@@ -1,7 +1,9 @@
 """One epoch of training and one pass of evaluation (the two loops of DeiT's ``engine.py``).
 
 Nothing here parses arguments or knows which model it trains: :func:`convit.train.fit` builds
-the model, data, optimizer and schedule and calls these two functions once per epoch.
+the model and the data, :func:`convit.recipe.build_recipe` the :class:`TrainStep` (optimizer,
+schedule, loss, mixup, loss scaler, clipping, EMA), and fit calls these two functions once per
+epoch.
 Metrics are sums (of losses, correct predictions and image counts) reduced over all
 processes before dividing, so they are exact under DDP rather than means of means.
 """
@@ -11,7 +13,8 @@ import contextlib
 import math
 import sys
 import time
-from typing import Callable, Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from .distributed import all_reduce_sum
 
-__all__ = ["NonFiniteLossError", "autocast", "train_one_epoch", "evaluate"]
+__all__ = ["NonFiniteLossError", "TrainStep", "autocast", "train_one_epoch", "evaluate"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,21 +56,44 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     return iterable
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device, epoch: int,
-                    lr_scheduler=None, mixup_fn: Optional[Callable] = None, amp_dtype: Optional[torch.dtype] = None,
-                    scaler: Optional[torch.amp.GradScaler] = None, clip_grad: Optional[float] = None, ema=None,
-                    channels_last: bool = False, progress: bool = True, log_every: int = 0,
-                    print_fn: Callable[[str], None] = print) -> Dict[str, float]:
-    """Train ``model`` for one pass over ``loader``; returns ``train_loss``, ``lr``,
-    ``images_per_s`` and ``train_images`` (over all processes).
+@dataclass
+class TrainStep:
+    """What one optimisation step needs besides the model and the batch (built by
+    :func:`convit.recipe.build_recipe`), so the loop passes one object instead of nine.
 
-    epoch: 1-based (for messages, and for the per-step schedule: after every optimizer step
-        it is set to ``(epoch - 1) * steps + step``).  lr_scheduler: timm, stepped per update.
-    mixup_fn: timm ``Mixup`` (soft targets: ``loss_fn`` must accept them).  amp_dtype: autocast
-        dtype or None; ``scaler``: an fp16 loss scaler (None or disabled: plain steps).
-    ema: timm ``ModelEmaV3``, updated after each step.  log_every: without a progress bar,
-        print a line every N steps (0: never).
+    optimizer: stepped once per batch.  loss_fn: ``loss_fn(logits, targets)``, accepting the
+        soft targets of ``mixup_fn`` when there is one.  lr_scheduler: timm, stepped per update
+        (``step_update``), or None.  mixup_fn: timm ``Mixup`` or None.  scaler: a GradScaler
+        (fp16 only); None or disabled: plain steps.  clip_grad: max gradient norm, or None.
+    ema: timm ``ModelEmaV3`` updated after each step, or None.  amp_dtype: autocast dtype, or
+        None for full precision.  channels_last: batches in channels-last memory format.
+    """
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    lr_scheduler: Any = None
+    mixup_fn: Optional[Callable] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    clip_grad: Optional[float] = None
+    ema: Any = None
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+
+    @property
+    def lr(self) -> float:
+        """The rate the next step will use (the first parameter group's)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device: torch.device, epoch: int, *,
+                    progress: bool = True, log_every: int = 0,
+                    print_fn: Callable[[str], None] = print) -> Dict[str, float]:
+    """Train ``model`` for one pass over ``loader`` with ``step``; returns ``train_loss``, ``lr``
+    (the rate the last step used), ``images_per_s`` and ``train_images`` (over all processes).
+
+    epoch: 1-based (for messages, and for the per-update schedule and EMA: after update ``i``
+        of the epoch the update count is ``(epoch - 1) * len(loader) + i``).  progress: a bar
+        when stderr is a terminal; log_every: without a bar, print a line every N steps (0: never).
 
     Raises :class:`NonFiniteLossError` on a NaN/inf loss before the step that would corrupt
     the weights (on every process at the same step: the check is reduced over ranks), and
@@ -76,43 +102,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     steps = len(loader)
     # A disabled GradScaler passes loss and step through unchanged (same numbers, no branches).
-    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    scaler = step.scaler if step.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, images
-    start, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+    start, lr = time.perf_counter(), step.lr
     bar = _progress(loader, steps, f"epoch {epoch}", progress)
-    for step, (images, targets) in enumerate(bar, start=1):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, targets)
-        with autocast(device, amp_dtype):
-            loss = loss_fn(model(images).float(), targets)
-
-        # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
-        bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=device))
-        if bad.item() > 0:
-            raise NonFiniteLossError(epoch, step, steps, loss.item(), optimizer.param_groups[0]["lr"])
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            ema.update(model, step=(epoch - 1) * steps + step)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=(epoch - 1) * steps + step)
-
-        sums += torch.stack([loss.detach().double() * images.shape[0], sums.new_tensor(images.shape[0])])
+    for i, (images, targets) in enumerate(bar, start=1):
+        images, targets = _to_device(images, targets, device, step.channels_last)
+        loss, lr = _update(model, images, targets, step, scaler, at=(epoch, i, steps))
+        sums += torch.stack([loss.double() * images.shape[0], sums.new_tensor(images.shape[0])])
         if bar is not loader:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        elif log_every and step % log_every == 0:
-            print_fn(f"  epoch {epoch} step {step}/{steps}  loss {loss.item():.4f}  lr {lr:.3e}")
+        elif log_every and i % log_every == 0:
+            print_fn(f"  epoch {epoch} step {i}/{steps}  loss {loss.item():.4f}  lr {lr:.3e}")
     if bar is not loader:
         bar.close()
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # a finite loss overflowed
@@ -121,6 +122,49 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     n, loss_sum = all_reduce_sum(sums)[1].item(), sums[0].item()
     return {"train_loss": loss_sum / max(n, 1.0), "lr": lr,
             "images_per_s": n / max(time.perf_counter() - start, 1e-9), "train_images": int(n)}
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
+               channels_last: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets
+
+
+def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step: TrainStep,
+            scaler: torch.amp.GradScaler, at: Tuple[int, int, int]) -> Tuple[torch.Tensor, float]:
+    """One optimisation step on one batch; returns the (detached) loss and the rate it used.
+
+    at: (epoch, step, steps), 1-based: the update count after this step, which the schedule
+    and the EMA are functions of, and where a NaN/inf loss happened.
+    """
+    epoch, i, steps = at
+    updates = (epoch - 1) * steps + i
+    if step.mixup_fn is not None:
+        images, targets = step.mixup_fn(images, targets)
+    with autocast(images.device, step.amp_dtype):
+        loss = step.loss_fn(model(images).float(), targets)
+
+    # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
+    bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=images.device))
+    if bad.item() > 0:
+        raise NonFiniteLossError(epoch, i, steps, loss.item(), step.lr)
+
+    step.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if step.clip_grad is not None:
+        scaler.unscale_(step.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad)
+    scaler.step(step.optimizer)
+    scaler.update()
+    if step.ema is not None:
+        step.ema.update(model, step=updates)
+    lr = step.lr  # the rate this step used
+    if step.lr_scheduler is not None:
+        step.lr_scheduler.step_update(num_updates=updates)
+    return loss.detach(), lr
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 import huggingface_hub
@@ -34,12 +34,11 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 from timm.models._pretrained import PretrainedCfg
 
+from ._version import __version__
 from .checkpoint import plain_state_dict
 from .fileio import atomic_save
 from .model import ConViT, ConViTConfig
-
-if TYPE_CHECKING:  # zoo imports this module; the type is only needed for annotations
-    from .zoo import Pretrained
+from .pretrained import Pretrained
 
 __all__ = [
     "HF_WEIGHTS_NAME", "PretrainedNotFoundError", "TimmExportError", "hf_cache_dir", "hf_offline",
@@ -93,8 +92,8 @@ def _hf_endpoint() -> str:
 def _hub_host_unresolvable() -> bool:
     """True when the hub's host name cannot be resolved (no network, no DNS) and no proxy is set.
 
-    huggingface_hub retries a failed request five times with back-off (about 25 s) before it
-    falls back to its cache; without a resolvable host only the cache can answer anyway, so
+    huggingface_hub retries a failed request several times with back-off (docs/model.md says how
+    long) before it falls back to its cache; without a resolvable host only the cache can answer anyway, so
     asking for the cache directly gives the same result at once.  With a proxy the proxy
     resolves names, so no conclusion is drawn.
     """
@@ -151,8 +150,6 @@ def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
     and a missing file raises :class:`FileNotFoundError` saying so.  Other failures raise
     huggingface_hub's errors.
     """
-    from . import __version__  # (the package's __init__ imports this module's importers)
-
     repo_id, _, revision = hub_id.partition("@")
     cache = hf_cache_dir()
     offline = _local_only_reason()
@@ -169,7 +166,7 @@ def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
 
 
 # -- resolving a zoo model's published weights --------------------------------------------------
-def local_weights_file(name: str, info: "Pretrained", folder: Path) -> Path:
+def local_weights_file(name: str, info: Pretrained, folder: Path) -> Path:
     """Where the weights of zoo model ``name`` are looked for first: the official file name
     (``convit_tiny.pth``) in ``folder``, or ``<name>.safetensors`` (timm's ``model.safetensors``
     renamed) for models with no official download (DeiT)."""
@@ -184,7 +181,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def resolve_pretrained(name: str, info: "Pretrained", folder: Path) -> Path:
+def resolve_pretrained(name: str, info: Pretrained, folder: Path) -> Path:
     """Local path of zoo model ``name``'s published weights, fetching them if needed.
 
     Order: (a) the local file :func:`local_weights_file` in ``folder`` (the zoo passes
@@ -213,7 +210,7 @@ def resolve_pretrained(name: str, info: "Pretrained", folder: Path) -> Path:
     raise PretrainedNotFoundError(_not_found_message(name, info, local, tried))
 
 
-def _not_found_message(name: str, info: "Pretrained", local: Path, tried: Sequence[str]) -> str:
+def _not_found_message(name: str, info: Pretrained, local: Path, tried: Sequence[str]) -> str:
     lines = [f"cannot find the pretrained weights of {name!r}. Tried, in order:"]
     lines += [f"  {i}. {t}" for i, t in enumerate(tried, 1)]
     lines.append("To install them by hand (download them on a machine with internet), either:")

@@ -2,14 +2,15 @@
 pre-norm transformer block (attention + MLP, each with a residual and drop-path)."""
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
 import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
 
-from .attention import GPSA, MHSA, Grid
+from .attention import MHSA, Grid
+from .fast_gpsa import FastGPSA
 
 
 # torch.fx.wrap: FX records this check as one call instead of failing on `!=` between traced
@@ -56,6 +57,60 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, C]
 
 
+@torch.no_grad()
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0,
+                  b: float = 2.0) -> torch.Tensor:
+    """Fill ``tensor`` in place from N(mean, std^2) truncated to [a, b] (absolute bounds).
+
+    Inverse-CDF sampling: draw u uniformly between the normal CDF values of the bounds (mapped
+    to the erf scale, 2 * cdf - 1), then x = mean + std * sqrt(2) * erfinv(u).  The same draws
+    and the same operations in the same order as timm's ``trunc_normal_``, which the official
+    code used, so a seed gives timm's initial weights bit for bit (tests/test_model.py checks);
+    ``torch.nn.init.trunc_normal_`` now samples differently.  Written here so that building a
+    model does not import timm (whose package imports huggingface_hub).
+    """
+    def cdf(x: float) -> float:
+        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+    lo, hi = cdf((a - mean) / std), cdf((b - mean) / std)
+    tensor.uniform_(2 * lo - 1, 2 * hi - 1).erfinv_()
+    return tensor.mul_(std * math.sqrt(2.0)).add_(mean).clamp_(min=a, max=b)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a whole sample with probability
+    ``p`` and scale the kept ones by 1 / (1 - p) (one Bernoulli draw per sample, as timm)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # [B, 1, 1]
+        return x * (mask.div_(keep) if keep > 0 else mask)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """The block's feed-forward part: fc1 -> GELU -> dropout -> fc2 -> dropout (timm's key names)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block whose attention is GPSA (patch tokens only) or MHSA."""
 
@@ -66,12 +121,12 @@ class Block(nn.Module):
         self.use_gpsa = use_gpsa
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if use_gpsa:
-            self.attn = GPSA(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength, grid)
+            self.attn = FastGPSA(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength, grid)
         else:
             self.attn = MHSA(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))

@@ -13,13 +13,18 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import resample_abs_pos_embed, trunc_normal_
-from timm.models._features import feature_take_indices  # (public in timm's vit models since 1.0.9)
 from torch.utils.checkpoint import checkpoint
 
 from .attention import AttentionMaps, Grid
-from .layers import Block, PatchEmbed
+from .layers import Block, PatchEmbed, trunc_normal_
+
+# timm is imported only inside the few functions that use it (resampling the position
+# embedding for another grid, timm's feature-index rules): timm's package imports
+# huggingface_hub, which building a bare model must not need.
+
+#: ImageNet's channel statistics (timm's IMAGENET_DEFAULT_MEAN / _STD; tests/test_model.py checks).
+IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -105,6 +110,17 @@ class ConViTConfig:
         return cls(**d)
 
 
+#: ConViTConfig fields that define the weights' shapes and meaning, apart from those of
+#: :data:`DATA_DERIVED_FIELDS`: a file trained with other values cannot be fine-tuned as this
+#: model (convit.recipe checks them before fine-tuning).
+ARCHITECTURE_FIELDS: Tuple[str, ...] = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                                        "qkv_bias", "local_up_to_layer", "use_pos_embed")
+#: ConViTConfig fields that convit.recipe.build_model derives from the data (image size,
+#: channels, classes) and the recipe (drop path), whatever the zoo name says; the experiment
+#: runner pins every other field.
+DATA_DERIVED_FIELDS: Tuple[str, ...] = ("img_size", "in_chans", "num_classes", "drop_path_rate")
+
+
 def architecture_cfg(cfg: ConViTConfig) -> dict:
     """The part of timm's ``pretrained_cfg`` that follows from the architecture alone.
 
@@ -116,8 +132,8 @@ def architecture_cfg(cfg: ConViTConfig) -> dict:
         num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
         fixed_input_size=not cfg.dynamic_img_size, interpolation="bicubic", crop_pct=0.875,
         crop_mode="center",
-        mean=IMAGENET_DEFAULT_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
-        std=IMAGENET_DEFAULT_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
+        mean=IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
+        std=IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
         pool_size=None, first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
 
 
@@ -269,6 +285,7 @@ class ConViT(nn.Module):
         if self.pos_embed is not None:
             pos = self.pos_embed
             if grid != self.cfg.grid:  # bicubically resampled for another grid
+                from timm.layers import resample_abs_pos_embed
                 pos = resample_abs_pos_embed(pos, list(grid), list(self.cfg.grid),
                                              num_prefix_tokens=int(self.pos_embed_has_cls))
             x = x + pos
@@ -321,6 +338,7 @@ class ConViT(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        from timm.models._features import feature_take_indices
         take, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x = self._embed(x)
@@ -341,6 +359,7 @@ class ConViT(nn.Module):
                                   prune_head: bool = True) -> List[int]:
         """Drop the blocks after the last of ``indices`` (and the norm / head), as timm's
         ``features_only`` wrapper does; returns the absolute block indices kept for output."""
+        from timm.models._features import feature_take_indices
         take, max_index = feature_take_indices(len(self.blocks), indices)
         self.blocks = self.blocks[:max_index + 1]
         self.feature_info = self.feature_info[:max_index + 1]
@@ -355,7 +374,7 @@ class ConViT(nn.Module):
         """Each block's attention on its own input (for analysis), in block order.
 
         Runs the model once; at block i the attention module's ``attention_maps`` (the paper's
-        eq. 6 terms, :func:`convit.attention.gpsa_attention`) is evaluated on ``norm1`` of that
+        eq. 6 terms, :meth:`convit.attention.GPSA.attention_maps`) is evaluated on ``norm1`` of that
         block's input.  Token axes: GPSA maps are over patches only; MHSA maps include the
         class token at index 0.
         """

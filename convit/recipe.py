@@ -2,32 +2,29 @@
 
 :func:`build_model` turns ``cfg.model`` (+ ``--model-kwargs``, ``--finetune``, ``--pretrained``)
 into a model for ``num_classes`` classes of ``in_chans`` x ``img_size`` images;
-:func:`build_recipe` gives the optimizer, the per-step learning-rate schedule, the loss and
-mixup/cutmix, all from timm's factories, as DeiT's ``main.py`` builds them.
+:func:`build_recipe` gives the :class:`~convit.engine.TrainStep` around it: the optimizer, the
+per-step learning-rate schedule, the loss, mixup/cutmix, loss scaler, gradient clipping and EMA,
+from timm's factories, as DeiT's ``main.py`` builds them.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
+import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.scheduler.scheduler import Scheduler
-from torch.optim import Optimizer
+from timm.utils import ModelEmaV3
 
 from .checkpoint import CheckpointError, config_from_metadata, read_checkpoint, read_metadata_json
 from .config import TrainConfig
-from .model import ConViT, ConViTConfig
+from .engine import TrainStep
+from .model import ARCHITECTURE_FIELDS, ConViT, ConViTConfig
 from .zoo import create_model, model_spec
 
 __all__ = ["build_model", "build_recipe"]
-
-#: ConViTConfig fields that define the weights' shapes and meaning (a file trained with other
-#: values cannot be fine-tuned as this model).
-_ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "local_up_to_layer",
-              "use_pos_embed")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
@@ -67,8 +64,9 @@ def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
     if not stored:
         return  # foreign files: load_into reports any mismatch key by key
     wanted = ConViTConfig.from_dict({**model_spec(cfg.model).config,
-                                     **{k: v for k, v in cfg.model_kwargs.items() if k in _ARCH_KEYS}}).to_dict()
-    diff = [f"{k} {stored[k]} (file) vs {wanted[k]} ({cfg.model})" for k in _ARCH_KEYS
+                                     **{k: v for k, v in cfg.model_kwargs.items()
+                                        if k in ARCHITECTURE_FIELDS}}).to_dict()
+    diff = [f"{k} {stored[k]} (file) vs {wanted[k]} ({cfg.model})" for k in ARCHITECTURE_FIELDS
             if k in stored and stored[k] != wanted[k]]
     if diff:
         trained_as = read_metadata_json(meta, "model_name")
@@ -79,27 +77,40 @@ def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
             + " (a different head size is fine: it is replaced)")
 
 
-def build_recipe(cfg: TrainConfig, model: nn.Module, epochs: int, warmup: float, steps: int, lr: float,
-                 num_classes: int) -> Tuple[Optimizer, Optional[Scheduler], nn.Module, Optional[Mixup]]:
-    """The DeiT recipe's optimizer, per-step schedule, loss and mixup, from timm's factories.
+def build_recipe(cfg: TrainConfig, model: nn.Module, *, steps: int, world: int, num_classes: int,
+                 device: torch.device, amp_dtype: Optional[torch.dtype] = None) -> TrainStep:
+    """The DeiT recipe around ``model`` as one :class:`~convit.engine.TrainStep`: optimizer,
+    per-update schedule, loss, mixup/cutmix, fp16 loss scaler, gradient clipping and EMA, from
+    timm's factories as DeiT's ``main.py`` builds them.
 
-    Weight decay skips 1-D parameters and ``model.no_weight_decay()`` (pos_embed, cls_token,
-    gates).  The schedule is stepped per update (``steps`` per epoch), so short runs warm up
-    smoothly.  Returns (optimizer, scheduler (None for ``--sched none``), loss_fn, mixup_fn or None).
+    model: the bare model (no DDP / compile wrapper), on ``device``.  steps: updates per epoch;
+    world: processes (the lr scales with the global batch).  amp_dtype: the autocast dtype, or
+    None; only float16 gets an enabled GradScaler.  Weight decay skips 1-D parameters and
+    ``model.no_weight_decay()`` (pos_embed, cls_token, gates).  The schedule is stepped per
+    update, so short runs warm up smoothly; ``--sched none`` gives no scheduler.  The EMA
+    copies ``model`` as it is now: under DDP, build the recipe after wrapping the model, so
+    every process starts its EMA from rank 0's weights (which DDP has broadcast).
     """
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.resolved_lr(world), weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, eps=cfg.opt_eps)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=epochs, warmup_epochs=warmup,
-                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=steps)
-    mixup_fn = None
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.run_epochs,
+                                       warmup_epochs=cfg.run_warmup_epochs, warmup_lr=cfg.warmup_lr,
+                                       min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps)
+    loss_fn, mixup_fn = _loss_and_mixup(cfg, num_classes)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    return TrainStep(optimizer, loss_fn, lr_scheduler=scheduler, mixup_fn=mixup_fn, scaler=scaler,
+                     clip_grad=cfg.clip_grad, ema=ema, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+
+
+def _loss_and_mixup(cfg: TrainConfig, num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:
+    """The training loss and timm's Mixup (None without mixup/cutmix): with mixup, the targets
+    are soft and carry the label smoothing, so the loss is plain soft-target cross-entropy."""
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0:
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                          switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
                          num_classes=num_classes)
-        loss_fn: nn.Module = SoftTargetCrossEntropy()  # smoothing is folded into the mixed targets
-    elif cfg.smoothing > 0:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        loss_fn = nn.CrossEntropyLoss()
-    return optimizer, scheduler, loss_fn, mixup_fn
+        return SoftTargetCrossEntropy(), mixup_fn
+    if cfg.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing), None
+    return nn.CrossEntropyLoss(), None

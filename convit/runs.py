@@ -14,9 +14,11 @@ The run folder (``cfg.output``) holds::
     figures/, report.html, tensorboard/
 
 Policy kept here, out of the training loop: which folder ``--output`` / ``--resume`` mean
-(:func:`resolve_output`, :func:`find_last_checkpoint`, :func:`config_for_resume`), what a
-fresh run removes and a resumed one truncates (:meth:`RunFolder.create`), and what ``last.pt``
-holds (:class:`TrainingState`).  Only rank 0 writes.
+(:func:`resolve_output`, :func:`find_last_checkpoint`, :func:`read_resume`), what a fresh run
+removes and a resumed one truncates (:meth:`RunFolder.create`), and what ``last.pt`` holds
+(:class:`TrainingState`).  A resumed run reads its ``last.pt`` once, with
+:func:`load_training_state`: ``convit train --resume`` through :func:`read_resume`, which
+gives the config and the state that :func:`convit.train.fit` is then handed.  Only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ import torch.nn as nn
 
 from .checkpoint import save_model
 from .config import TrainConfig, save_config
+from .engine import TrainStep
 from .fileio import atomic_save, read_jsonl
 from .runtime import seed_everything, set_rng_state
 
-__all__ = ["STATE_VERSION", "find_last_checkpoint", "load_training_state", "config_for_resume", "resolve_output",
+__all__ = ["STATE_VERSION", "find_last_checkpoint", "load_training_state", "read_resume", "resolve_output",
            "TrainingState", "RunFolder", "truncate_log"]
 
 STATE_VERSION = 1
@@ -71,20 +74,20 @@ def load_training_state(path: Path) -> Dict[str, Any]:
     return state
 
 
-def config_for_resume(resume: str, overrides: Dict[str, Any]) -> TrainConfig:
-    """The config of the run to continue, with ``overrides`` (flags given now) on top.
+def read_resume(resume: str, overrides: Dict[str, Any]) -> Tuple[TrainConfig, Dict[str, Any]]:
+    """The run to continue: its config with ``overrides`` (flags given now) on top, and its
+    ``last.pt``, read here once; pass both to :func:`convit.train.fit` (``resume_state``),
+    which then does not read the file again.
 
     Overriding ``epochs`` extends or shortens the schedule; overriding the model or data
     makes the checkpoint fail to load, with a message naming the mismatch.
     """
     path = find_last_checkpoint(resume, overrides.get("output"))
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"{path} is not a training checkpoint written by `convit train`")
+    state = load_training_state(path)
     values = {**state["config"], "output": str(path.parent)}
     values.update({k: v for k, v in overrides.items() if k != "resume"})
     values["resume"] = str(path)
-    return TrainConfig(**values).validate()
+    return TrainConfig(**values).validate(), state
 
 
 def _holds_run(folder: Path) -> bool:
@@ -130,22 +133,22 @@ def truncate_log(path: Path, epoch: int) -> None:
 
 @dataclass
 class TrainingState:
-    """The objects whose state ``last.pt`` holds, so a run continues bit-identically."""
+    """The objects whose state ``last.pt`` holds, so a run continues bit-identically: the
+    model and the optimizer, schedule, loss scaler and EMA of its :class:`~convit.engine.TrainStep`."""
 
     cfg: TrainConfig
     model: nn.Module  # without DDP / compile wrappers
-    optimizer: torch.optim.Optimizer
-    scheduler: Any  # a timm scheduler, or None
-    scaler: torch.amp.GradScaler
-    ema: Any = None  # timm ModelEmaV3, or None
+    step: TrainStep
 
     def state_dict(self, epoch: int, best: Dict[str, Any], rngs: List[Dict[str, Any]]) -> Dict[str, Any]:
         """``last.pt`` after ``epoch``; ``rngs``: every process's RNG state, in rank order."""
-        sched = self.scheduler.state_dict() if self.scheduler is not None else None
+        s = self.step
+        sched = s.lr_scheduler.state_dict() if s.lr_scheduler is not None else None
+        scaled = s.scaler is not None and s.scaler.is_enabled()
         return {"format": "convit-train", "version": STATE_VERSION, "epoch": epoch, "config": self.cfg.to_dict(),
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": _plain(sched), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "ema": self.ema.state_dict() if self.ema is not None else None, "best": best, "rng": rngs}
+                "model": self.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "scheduler": _plain(sched), "scaler": s.scaler.state_dict() if scaled else None,
+                "ema": s.ema.state_dict() if s.ema is not None else None, "best": best, "rng": rngs}
 
     def restore(self, state: Dict[str, Any], steps: int, rank: int, world: int,
                 say: Callable[[str], None]) -> Tuple[int, Dict[str, Any]]:
@@ -154,15 +157,16 @@ class TrainingState:
         The schedule is a function of the update count: it was rebuilt from the config (so
         ``--epochs`` may extend a run) and is moved to where the run stopped.
         """
+        s = self.step
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        if s.ema is not None and state.get("ema") is not None:
+            s.ema.load_state_dict(state["ema"])
+        if state.get("scaler") and s.scaler is not None:
+            s.scaler.load_state_dict(state["scaler"])
         epoch = int(state["epoch"])
-        if self.scheduler is not None:
-            self.scheduler.step_update(num_updates=epoch * steps)
+        if s.lr_scheduler is not None:
+            s.lr_scheduler.step_update(num_updates=epoch * steps)
         say(f"resuming from epoch {epoch} ({self.cfg.resume})")
         if epoch >= self.cfg.run_epochs:
             say(f"the run already trained {epoch} epochs (>= the {self.cfg.run_epochs} asked for): nothing to "

@@ -1,10 +1,11 @@
 """``fit(cfg)``: a whole training run, from a :class:`~convit.config.TrainConfig` to a run folder.
 
-:func:`fit` reads top to bottom like DeiT's ``main``: processes and device, data, model,
-recipe, resume, then per epoch train, evaluate, log and save, then the final model.  What
-the run folder holds, and how ``--output`` / ``--resume`` pick it, is :mod:`convit.runs`;
-device and seeds are :mod:`convit.runtime`; model and recipe are :mod:`convit.recipe`; one
-epoch of training or evaluation is :mod:`convit.engine`.
+:func:`fit` reads top to bottom like DeiT's ``main``: build (process and device, data, model
+and its :class:`~convit.engine.TrainStep`, resumed state, run folder), then per epoch train,
+evaluate, log and save ``last.pt``, then save the final model.  What the run folder holds, and
+how ``--output`` / ``--resume`` pick it, is :mod:`convit.runs`; device and seeds are
+:mod:`convit.runtime`; model and recipe are :mod:`convit.recipe`; one epoch of training or
+evaluation is :mod:`convit.engine`.
 
 The batches come from one of two sources, and the loop is the same for both:
 
@@ -24,19 +25,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from timm.data.distributed_sampler import RepeatAugSampler
-from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from . import distributed
 from .config import TrainConfig
 from .data import DataBundle, build_data
 from .data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
-from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
 from .fileio import CheckpointSaveError
 from .model import count_params
 from .recipe import build_model, build_recipe
@@ -52,81 +52,60 @@ EndHook = Callable[[Path], Any]
 
 
 def fit(cfg: TrainConfig, *, on_device: bool = False, on_eval: Optional[EvalHook] = None,
-        on_end: Optional[EndHook] = None) -> Dict[str, Any]:
+        on_end: Optional[EndHook] = None, resume_state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train as ``cfg`` says, in every process under torchrun (rank 0 alone writes and prints);
     returns the summary: final test metrics, final and best val top-1, time, paths written.
 
     on_device: batches from :func:`device_batches` instead of :func:`data_loaders`.
     on_eval: if ``cfg.locality``, called after each evaluated epoch with the model and the first
         64 held-out images (val, else test); returns entries for the log.  on_end: if
-        ``cfg.report``, called with the run folder once the final model is saved."""
+        ``cfg.report``, called with the run folder once the final model is saved.
+    resume_state: ``cfg.resume``'s last.pt as :func:`~convit.runs.read_resume` read it (else
+        fit reads it), so a resumed run reads its checkpoint once."""
     cfg, t_start = dataclasses.replace(cfg).validate(), time.perf_counter()  # a copy: the caller's stays as it was
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     with distributed.process_group(device.type) as procs:
-        main, rank, world = procs.is_main, procs.rank, procs.world_size
+        # -- build: process, data, model and training step, resumed state, run folder --------------
+        main, world, epochs, lr = procs.is_main, procs.world_size, cfg.run_epochs, cfg.resolved_lr(procs.world_size)
         say: Callable[[str], None] = (lambda s: print(s, flush=True)) if main else (lambda s: None)
-        set_threads(cfg.threads, device, procs.local_world_size)
-        amp_dtype = resolve_amp(cfg.amp, device)
-        seed_everything(cfg.seed + rank)
-        state = load_training_state(find_last_checkpoint(cfg.resume, cfg.output)) if cfg.resume else None
-        epochs, warmup, lr = cfg.run_epochs, cfg.run_warmup_epochs, cfg.resolved_lr(world)
+        amp_dtype = _start_process(cfg, device, procs)
+        state = _state_to_resume(cfg, resume_state)  # None: a fresh run
         folder = RunFolder(cfg, resolve_output(cfg), epochs, say)  # same on every rank; nothing written yet
-
-        # -- data ---------------------------------------------------------------------------------
-        data = device_batches(cfg, device, world) if on_device else data_loaders(cfg, device, rank, world)
+        data = device_batches(cfg, device, world) if on_device else data_loaders(cfg, device, procs.rank, world)
         probe = data.probe() if on_eval is not None and cfg.locality and main else None
-        steps, num_classes = len(data.train), _num_classes(cfg, data.bundle)
-
-        # -- model, EMA, DDP, compile, then optimizer, schedule, loss, mixup ----------------------
-        model_without_ddp = build_model(cfg, num_classes, data.bundle.in_chans, data.bundle.img_size, say).to(device)
-        if cfg.channels_last:
-            model_without_ddp.to(memory_format=torch.channels_last)
-        ema = ModelEmaV3(model_without_ddp, decay=cfg.model_ema_decay) if cfg.model_ema else None
-        model = _wrap(model_without_ddp, device, procs.distributed, cfg.compile)  # what the steps call
-        optimizer, lr_scheduler, loss_fn, mixup_fn = build_recipe(cfg, model_without_ddp, epochs, warmup, steps, lr,
-                                                                  num_classes)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
-        trained = TrainingState(cfg, model_without_ddp, optimizer, lr_scheduler, scaler, ema)
-
-        # -- resume, run folder -------------------------------------------------------------------
-        start_epoch, best = (trained.restore(state, steps, rank, world, say) if state is not None
+        model, trained = _build_model_and_step(cfg, data, procs, device=device, amp_dtype=amp_dtype, say=say)
+        bare, step = trained.model, trained.step  # the model without DDP / compile: evaluated and saved
+        start_epoch, best = (trained.restore(state, len(data.train), procs.rank, world, say) if state is not None
                              else (0, {"val_top1": -1.0, "epoch": 0}))
         keep_config = state is not None and start_epoch >= epochs  # nothing to train: config.yaml still fits
         distributed.on_main(folder.create, _metadata(cfg, data.bundle), start_epoch if state is not None else None,
-                            keep_config, _config_comments(cfg, lr, epochs, warmup, world, device, on_device))
-        say(_describe(cfg, model_without_ddp, data, epochs, steps, lr, world, device, amp_dtype, folder.out))
+                            keep_config, _config_comments(cfg, lr=lr, world=world, device=device, on_device=on_device))
+        say(_describe(cfg, bare, data, lr=lr, world=world, device=device, amp_dtype=amp_dtype, out=folder.out))
 
-        # -- epochs -------------------------------------------------------------------------------
+        # -- loop over epochs: train, evaluate, log, save last.pt ----------------------------------
         entry: Dict[str, Any] = {}
         for epoch in range(start_epoch + 1, epochs + 1):
             t_epoch = time.perf_counter()
-            data.train.set_epoch(epoch)
-            try:
-                stats = train_one_epoch(model, data.train, optimizer, loss_fn, device, epoch, lr_scheduler, mixup_fn,
-                                        amp_dtype, scaler, cfg.clip_grad, ema, cfg.channels_last, progress=main,
-                                        log_every=cfg.log_every, print_fn=say)
-            except NonFiniteLossError as e:  # add where the run can go on from
-                raise e.with_note(_resume_advice(epoch, folder.last)) from None
-            entry = {"epoch": epoch, **{k: stats[k] for k in ("train_loss", "lr", "images_per_s")}}
+            entry = {"epoch": epoch, **_train_epoch(model, data, step, epoch, device=device, cfg=cfg, folder=folder,
+                                                    say=say, main=main)}
             if epoch % cfg.eval_every == 0 or epoch == epochs:
-                entry.update(_evaluate(model_without_ddp, ema, data, device, amp_dtype, cfg.channels_last,
-                                       final=epoch == epochs))
+                entry.update(_evaluate(bare, step, data, device, final=epoch == epochs))
                 if probe is not None:
-                    entry.update(on_eval(model_without_ddp, probe))
+                    entry.update(on_eval(bare, probe))
             entry["epoch_time_s"] = time.perf_counter() - t_epoch
             improved = entry.get("val_top1", -math.inf) > best["val_top1"]
-            if improved:
-                best = {"val_top1": entry["val_top1"], "epoch": epoch}
+            best = {"val_top1": entry["val_top1"], "epoch": epoch} if improved else best
             rngs = distributed.all_gather_object(rng_state())  # every rank's, so DDP runs resume exactly
             distributed.on_main(folder.end_epoch, entry, best, improved, trained, rngs)
 
-        # -- final model, report, summary ---------------------------------------------------------
+        # -- save the final model, report, summary -------------------------------------------------
         entry = entry or folder.last_entry()  # a resumed run with nothing to train reports its log
-        summary = _summary(folder, entry, best, start_epoch if keep_config else epochs, lr, world,
-                           len(data.bundle.train), cfg.report and on_end is not None)
+        report = cfg.report and on_end is not None
+        summary = _summary(folder, entry, best, epochs=start_epoch if keep_config else epochs, lr=lr, world=world,
+                           train_images=len(data.bundle.train), report=report)
         if main:
-            folder.finish(model_without_ddp, ema, entry, start_epoch, has_val=data.val is not None)
-            if cfg.report and on_end is not None:
+            folder.finish(bare, step.ema, entry, start_epoch, has_val=data.val is not None)
+            if report:
                 on_end(folder.out)
         summary["time_s"] = time.perf_counter() - t_start
         say(summary_text(summary, data.val is not None))
@@ -230,6 +209,52 @@ def device_batches(cfg: TrainConfig, device: torch.device, world: int = 1) -> Ru
 # Pieces of the loop kept out of the way
 # ---------------------------------------------------------------------------------------------
 
+def _state_to_resume(cfg: TrainConfig, given: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``cfg.resume``'s last.pt: ``given`` (the caller read it), else read now; None for a fresh run."""
+    if given is not None and not cfg.resume:
+        raise ValueError("resume_state is the last.pt of cfg.resume, which is not set")
+    if given is not None or not cfg.resume:
+        return given
+    return load_training_state(find_last_checkpoint(cfg.resume, cfg.output))
+
+
+def _start_process(cfg: TrainConfig, device: torch.device, procs: distributed.DistInfo) -> Optional[torch.dtype]:
+    """Threads, seeds (one stream per rank) and the autocast dtype of this process."""
+    set_threads(cfg.threads, device, procs.local_world_size)
+    amp_dtype = resolve_amp(cfg.amp, device)
+    seed_everything(cfg.seed + procs.rank)
+    return amp_dtype
+
+
+def _build_model_and_step(cfg: TrainConfig, data: RunData, procs: distributed.DistInfo, *, device: torch.device,
+                          amp_dtype: Optional[torch.dtype],
+                          say: Callable[[str], None]) -> Tuple[nn.Module, TrainingState]:
+    """The model sized for the data, on ``device`` (channels-last as asked); the model the
+    steps call (DDP, compile: :func:`_wrap`); and the recipe's TrainStep around it, in the
+    :class:`~convit.runs.TrainingState` that ``last.pt`` saves and a resume restores."""
+    num_classes = _num_classes(cfg, data.bundle)
+    bare = build_model(cfg, num_classes, data.bundle.in_chans, data.bundle.img_size, say).to(device)
+    if cfg.channels_last:
+        bare.to(memory_format=torch.channels_last)
+    model = _wrap(bare, device, procs.distributed, cfg.compile)
+    step = build_recipe(cfg, bare, steps=len(data.train), world=procs.world_size, num_classes=num_classes,
+                        device=device, amp_dtype=amp_dtype)  # after _wrap: the EMA copies rank 0's weights
+    return model, TrainingState(cfg, bare, step)
+
+
+def _train_epoch(model: nn.Module, data: RunData, step: TrainStep, epoch: int, *, device: torch.device,
+                 cfg: TrainConfig, folder: RunFolder, say: Callable[[str], None], main: bool) -> Dict[str, Any]:
+    """One epoch of :func:`~convit.engine.train_one_epoch` (bar and printing on rank 0 only):
+    the log entries it gives; a NaN stop says where the run can go on from."""
+    data.train.set_epoch(epoch)
+    try:
+        stats = train_one_epoch(model, data.train, step, device, epoch=epoch, progress=main,
+                                log_every=cfg.log_every, print_fn=say)
+    except NonFiniteLossError as e:
+        raise e.with_note(_resume_advice(epoch, folder.last)) from None
+    return {k: stats[k] for k in ("train_loss", "lr", "images_per_s")}
+
+
 def _num_classes(cfg: TrainConfig, bundle: DataBundle) -> int:
     num_classes = cfg.num_classes or bundle.num_classes
     if num_classes < bundle.num_classes:
@@ -238,19 +263,19 @@ def _num_classes(cfg: TrainConfig, bundle: DataBundle) -> int:
     return num_classes
 
 
-def _evaluate(model: nn.Module, ema: Optional[ModelEmaV3], data: RunData, device: torch.device,
-              amp_dtype: Optional[torch.dtype], channels_last: bool, final: bool) -> Dict[str, Any]:
+def _evaluate(model: nn.Module, step: TrainStep, data: RunData, device: torch.device, final: bool) -> Dict[str, Any]:
     """Validation metrics (of the EMA too); test metrics of the final model only, or at every
-    evaluation when there is no validation split (nothing is ever chosen on test)."""
+    evaluation when there is no validation split (nothing is ever chosen on test).  ``step``
+    gives the EMA and the precision and memory format the model trains in."""
     def metrics(prefix: str, m: nn.Module, loader: Iterable) -> Dict[str, Any]:
-        return {f"{prefix}_{k}": v for k, v in evaluate(m, loader, device, amp_dtype, channels_last).items()
+        return {f"{prefix}_{k}": v for k, v in evaluate(m, loader, device, step.amp_dtype, step.channels_last).items()
                 if k != "n"}
 
     out: Dict[str, Any] = {}
     if data.val is not None:
         out.update(metrics("val", model, data.val))
-        if ema is not None:
-            out.update(metrics("ema_val", ema.module, data.val))
+        if step.ema is not None:
+            out.update(metrics("ema_val", step.ema.module, data.val))
     if data.val is None or final:
         out.update(metrics("test", model, data.test))
     return out
@@ -271,10 +296,10 @@ def _wrap(model: nn.Module, device: torch.device, ddp: bool, compile: bool) -> n
     return torch.compile(model) if compile else model
 
 
-def _config_comments(cfg: TrainConfig, lr: float, epochs: int, warmup: float, world: int, device: torch.device,
+def _config_comments(cfg: TrainConfig, *, lr: float, world: int, device: torch.device,
                      on_device: bool) -> Dict[str, Any]:
     """Values derived from the config, written on top of config.yaml for the reader."""
-    comments = {"effective lr": lr, "epochs run": epochs, "warmup epochs": warmup,
+    comments = {"effective lr": lr, "epochs run": cfg.run_epochs, "warmup epochs": cfg.run_warmup_epochs,
                 "global batch": cfg.batch_size * world, "processes": world, "device": str(device)}
     if on_device:
         comments["data"] = "on device (convit.data.device)"
@@ -288,8 +313,10 @@ def _metadata(cfg: TrainConfig, bundle: DataBundle) -> Dict[str, Any]:
                      "img_size": bundle.img_size, "in_chans": bundle.in_chans, "native_size": bundle.native_size}}
 
 
-def _describe(cfg: TrainConfig, model: nn.Module, data: RunData, epochs: int, steps: int, lr: float, world: int,
-              device: torch.device, amp_dtype: Optional[torch.dtype], out: Path) -> str:
+def _describe(cfg: TrainConfig, model: nn.Module, data: RunData, *, lr: float, world: int, device: torch.device,
+              amp_dtype: Optional[torch.dtype], out: Path) -> str:
+    """The line printed before the first epoch: model, data, schedule, processes, run folder."""
+    epochs, steps = cfg.run_epochs, len(data.train)
     n_params = count_params(model)
     size = f"{n_params / 1e6:.2f}M" if n_params >= 1e6 else f"{n_params / 1e3:.1f}k"
     precision = f", {str(amp_dtype).replace('torch.', '')} autocast" if amp_dtype else ""
@@ -300,8 +327,9 @@ def _describe(cfg: TrainConfig, model: nn.Module, data: RunData, epochs: int, st
             f"{world} process(es) on {device}{precision}; run folder {out}")
 
 
-def _summary(folder: RunFolder, entry: Dict[str, Any], best: Dict[str, Any], epochs: int, lr: float, world: int,
+def _summary(folder: RunFolder, entry: Dict[str, Any], best: Dict[str, Any], *, epochs: int, lr: float, world: int,
              train_images: int, report: bool) -> Dict[str, Any]:
+    """What fit returns (``time_s`` is filled in last) and prints at the end of the run."""
     out = folder.out
     return {"output": str(out), "epochs": epochs, "time_s": None,
             "test_top1": entry.get("test_top1"), "test_top5": entry.get("test_top5"),

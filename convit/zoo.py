@@ -17,27 +17,9 @@ from timm.models._features import FeatureGetterNet
 
 from .checkpoint import (CheckpointError, config_from_metadata, infer_config, load_into, read_checkpoint,
                          read_metadata_json)
-from .hub import resolve_pretrained
 from .model import ConViT, ConViTConfig, architecture_cfg
-
-
-@dataclass(frozen=True)
-class Pretrained:
-    """Where published weights for a model live.
-
-    url: the official release (facebookresearch/convit).  Its file names carry no hash, so
-    there is no hash to check them against; sha256 stays None until someone records one.
-    hf_hub_id: timm's copy on the Hugging Face hub (``model.safetensors`` in that repo).
-    """
-
-    url: Optional[str] = None
-    sha256: Optional[str] = None
-    hf_hub_id: Optional[str] = None
-    top1: Optional[float] = None  # ImageNet-1k top-1 reported by the authors
-
-    @property
-    def filename(self) -> Optional[str]:
-        return self.url.rsplit("/", 1)[-1] if self.url else None
+from .presets import DIGITS_DATA_CFG
+from .pretrained import Pretrained
 
 
 @dataclass(frozen=True)
@@ -54,7 +36,52 @@ class ModelSpec:
     data: Dict = field(default_factory=dict)
 
 
-_REGISTRY: Dict[str, ModelSpec] = {}
+def _convit(heads: int, head_dim: int, description: str, pretrained: Optional[Pretrained] = None) -> ModelSpec:
+    """A ConViT of the paper's family: 12 blocks, the first 10 GPSA, ``heads`` x ``head_dim`` wide."""
+    return ModelSpec(dict(embed_dim=head_dim * heads, num_heads=heads, local_up_to_layer=10), pretrained,
+                     description)
+
+
+def _deit(heads: int, hf_hub_id: Optional[str] = None) -> ModelSpec:
+    """The DeiT baseline with ``heads`` heads of 64: no GPSA, qkv bias, DeiT's eval crop 0.9
+    (timm's deit_* cfgs); timm's weights on the hub where DeiT published them."""
+    return ModelSpec(dict(embed_dim=64 * heads, num_heads=heads, local_up_to_layer=0, qkv_bias=True),
+                     Pretrained(hf_hub_id=hf_hub_id) if hf_hub_id else None,
+                     f"DeiT baseline: {heads} heads x 64, no GPSA", dict(crop_pct=0.9))
+
+
+def _digits(local_up_to_layer: int, description: str, **extra: Any) -> ModelSpec:
+    """A small model of the embedded default job (digits: 8x8 images, a 4x4 grid of 2x2
+    patches), normalised with the digits statistics.  Average pooling (timm's
+    global_pool='avg') trains faster than the class token from so few images; the README
+    gives what `convit train` reaches with it."""
+    return ModelSpec(dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4,
+                          depth=4, mlp_ratio=2.0, local_up_to_layer=local_up_to_layer, **extra,
+                          global_pool="avg"), None, description, DIGITS_DATA_CFG)
+
+
+_FB = "https://dl.fbaipublicfiles.com/convit/"
+
+#: The zoo: every name as it is registered; :func:`register` adds more.
+_REGISTRY: Dict[str, ModelSpec] = {
+    "convit_tiny": _convit(4, 48, "ConViT-Ti: 4 heads x 48, 10 GPSA of 12", Pretrained(
+        url=_FB + "convit_tiny.pth", hf_hub_id="timm/convit_tiny.fb_in1k", top1=73.1)),
+    "convit_tiny_plus": _convit(4, 64, "ConViT tiny+: 4 heads x 64, 10 GPSA of 12"),
+    "convit_small": _convit(9, 48, "ConViT-Small: 9 heads x 48, 10 GPSA of 12", Pretrained(
+        url=_FB + "convit_small.pth", hf_hub_id="timm/convit_small.fb_in1k", top1=81.3)),
+    "convit_small_plus": _convit(9, 64, "ConViT small+: 9 heads x 64, 10 GPSA of 12"),
+    "convit_base": _convit(16, 48, "ConViT-Base: 16 heads x 48, 10 GPSA of 12", Pretrained(
+        url=_FB + "convit_base.pth", hf_hub_id="timm/convit_base.fb_in1k", top1=82.4)),
+    "convit_base_plus": _convit(16, 64, "ConViT base+: 16 heads x 64, 10 GPSA of 12"),
+    "deit_tiny": _deit(3, "timm/deit_tiny_patch16_224.fb_in1k"),
+    "deit_tiny_plus": _deit(4),
+    "deit_small": _deit(6, "timm/deit_small_patch16_224.fb_in1k"),
+    "deit_small_plus": _deit(9),
+    "deit_base": _deit(12, "timm/deit_base_patch16_224.fb_in1k"),
+    "deit_base_plus": _deit(16),
+    "convit_digits": _digits(3, "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool"),
+    "deit_digits": _digits(0, "DeiT matching convit_digits: no GPSA", qkv_bias=True),
+}
 
 
 def register(name: str, spec: ModelSpec) -> None:
@@ -68,47 +95,12 @@ def list_models(pattern: str = "*") -> List[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
+    """The zoo entry called ``name``; an unknown name is a ValueError naming the closest ones."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
     return _REGISTRY[name]
-
-
-_FB = "https://dl.fbaipublicfiles.com/convit/"
-for _suffix, _heads, _top1 in (("tiny", 4, 73.1), ("small", 9, 81.3), ("base", 16, 82.4)):
-    register(f"convit_{_suffix}", ModelSpec(
-        dict(embed_dim=48 * _heads, num_heads=_heads, local_up_to_layer=10),
-        Pretrained(url=f"{_FB}convit_{_suffix}.pth", hf_hub_id=f"timm/convit_{_suffix}.fb_in1k", top1=_top1),
-        f"ConViT-{_suffix[0].upper()}{_suffix[1:] if _suffix != 'tiny' else 'i'}: {_heads} heads x 48, 10 GPSA of 12"))
-    register(f"convit_{_suffix}_plus", ModelSpec(
-        dict(embed_dim=64 * _heads, num_heads=_heads, local_up_to_layer=10),
-        None, f"ConViT {_suffix}+: {_heads} heads x 64, 10 GPSA of 12"))
-for _suffix, _heads, _hub in (("tiny", 3, "timm/deit_tiny_patch16_224.fb_in1k"),
-                              ("tiny_plus", 4, None),
-                              ("small", 6, "timm/deit_small_patch16_224.fb_in1k"),
-                              ("small_plus", 9, None),
-                              ("base", 12, "timm/deit_base_patch16_224.fb_in1k"),
-                              ("base_plus", 16, None)):
-    register(f"deit_{_suffix}", ModelSpec(
-        dict(embed_dim=64 * _heads, num_heads=_heads, local_up_to_layer=0, qkv_bias=True),
-        Pretrained(hf_hub_id=_hub) if _hub else None,
-        f"DeiT baseline: {_heads} heads x 64, no GPSA",
-        dict(crop_pct=0.9)))  # DeiT's published eval crop (timm's deit_* cfgs)
-# The small models of the embedded default job (digits: 8x8 images, a 4x4 grid of 2x2 patches).
-# Sized so that `convit train` reaches >93% test top-1 in a few CPU minutes; average pooling
-# (timm's global_pool='avg') trains faster than the class token from 1.3k images.
-# Digits images are used whole (crop 1.0); mean/std are those convit.data computes from the
-# 1,437 training images of its fixed split (tests/test_zoo.py checks they still agree).
-_DIGITS_DATA = dict(mean=(0.3053833842277527,), std=(0.3761212229728699,), crop_pct=1.0)
-register("convit_digits", ModelSpec(
-    dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4, depth=4,
-         mlp_ratio=2.0, local_up_to_layer=3, global_pool="avg"), None,
-    "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool", _DIGITS_DATA))
-register("deit_digits", ModelSpec(
-    dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4, depth=4,
-         mlp_ratio=2.0, local_up_to_layer=0, qkv_bias=True, global_pool="avg"), None,
-    "DeiT matching convit_digits: no GPSA", _DIGITS_DATA))
 
 
 def weights_dir() -> Path:
@@ -163,6 +155,8 @@ def create_model(
         info = model_spec(name).pretrained
         if info is None:
             raise ValueError(f"no published weights for {name!r}")
+        from .hub import resolve_pretrained  # only now: the hub stack is heavy, and rarely needed
+
         path = resolve_pretrained(name, info, weights_dir())
         sd, _ = read_checkpoint(path)
         checkpoint_path = f"pretrained weights of {name} ({path})"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_image_folder
 from convit.checkpoint import save_model
 from convit.cli import main
 from convit.fileio import read_jsonl
@@ -55,12 +56,12 @@ def test_eval_checkpoint_of_another_architecture_says_which_keys(run_dir, tmp_pa
     assert "does not match the model" in err and "blocks.0.attn.pos_proj.weight" in err and "--model" in err
 
 
-def test_finetune_from_a_checkpoint_with_another_head(run_dir, tmp_path, capsys, tiny):
+def test_finetune_from_a_checkpoint_with_another_head(run_dir, tmp_path, capsys, train_tiny):
     model = create_model(checkpoint_path=run_dir / "model.safetensors")
     model.reset_classifier(7)
     save_model(model, tmp_path / "seven.safetensors")
-    assert main(["train", *tiny, "--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"),
-                 "--output", str(tmp_path / "ft"), "--no-report", "--no-locality"]) == 0
+    assert train_tiny("--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"), "--no-locality",
+                      name="ft") == 0
     assert "7-class head is replaced by a new 10-class head" in capsys.readouterr().out
 
 
@@ -101,14 +102,7 @@ def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
     # End to end: `convit eval` on a small image folder reports timm's accuracy on it.
-    rng = np.random.default_rng(0)
-    root = tmp_path / "imgs"
-    for split in ("train", "val"):
-        for c in range(10):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
-                    root / split / f"c{c}" / f"{i}.png")
+    root = write_image_folder(tmp_path / "imgs", classes=[f"c{c}" for c in range(10)], per_class=2, size=40)
     assert main(["eval", "--checkpoint", str(path), "--dataset", "imagefolder", "--data-path", str(root),
                  "--json", "--device", "cpu"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -154,8 +148,8 @@ def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys)
 def test_predict_unreadable_image_is_a_clear_error(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    assert main(["predict", "--checkpoint", str(run_dir / "model.safetensors"), str(bad)]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(run_dir / "model.safetensors"), str(bad)]) == 1
+    assert f"{bad}: not an image file Pillow can identify" in capsys.readouterr().err
 
 
 def test_export_onnx(run_dir, tmp_path, capsys):

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_digits
 
-from convit.data import (DATASETS, build_data, eval_transform, load_cifar10_npz, load_image,
-                         subsample_per_class)
+from conftest import write_image_folder
+from convit.data import (DATASETS, UnreadableSample, build_data, collate_skipping, eval_transform,
+                         load_cifar10_npz, load_image, subsample_per_class)
 from convit.data import cifar, fashion_mnist
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -98,7 +100,11 @@ def test_digits_sizes_shapes_and_names():
     x, y = b.test[0]
     assert x.shape == (1, 8, 8) and x.dtype == torch.float32 and isinstance(y, int)
     xt, yt = b.train[0]
-    assert xt.shape == (1, 8, 8) and isinstance(yt, int) and 0 <= yt < 10
+    assert xt.shape == (1, 8, 8) and isinstance(yt, int)
+    # the label is that of the scikit-learn digit whose pixels the sample holds
+    stored = b.train.images[b.train.indices[0], 0].numpy() * 16
+    sk = load_digits()
+    assert {int(t) for im, t in zip(sk.images, sk.target) if np.array_equal(im, stored)} == {yt}
     assert len(b.train_labels) == len(b.train)
     # normalised with the training statistics: test pixels roughly zero-mean, unit-std
     allx = torch.stack([b.test[i][0] for i in range(len(b.test))])
@@ -252,7 +258,9 @@ def test_cifar10_npz_format_and_cache(tmp_path, monkeypatch):
     assert torch.equal(b.train.images, torch.from_numpy(poison).permute(0, 3, 1, 2))
     assert (len(b.train), len(b.val), len(b.test)) == (20, 10, 10)  # 3 per class: 1 held out
     x, y = b.train[0]
-    assert x.shape == (3, 32, 32) and 0 <= y < 10 and b.class_names[0] == "c0"
+    assert x.shape == (3, 32, 32) and b.class_names[0] == "c0"
+    # the label written for the image behind the sample (its poisoned first pixel is its index)
+    assert y == labels[int(b.train.images[b.train.indices[0], 0, 0, 0])]
 
 
 def test_cifar10_npz_unreadable_cache_is_decoded_again(tmp_path):
@@ -322,22 +330,14 @@ def test_cifar_missing_message(tmp_path, monkeypatch):
 
 # ---- imagefolder ----------------------------------------------------------------------------
 
-def _make_folder(root: Path, classes=("cat", "dog"), n=3, corrupt="train/dog/broken.jpg"):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = rng.integers(0, 256, size=(20 + i, 24, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-    if corrupt:
-        (root / corrupt).write_bytes(b"\x00garbage, not an image\xff" * 10)
-    return root
+def _cats_and_dogs(root: Path) -> Path:
+    """Two classes of three 20x24 RGB images in train and val."""
+    return write_image_folder(root, classes=("cat", "dog"), size=(20, 24))
 
 
 def test_imagefolder_skips_corrupt_file(tmp_path):
-    root = _make_folder(tmp_path / "imgs")
+    root = _cats_and_dogs(tmp_path / "imgs")
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"\x00garbage, not an image\xff" * 10)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         b = build_data("imagefolder", data_path=str(root), img_size=16, val_fraction=0.34)
@@ -359,13 +359,13 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "empty" / "val").mkdir(parents=True)
     with pytest.raises(ValueError, match="no class folders"):
         build_data("imagefolder", data_path=str(tmp_path / "empty"))
-    root = _make_folder(tmp_path / "hole", corrupt=None)
+    root = _cats_and_dogs(tmp_path / "hole")
     (root / "train" / "zebra").mkdir()
     (root / "val" / "zebra").mkdir()
     (root / "val" / "zebra" / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="zebra.*has no images"):
         build_data("imagefolder", data_path=str(root))
-    diff = _make_folder(tmp_path / "diff", corrupt=None)
+    diff = _cats_and_dogs(tmp_path / "diff")
     (diff / "train" / "owl").mkdir()
     Image.new("RGB", (8, 8)).save(diff / "train" / "owl" / "a.png")
     with pytest.raises(ValueError, match="only in train: \\['owl'\\]"):
@@ -373,16 +373,19 @@ def test_imagefolder_errors(tmp_path):
 
 
 def test_imagefolder_truncated_file_does_not_crash(tmp_path):
-    """A file whose header reads but whose pixels do not: warned once, next sample served."""
-    root = _make_folder(tmp_path / "imgs", corrupt=None)
+    """A file whose header reads but whose pixels do not: warned once, never replaced by
+    another sample (an UnreadableSample that collate_skipping drops)."""
+    root = _cats_and_dogs(tmp_path / "imgs")
     good = (root / "train" / "cat" / "0.png").read_bytes()
     (root / "train" / "cat" / "1.png").write_bytes(good[: len(good) // 2])
     b = build_data("imagefolder", data_path=str(root), img_size=16, augment="none")
     assert b.skipped == []  # the header is fine, so the scan keeps it
     pos = [p for p, _ in b.train.samples].index(str(root / "train" / "cat" / "1.png"))
     with pytest.warns(UserWarning, match="1.png"):
-        x, y = b.train[pos]
-    assert x.shape == (3, 16, 16) and b.train.failed == [str(root / "train" / "cat" / "1.png")]
+        item = b.train[pos]
+    assert isinstance(item, UnreadableSample) and item.shape == (3, 16, 16)
+    assert b.train.failed == [str(root / "train" / "cat" / "1.png")]
+    assert collate_skipping([b.train[pos - 1], item])[0].shape == (1, 3, 16, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         b.train[pos]  # second time: no new warning

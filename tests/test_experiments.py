@@ -19,6 +19,7 @@ from convit.experiments import grids
 from convit.experiments.results import mean_std, relative_gain, summarize, write_results
 from convit.experiments.runner import load_results, plan_runs, run_sweep
 from convit.fileio import read_jsonl
+from convit.presets import EXPERIMENT_SCALES, experiment_scale
 from convit.zoo import create_model
 
 # A minuscule model: 8x8 digits as a 2x2 grid of 4x4 patches, 16 wide, 2 blocks (1 GPSA); sweeps
@@ -70,14 +71,14 @@ def test_plan_scales_epochs_and_matches_sizes(tmp_path):
 
 
 def test_grids_have_the_papers_variants():
-    p = grids.get_preset("digits-cpu")
+    p = experiment_scale("digits-cpu")
     abl = {v.name: v for v in grids.grid_variants("ablation", p)}
     assert set(abl) == set(grids.PAPER_ABLATION)
     assert abl["frozen-gates"].model_kwargs == {"train_gates": False, "gate_init": 0.0}
     assert abl["frozen-random-gpsa"].model_kwargs == {"train_gpsa": False, "use_local_init": False}
     assert abl["deit"].baseline and abl["deit"].role == "deit"
     layers = grids.grid_variants("gpsa-layers", p)
-    assert [v.model_kwargs["local_up_to_layer"] for v in layers] == list(range(p.depth + 1))
+    assert [v.model_kwargs["local_up_to_layer"] for v in layers] == list(range(grids.scale_depth(p) + 1))
     alphas = [v.model_kwargs.get("locality_strength") for v in grids.grid_variants("locality-strength", p)]
     assert alphas[:3] == [0.01, 0.1, 1.0]
     with pytest.raises(ValueError, match="unknown variant"):
@@ -88,7 +89,7 @@ def test_grids_have_the_papers_variants():
     from convit.zoo import model_spec
 
     sizes = {"digits": 8, "fashion-mnist": 28, "cifar10": 32}
-    for preset in grids.PRESETS.values():
+    for preset in EXPERIMENT_SCALES.values():
         for g in grids.GRIDS:
             for v in grids.grid_variants(g, preset):
                 m = _model_for(preset, v)
@@ -213,7 +214,7 @@ def test_unfinished_run_resumes_from_last_pt(tmp_path, monkeypatch):
     epochs_trained = []
 
     def killed_in_epoch_2(*args, **kwargs):
-        epoch = args[5]
+        epoch = kwargs["epoch"]
         if epoch == 2 and not epochs_trained.count("resumed"):
             raise KeyboardInterrupt  # Ctrl-C / kill in the middle of epoch 2
         epochs_trained.append(epoch)
@@ -330,7 +331,7 @@ def test_fit_with_on_device_batches_on_cpu(tmp_path, monkeypatch):
     real = train_mod.train_one_epoch
 
     def killed_in_epoch_2(*args, **kwargs):
-        if args[5] == 2:
+        if kwargs["epoch"] == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 

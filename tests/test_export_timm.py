@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -20,7 +19,7 @@ import pytest
 import timm
 import torch
 
-from conftest import zoo_params
+from conftest import hub_snapshot, randomise, zoo_params
 from convit import ConViT, model_spec, save_model
 from convit.cli import main
 from convit.zoo import create_model, load_model
@@ -28,15 +27,6 @@ from convit.hub import TimmExportError, export_timm, timm_model_args
 
 DATA = {"dataset": "digits", "mean": [0.25], "std": [0.5], "img_size": 8, "in_chans": 1, "native_size": True}
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.5 if "gating_param" in name or "pos_proj" in name else 0.02
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model.eval()
 
 
 def _saved_and_exported(model: ConViT, tmp_path: Path, extra: Optional[dict] = None, **export_kw):
@@ -71,7 +61,7 @@ def test_every_zoo_model_loads_in_timm_with_our_logits(name, tmp_path):
     size = model_spec(name).config.get("img_size", 224)
     overrides = {"img_size": 32} if size == 224 else {}
     torch.manual_seed(0)
-    model = _randomise(create_model(name, **overrides))
+    model = randomise(create_model(name, **overrides))
     ours, out, config = _saved_and_exported(model, tmp_path, extra={"model_name": name})
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     family = "convit_" if model.cfg.local_up_to_layer else "deit_"
@@ -88,7 +78,7 @@ def test_every_zoo_model_loads_in_timm_with_our_logits(name, tmp_path):
 
 
 def test_config_json_is_timms_layout_with_the_training_data(tmp_path):
-    model = _randomise(create_model("convit_digits"))
+    model = randomise(create_model("convit_digits"))
     _, out, config = _saved_and_exported(model, tmp_path, extra={"class_names": CLASS_NAMES, "data": DATA})
     assert list(config) == ["architecture", "num_classes", "num_features", "global_pool", "label_names",
                             "model_args", "pretrained_cfg"]
@@ -108,14 +98,9 @@ def test_config_json_is_timms_layout_with_the_training_data(tmp_path):
     assert tuple(data_cfg["input_size"]) == (1, 8, 8) and tuple(data_cfg["std"]) == (0.5,)
 
 
-def test_timm_loads_the_export_from_a_hugging_face_cache_offline(tmp_path, monkeypatch):
+def test_timm_loads_the_export_from_a_hugging_face_cache_offline(tmp_path, monkeypatch, no_network):
     """``timm.create_model('hf-hub:...')`` reads config.json and model.safetensors from a hub
     cache built by hand, with the hub offline; any network use fails the test."""
-    def refuse(*args, **kwargs):
-        raise SystemExit(f"network used: {args[:2]}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
     hub = tmp_path / "hf" / "hub"
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -123,15 +108,11 @@ def test_timm_loads_the_export_from_a_hugging_face_cache_offline(tmp_path, monke
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hub))
     for i, name in enumerate(("convit_digits", "deit_digits")):
-        model = _randomise(create_model(name), seed=i)
+        model = randomise(create_model(name), seed=i)
         ours, out, _ = _saved_and_exported(model, tmp_path / name)
-        repo = hub / f"models--me--{name}"
-        snap = repo / "snapshots" / ("%040x" % (i + 1))
-        snap.mkdir(parents=True)
+        snap = hub_snapshot(hub, f"me/{name}", "%040x" % (i + 1))
         for f in ("config.json", "model.safetensors"):
             shutil.copy(out / f, snap / f)
-        (repo / "refs").mkdir()
-        (repo / "refs" / "main").write_text(snap.name)
         theirs = timm.create_model(f"hf-hub:me/{name}", pretrained=True)
         _assert_same_logits(ours, theirs, torch.randn(3, 1, 8, 8))
 
@@ -164,7 +145,7 @@ EXPRESSIBLE: Dict[str, dict] = {
 @pytest.mark.parametrize("kind", list(EXPRESSIBLE))
 def test_custom_sizes_timm_can_express(kind, tmp_path):
     torch.manual_seed(1)
-    model = _randomise(ConViT(**EXPRESSIBLE[kind]))
+    model = randomise(ConViT(**EXPRESSIBLE[kind]))
     ours, out, config = _saved_and_exported(model, tmp_path)
     x = torch.randn(2, model.cfg.in_chans, *model.cfg.img_size)
     _assert_same_logits(ours, _timm_from_overlay(out, config), x)
@@ -172,7 +153,7 @@ def test_custom_sizes_timm_can_express(kind, tmp_path):
 
 
 def test_dynamic_size_deit_stays_dynamic_in_timm(tmp_path):
-    model = _randomise(ConViT(embed_dim=32, num_heads=4, depth=2, local_up_to_layer=0, img_size=(16, 24),
+    model = randomise(ConViT(embed_dim=32, num_heads=4, depth=2, local_up_to_layer=0, img_size=(16, 24),
                               patch_size=8, dynamic_img_size=True, num_classes=5))
     ours, out, config = _saved_and_exported(model, tmp_path)
     assert config["model_args"]["dynamic_img_size"] is True
@@ -204,7 +185,7 @@ def test_all_gpsa_really_differs_in_timm():
     from timm.models.convit import ConVit
 
     kw = dict(num_heads=4, depth=2, local_up_to_layer=2, img_size=8, patch_size=2, global_pool="avg", num_classes=3)
-    ours = _randomise(ConViT(embed_dim=16, **kw))
+    ours = randomise(ConViT(embed_dim=16, **kw))
     theirs = ConVit(embed_dim=4, **kw).eval()
     theirs.load_state_dict(ours.state_dict())
     with pytest.raises(TimmExportError):
@@ -215,7 +196,7 @@ def test_all_gpsa_really_differs_in_timm():
 
 
 def test_dynamic_convit_exports_for_its_trained_size_when_asked(tmp_path):
-    model = _randomise(ConViT(embed_dim=16, num_heads=4, depth=2, local_up_to_layer=1, img_size=8, patch_size=2,
+    model = randomise(ConViT(embed_dim=16, num_heads=4, depth=2, local_up_to_layer=1, img_size=8, patch_size=2,
                               dynamic_img_size=True, num_classes=3))
     ours, out, config = _saved_and_exported(model, tmp_path, fixed_size=True)
     assert config["pretrained_cfg"]["fixed_input_size"] is True and "dynamic_img_size" not in config["model_args"]
@@ -223,7 +204,7 @@ def test_dynamic_convit_exports_for_its_trained_size_when_asked(tmp_path):
 
 
 def test_cli_export_timm(tmp_path, capsys):
-    model = _randomise(create_model("convit_digits"))
+    model = randomise(create_model("convit_digits"))
     ckpt = save_model(model, tmp_path / "run" / "model.safetensors",
                       extra={"class_names": CLASS_NAMES, "data": DATA, "model_name": "convit_digits"})
     out = tmp_path / "exported"

@@ -19,6 +19,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from conftest import hub_snapshot
 import convit.hub as hub
 from convit.hub import PretrainedNotFoundError, hf_cache_dir
 from convit.zoo import create_model, model_spec, weights_dir
@@ -26,19 +27,7 @@ from convit.zoo import create_model, model_spec, weights_dir
 URL = "https://dl.fbaipublicfiles.com/convit/convit_tiny.pth"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-
-class NetworkUsed(BaseException):
-    """Raised by the guard; a BaseException so no library's ``except Exception`` swallows it."""
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Fail the test at the first DNS look-up or socket connection."""
-    def refuse(*args, **kwargs):
-        raise NetworkUsed(f"network used: {args[:2]}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: fails a test at any network use
 
 
 @pytest.fixture
@@ -68,12 +57,8 @@ def env(tmp_path, monkeypatch) -> Dict[str, Path]:
 
 def put_in_hub_cache(hf_home: Path, repo_id: str, sd: Dict[str, torch.Tensor]) -> Path:
     """Write ``sd`` as ``model.safetensors`` of ``repo_id`` in huggingface_hub's cache layout."""
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / COMMIT
-    snap.mkdir(parents=True)
+    snap = hub_snapshot(hf_home / "hub", repo_id, COMMIT)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(snap / "model.safetensors"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
     return snap / "model.safetensors"
 
 

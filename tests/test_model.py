@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from conftest import small_convit
 import convit
-from convit import ConViT, count_params, create_model
+from convit import count_params, create_model
 
 PARAMS = {
     "convit_tiny": 5_710_512, "convit_small": 27_777_322, "convit_base": 86_540_040,
@@ -11,13 +12,6 @@ PARAMS = {
     "deit_tiny": 5_717_416, "deit_tiny_plus": 9_982_184, "deit_small": 22_050_664,
     "deit_small_plus": 49_000_744, "deit_base": 86_567_656, "deit_base_plus": 153_171_944,
 }
-
-
-def small(**kw) -> ConViT:
-    cfg = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=4,
-               local_up_to_layer=2)
-    cfg.update(kw)
-    return ConViT(**cfg)
 
 
 @pytest.mark.parametrize("name,expected", sorted(PARAMS.items()))
@@ -53,7 +47,7 @@ def test_non_square_input_and_resolution_change(name):
 
 
 def test_forward_head_and_intermediates():
-    model = small().eval()
+    model = small_convit().eval()
     x = torch.randn(2, 3, 32, 32)
     feats = model.forward_features(x)
     assert feats.shape == (2, 17, 32)
@@ -69,7 +63,7 @@ def test_forward_head_and_intermediates():
 
 
 def test_reset_classifier_and_avg_pool():
-    model = small()
+    model = small_convit()
     model.reset_classifier(11, "avg")
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 11)
     assert model.cfg.num_classes == 11 and model.cfg.global_pool == "avg"
@@ -78,7 +72,7 @@ def test_reset_classifier_and_avg_pool():
 
 
 def test_no_weight_decay_names_exist():
-    model = small()
+    model = small_convit()
     names = dict(model.named_parameters())
     nwd = model.no_weight_decay()
     assert {"pos_embed", "cls_token", "blocks.0.attn.gating_param", "blocks.1.attn.gating_param"} == nwd
@@ -87,7 +81,7 @@ def test_no_weight_decay_names_exist():
 
 def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
     torch.manual_seed(0)
-    model = small().train()
+    model = small_convit().train()
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -103,14 +97,14 @@ def test_grad_checkpointing_recomputes_blocks_and_keeps_gradients():
 
 
 def test_deit_has_class_token_position():
-    deit = small(local_up_to_layer=0)
+    deit = small_convit(local_up_to_layer=0)
     assert deit.pos_embed.shape == (1, 17, 32) and deit.pos_embed_has_cls
     assert deit(torch.randn(1, 3, 32, 32)).shape == (1, 5)
-    assert small(use_pos_embed=False).pos_embed is None
+    assert small_convit(use_pos_embed=False).pos_embed is None
 
 
 def test_attention_maps_per_block():
-    model = small().eval()
+    model = small_convit().eval()
     maps = model.attention_maps(torch.randn(2, 3, 32, 32))
     assert len(maps) == 3
     assert maps[0].content.shape == (2, 4, 16, 16) and maps[0].positional.shape == (4, 16, 16)
@@ -126,7 +120,7 @@ def test_attention_maps_per_block():
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        small(**kwargs)
+        small_convit(**kwargs)
 
 
 @pytest.mark.parametrize("shape,message", [
@@ -137,7 +131,7 @@ def test_bad_config(kwargs, message):
 ])
 def test_bad_input(shape, message):
     with pytest.raises(ValueError, match=message):
-        small()(torch.randn(*shape))
+        small_convit()(torch.randn(*shape))
 
 
 def test_unknown_model_name():
@@ -148,7 +142,7 @@ def test_unknown_model_name():
 @pytest.mark.slow
 def test_torch_compile_same_logits():
     torch.manual_seed(0)
-    model = small().eval()
+    model = small_convit().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
@@ -157,7 +151,7 @@ def test_torch_compile_same_logits():
 
 
 def test_torchscript_trace_of_eval_model():
-    model = small().eval()
+    model = small_convit().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
@@ -165,12 +159,42 @@ def test_torchscript_trace_of_eval_model():
 
 
 def test_ablation_switches_freeze_what_they_say():
-    frozen_gates = small(train_gates=False, gate_init=0.0)
+    frozen_gates = small_convit(train_gates=False, gate_init=0.0)
     for blk in frozen_gates.gpsa_blocks():
         assert not blk.attn.gating_param.requires_grad
         assert torch.equal(blk.attn.gating_param, torch.zeros(4))
-    frozen = small(train_gpsa=False, use_local_init=False)
+    frozen = small_convit(train_gpsa=False, use_local_init=False)
     trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("blocks.0.attn.", "blocks.1.attn.")) for n in trainable)
     assert "blocks.0.mlp.fc1.weight" in trainable and "blocks.2.attn.qkv.weight" in trainable
     assert not torch.equal(frozen.blocks[0].attn.v.weight, torch.eye(32))  # no conv init
+
+
+def test_layers_written_here_match_timms():
+    """The model builds without importing timm (whose package imports huggingface_hub), so its
+    initialiser, stochastic depth, MLP and ImageNet statistics are ours: timm is the oracle."""
+    import timm.data
+    import timm.layers
+
+    from convit.layers import DropPath, Mlp, trunc_normal_
+    from convit.model import IMAGENET_MEAN, IMAGENET_STD
+
+    assert IMAGENET_MEAN == tuple(timm.data.IMAGENET_DEFAULT_MEAN)
+    assert IMAGENET_STD == tuple(timm.data.IMAGENET_DEFAULT_STD)
+    for std in (0.02, 1.0):
+        ours, theirs = torch.empty(64, 48), torch.empty(64, 48)
+        torch.manual_seed(3)
+        trunc_normal_(ours, std=std)
+        torch.manual_seed(3)
+        timm.layers.trunc_normal_(theirs, std=std)
+        assert torch.equal(ours, theirs)
+    x = torch.randn(8, 5, 16)
+    ours, theirs = DropPath(0.3).train(), timm.layers.DropPath(0.3).train()
+    torch.manual_seed(4)
+    a = ours(x)
+    torch.manual_seed(4)
+    assert torch.equal(a, theirs(x)) and not torch.equal(a, x)
+    mlp, ref = Mlp(16, 32), timm.layers.Mlp(16, 32)
+    assert set(mlp.state_dict()) == set(ref.state_dict())
+    ref.load_state_dict(mlp.state_dict())
+    assert torch.equal(mlp(x), ref(x))

@@ -5,19 +5,11 @@ import torch
 from timm.models.convit import ConVit
 
 import convit
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    """Move every parameter away from its init (gates, pos_proj, norms too) so nothing is trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 0.5 if "gating_param" in name or "pos_proj" in name else 0.02
-            p.add_(torch.randn(p.shape, generator=g) * scale)
+from conftest import randomise
 
 
 def _pair(timm_model: torch.nn.Module, ours: torch.nn.Module):
-    _randomise(timm_model)
+    randomise(timm_model)
     ours.load_state_dict(timm_model.state_dict(), strict=True)
     return timm_model, ours
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import convit
-from convit.attention import is_tracing
+from convit.fast_gpsa import is_tracing
 from convit.commands.export import export_onnx
 
 # Small but real: 3 GPSA + 1 MHSA blocks on a 4x4 grid, 3 input channels, class token.

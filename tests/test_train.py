@@ -15,17 +15,16 @@ import re
 import typing
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import write_image_folder
 import convit.train as T
 from convit.checkpoint import read_checkpoint
 from convit.cli import main
-from convit.config import (PRESETS, TrainConfig, add_config_arguments, build_config, config_from_args,
-                           load_config_file)
+from convit.config import TrainConfig, add_config_arguments, build_config, config_from_args, load_config_file
 from convit.fileio import read_jsonl
+from convit.presets import TRAIN_PRESETS
 from convit.runs import find_last_checkpoint, load_training_state, resolve_output
 
 
@@ -76,7 +75,7 @@ def _interrupt_at_epoch(monkeypatch, n: int) -> None:
     real = T.train_one_epoch
 
     def flaky(*args, **kwargs):
-        if args[5] == n:  # epoch argument
+        if kwargs["epoch"] == n:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -103,10 +102,30 @@ def test_resume_is_bit_identical(train_tiny, tmp_path, monkeypatch, capsys):
     assert [e["train_loss"] for e in la] == [e["train_loss"] for e in lb]
 
 
-def test_resume_can_extend_epochs(train_tiny, tmp_path):
+def test_resume_can_extend_epochs_and_reads_last_pt_once(train_tiny, tmp_path, monkeypatch):
+    """`--resume` with a longer `--epochs` trains on; last.pt, which gives both the config and
+    the state to continue from, is read once (a torch.load and one open of the file)."""
+    import builtins
+
     assert train_tiny("--epochs", "1") == 0
+    loads, opens = [], []
+    real_load, real_open = torch.load, builtins.open
+
+    def counting_load(f, *a, **k):
+        loads.append(Path(getattr(f, "name", f)).name)
+        return real_load(f, *a, **k)
+
+    def counting_open(file, mode="r", *a, **k):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == "last.pt" and "r" in mode:
+            opens.append(mode)
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(builtins, "open", counting_open)
     assert main(["train", "--resume", str(tmp_path / "run" / "last.pt"), "--epochs", "2", "--no-report"]) == 0
+    monkeypatch.undo()
     assert [e["epoch"] for e in _log(tmp_path / "run")] == [1, 2]
+    assert loads == ["last.pt"] and opens == ["rb"]
 
 
 def test_resume_of_a_finished_run_with_fewer_epochs_keeps_its_config(train_tiny, tmp_path, capsys):
@@ -203,7 +222,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(train_tiny, tmp_path, mon
     real_epoch, real_loss = T.train_one_epoch, LabelSmoothingCrossEntropy.forward
 
     def tracking_epoch(*args, **kwargs):
-        epoch["now"] = args[5]
+        epoch["now"] = kwargs["epoch"]
         return real_epoch(*args, **kwargs)
 
     def nan_in_epoch_two(self, x, target):
@@ -239,19 +258,8 @@ def test_missing_and_empty_dataset_folder(tmp_path, capsys):
     assert "no class folders" in capsys.readouterr().err
 
 
-def _image_folder(root: Path, classes=("a", "b"), per_class: int = 3, size: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
-                    root / split / c / f"{i}.png")
-    return root
-
-
 def test_corrupt_image_is_skipped(tmp_path, capsys):
-    root = _image_folder(tmp_path / "imgs")
+    root = write_image_folder(tmp_path / "imgs")
     (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="broken.png"):
         rc = main(["train", "--dataset", "imagefolder", "--data-path", str(root), "--img-size", "8",
@@ -289,7 +297,7 @@ def test_tensorboard_missing_is_a_clear_error(train_tiny, capsys, monkeypatch):
 
 def test_config_precedence_file_toml_and_unknown_keys(tmp_path):
     cfg = build_config()
-    assert cfg.preset == "digits" and cfg.model == "convit_digits" and cfg.epochs == PRESETS["digits"]["epochs"]
+    assert cfg.preset == "digits" and cfg.model == "convit_digits" and cfg.epochs == TRAIN_PRESETS["digits"]["epochs"]
     assert build_config({"dataset": "cifar10"}).preset == "cifar"
     assert TrainConfig().lr is None and TrainConfig().resolved_lr(8) == pytest.approx(5e-4 * 512 / 512)
     (tmp_path / "a.yaml").write_text("epochs: 7\nlr: 1.0e-3\nmodel_kwargs: {depth: 3}\n")
@@ -359,7 +367,7 @@ def test_example_configs_load():
     assert files
     for f in files:
         cfg = build_config(config_file=f)
-        assert cfg.preset in PRESETS, f
+        assert cfg.preset in TRAIN_PRESETS, f
     main_job = build_config(config_file=Path(__file__).parent.parent / "configs" / "digits_convit.yaml")
     defaults = build_config()
     assert {k: v for k, v in main_job.to_dict().items() if k != "output"} == \

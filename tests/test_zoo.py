@@ -1,12 +1,17 @@
 """timm's ``pretrained_cfg`` of zoo models and of our own files."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import timm.data
 import torch
 
 import convit
+import convit.zoo
 from convit.checkpoint import save_model
 from convit.data import build_data
+from convit.presets import DIGITS_DATA_CFG
 
 
 def test_digits_models_carry_the_statistics_the_data_module_computes():
@@ -15,6 +20,7 @@ def test_digits_models_carry_the_statistics_the_data_module_computes():
         cfg = convit.create_model(name).pretrained_cfg
         assert cfg["mean"] == tuple(bundle.mean) and cfg["std"] == tuple(bundle.std), name
         assert cfg["input_size"] == (1, 8, 8) and cfg["crop_pct"] == 1.0
+        assert {k: cfg[k] for k in DIGITS_DATA_CFG} == DIGITS_DATA_CFG, name
 
 
 def test_timm_resolves_the_data_config_of_zoo_models():
@@ -41,3 +47,14 @@ def test_our_file_gives_the_statistics_it_was_trained_with(tmp_path):
     assert cfg["crop_pct"] == 1.0 and cfg["architecture"] == "convit_tiny"
     assert cfg["input_size"] == (3, 32, 32) and cfg["num_classes"] == 3
     torch.testing.assert_close(loaded.head.weight, model.head.weight)
+
+
+def test_every_zoo_name_is_written_out_where_it_is_registered():
+    """grep finds each name's registration: the zoo's table has literal keys only."""
+    tree = ast.parse(Path(convit.zoo.__file__).read_text())
+    table = next(node.value for node in ast.walk(tree) if isinstance(node, ast.AnnAssign)
+                 and getattr(node.target, "id", None) == "_REGISTRY")
+    assert all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in table.keys)
+    names = [k.value for k in table.keys]
+    assert len(names) == len(set(names)) and set(names) <= set(convit.list_models())
+    assert {"convit_tiny", "convit_small_plus", "deit_base", "convit_digits", "deit_digits"} <= set(names)

@@ -5,7 +5,8 @@
 * :mod:`.masking`   test-time masking of the content / positional part of GPSA layers and of
   the absolute position embedding
 * :mod:`.figures`   matplotlib figures (Agg canvas) from logs and summaries
-* :mod:`.report`    ``convit analyze`` and the per-run HTML report (``write_run_report``)
+* :mod:`.report`    ``convit analyze`` and the per-run report (``write_run_report``), from
+  :mod:`.inputs` (the images analysed) and :mod:`.html_report` (the self-contained HTML page)
 
 :func:`training_hooks` is what ``convit train`` adds to :func:`convit.train.fit`, which itself
 knows nothing of this package: locality in the log of every evaluated epoch, and the figures

@@ -154,6 +154,40 @@ def _show_image(ax, image: np.ndarray) -> None:
         ax.imshow(np.clip(image[:3].transpose(1, 2, 0), 0, 1), interpolation="nearest")
 
 
+def _attention_row(fig: Figure, gs, r: int, row_name: str, maps, heads: Sequence[int], image: np.ndarray,
+                   query: Tuple[int, int], patch_size: int, gate, cls_mass) -> None:
+    """Row ``r`` of :func:`plot_attention_maps`: the input with the query patch marked, one map
+    per head (titles on the first row: head number and its gate or class-token share) and the
+    row's colour bar."""
+    qr, qc = query
+    ax = fig.add_subplot(gs[r, 0])
+    _show_image(ax, image)
+    ax.add_patch(Rectangle((qc * patch_size - 0.5, qr * patch_size - 0.5), patch_size, patch_size,
+                           fill=False, ec="red", lw=2))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(row_name, fontsize=10)
+    if r == 0:
+        ax.set_title("input, query (red)", fontsize=9)
+    vmax = max(float(maps[h].max()) for h in heads) if heads else 1.0
+    im = None
+    for c, h in enumerate(heads):
+        ax = fig.add_subplot(gs[r, c + 1])
+        im = ax.imshow(maps[h].numpy(), cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.plot(qc, qr, marker="+", color="cyan", ms=8, mew=1.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r == 0:
+            title = f"head {h + 1}"
+            if gate is not None:
+                title += f"\n$\\sigma(\\lambda)$={float(gate[h]):.2f}"
+            elif cls_mass is not None:
+                title += f"\n(class token: {float(cls_mass[h]):.2f})"
+            ax.set_title(title, fontsize=9)
+    if im is not None:
+        fig.colorbar(im, cax=fig.add_subplot(gs[r, -1]), label="attention")
+
+
 def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, int], layer: int,
                         path: Path, heads: Optional[Sequence[int]] = None, note: str = "",
                         patch_size: int = 1) -> Path:
@@ -185,38 +219,52 @@ def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, 
                           bottom=bottom_in / height, wspace=0.08, hspace=0.1)
     qr, qc = query
     for r, (row_name, maps) in enumerate(rows):
-        ax = fig.add_subplot(gs[r, 0])
-        _show_image(ax, image)
-        ax.add_patch(Rectangle((qc * patch_size - 0.5, qr * patch_size - 0.5), patch_size, patch_size,
-                               fill=False, ec="red", lw=2))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(row_name, fontsize=10)
-        if r == 0:
-            ax.set_title("input, query (red)", fontsize=9)
-        vmax = max(float(maps[h].max()) for h in heads) if heads else 1.0
-        im = None
-        for c, h in enumerate(heads):
-            ax = fig.add_subplot(gs[r, c + 1])
-            im = ax.imshow(maps[h].numpy(), cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.plot(qc, qr, marker="+", color="cyan", ms=8, mew=1.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                title = f"head {h + 1}"
-                if gate is not None:
-                    title += f"\n$\\sigma(\\lambda)$={float(gate[h]):.2f}"
-                elif cls_mass is not None:
-                    title += f"\n(class token: {float(cls_mass[h]):.2f})"
-                ax.set_title(title, fontsize=9)
-        if im is not None:
-            fig.colorbar(im, cax=fig.add_subplot(gs[r, -1]), label="attention")
+        _attention_row(fig, gs, r, row_name, maps, heads, image, query, patch_size, gate, cls_mass)
     kind = "GPSA" if gpsa else "MHSA"
     title = f"Layer {layer + 1} ({kind}): attention from patch (row {qr}, col {qc})"
     if note:
         title += f"\n{note}"
     fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return _save(fig, path)
+
+
+def _centres_limit(init: Tuple[List, List], final: Tuple[List, List], grid: Optional[Tuple[int, int]]) -> float:
+    """Half-width of the panels of :func:`plot_centres`: every centre with its circle (radius
+    capped at the grid size) fits, and at least 2 patches show."""
+    limit = 2.0
+    cap = float(max(grid)) if grid else 8.0
+    for centres, spans in (init, final):
+        for layer_c, layer_s in zip(centres, spans):
+            for c, s in zip(layer_c, layer_s):
+                if c is None or c[0] is None or s is None:
+                    continue
+                r = math.sqrt(s / 2)
+                limit = max(limit, abs(c[0]) + min(r, cap), abs(c[1]) + min(r, cap))
+    return min(limit + 0.3, cap)
+
+
+def _centre_arrows(ax, c_init: List, s_init: List, c_final: List, s_final: List) -> List[str]:
+    """One layer's heads on ``ax``: init (grey, dashed) and trained (coloured) centres and
+    circles joined by an arrow; returns the notes for heads whose trained attention has no peak."""
+    notes = []
+    for h in range(len(c_final)):
+        colour = f"C{h}"
+        c0 = c_init[h] if h < len(c_init) else None
+        s0 = s_init[h] if h < len(s_init) else None
+        c1, s1 = c_final[h], s_final[h]
+        ok0 = c0 is not None and None not in c0 and s0 is not None
+        ok1 = c1 is not None and None not in c1 and s1 is not None
+        if ok0:
+            ax.add_patch(Circle(c0, math.sqrt(s0 / 2), fill=False, ec="grey", ls="--", lw=0.8))
+            ax.plot(*c0, "o", mfc="none", mec="grey", ms=6)
+        if ok1:
+            ax.add_patch(Circle(c1, math.sqrt(s1 / 2), fill=False, ec=colour, lw=1.3))
+            ax.plot(*c1, "o", color=colour, ms=6, label=f"head {h + 1}")
+        else:
+            notes.append(f"head {h + 1}: no peak")
+        if ok0 and ok1 and (abs(c0[0] - c1[0]) + abs(c0[1] - c1[1])) > 0.05:
+            ax.annotate("", xy=c1, xytext=c0, arrowprops=dict(arrowstyle="->", color=colour, lw=0.8))
+    return notes
 
 
 def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
@@ -238,36 +286,10 @@ def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(3.3 * cols, 3.4 * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    limit = 2.0
-    cap = float(max(grid)) if grid else 8.0
-    for centres, spans in ((ic, isp), (fc, fsp)):
-        for layer_c, layer_s in zip(centres, spans):
-            for c, s in zip(layer_c, layer_s):
-                if c is None or c[0] is None or s is None:
-                    continue
-                r = math.sqrt(s / 2)
-                limit = max(limit, abs(c[0]) + min(r, cap), abs(c[1]) + min(r, cap))
-    limit = min(limit + 0.3, cap)
+    limit = _centres_limit((ic, isp), (fc, fsp), grid)
     for l in range(n):
         ax = axes[l]
-        notes = []
-        for h in range(len(fc[l])):
-            colour = f"C{h}"
-            c0 = ic[l][h] if l < len(ic) and h < len(ic[l]) else None
-            s0 = isp[l][h] if l < len(isp) and h < len(isp[l]) else None
-            c1, s1 = fc[l][h], fsp[l][h]
-            ok0 = c0 is not None and None not in c0 and s0 is not None
-            ok1 = c1 is not None and None not in c1 and s1 is not None
-            if ok0:
-                ax.add_patch(Circle(c0, math.sqrt(s0 / 2), fill=False, ec="grey", ls="--", lw=0.8))
-                ax.plot(*c0, "o", mfc="none", mec="grey", ms=6)
-            if ok1:
-                ax.add_patch(Circle(c1, math.sqrt(s1 / 2), fill=False, ec=colour, lw=1.3))
-                ax.plot(*c1, "o", color=colour, ms=6, label=f"head {h + 1}")
-            else:
-                notes.append(f"head {h + 1}: no peak")
-            if ok0 and ok1 and (abs(c0[0] - c1[0]) + abs(c0[1] - c1[1])) > 0.05:
-                ax.annotate("", xy=c1, xytext=c0, arrowprops=dict(arrowstyle="->", color=colour, lw=0.8))
+        notes = _centre_arrows(ax, ic[l] if l < len(ic) else [], isp[l] if l < len(isp) else [], fc[l], fsp[l])
         ax.plot(0, 0, "k+", ms=10, mew=1.5)
         ax.set_xlim(-limit, limit)
         ax.set_ylim(limit, -limit)  # dy down, like image rows

@@ -2,7 +2,7 @@
 
 Examples::
 
-    convit experiment sample-efficiency --preset digits-cpu            # ~20 min on 2 cores
+    convit experiment sample-efficiency --preset digits-cpu            # wall time: docs/results.md, sec. 1
     convit experiment ablation --preset digits-cpu --fractions 0.25 1
     convit experiment sample-efficiency --preset cifar10-gpu --output runs/exp/cifar
     convit experiment sample-efficiency --preset digits-cpu --dry-run  # list the runs
@@ -21,16 +21,17 @@ from pathlib import Path
 
 import yaml
 
-from ..experiments.grids import GRIDS, PRESETS
+from ..experiments.grids import GRIDS
 from ..experiments.results import write_results
 from ..experiments.runner import load_results, plan_runs, run_status, run_sweep
+from ..presets import EXPERIMENT_SCALES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "presets:\n" + "\n".join(f"  {k}: {v.description}" for k, v in PRESETS.items())
+    p.epilog = "presets:\n" + "\n".join(f"  {k}: {v.description}" for k, v in EXPERIMENT_SCALES.items())
     p.add_argument("grid", choices=list(GRIDS), help="which comparison of the paper to run")
-    p.add_argument("--preset", choices=list(PRESETS), default="digits-cpu",
+    p.add_argument("--preset", choices=list(EXPERIMENT_SCALES), default="digits-cpu",
                    help="data, model size, recipe and default fractions/seeds (default: digits-cpu)")
     p.add_argument("--output", metavar="DIR", help="sweep folder (default: runs/experiments/<grid>-<preset>)")
     p.add_argument("--seeds", type=int, metavar="N", help="number of seeds, 0..N-1 (default: the preset's)")

@@ -17,7 +17,7 @@ from ..analysis import training_hooks
 from ..config import add_config_arguments, config_from_args, given_fields, load_config_file
 from ..engine import NonFiniteLossError
 from ..fileio import CheckpointSaveError
-from ..runs import config_for_resume
+from ..runs import read_resume
 from ..train import fit
 
 
@@ -28,16 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    state = None
     if getattr(args, "resume", None):
-        # The resumed run's own config, then the file and the flags given now on top.
+        # The resumed run's own config, then the file and the flags given now on top; its
+        # last.pt is read here, once, and handed to fit.
         given = given_fields(args)
         if hasattr(args, "config"):
             given = {**load_config_file(args.config), **given}
-        cfg = config_for_resume(args.resume, given)
+        cfg, state = read_resume(args.resume, given)
     else:
         cfg = config_from_args(args)
     try:
-        fit(cfg, **training_hooks())
+        fit(cfg, resume_state=state, **training_hooks())
     except NonFiniteLossError as e:
         print(f"convit train: error: {e}", file=sys.stderr)
         return 1

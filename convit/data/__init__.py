@@ -24,18 +24,24 @@ Known datasets (:data:`DATASETS`):
     torchvision's python-pickle folders; CIFAR-10 also from the packed JPEG file
     ``cifar10_jpeg.npz`` (decoded once, then cached, see :func:`load_cifar10_npz`).
 ``imagefolder``
-    ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (the ImageNet layout); unreadable
-    image files are skipped with one warning and listed in :attr:`DataBundle.skipped`.
+    ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (the ImageNet layout); files whose
+    header is unreadable are skipped with one warning and listed in
+    :attr:`DataBundle.skipped`; files that fail to decode later are left out of their batch
+    (never replaced), see :func:`collate_skipping`.
 
 Small datasets live in memory as one tensor and are augmented on tensors (no PIL round
-trip), which keeps ``__getitem__`` at roughly a hundred microseconds on one CPU core.
+trip), so ``__getitem__`` stays cheap next to the model's step.
 Augmentations come from torchvision and timm; none is re-implemented here.
 
 The modules, from the bottom up (none imports the trainer, the analysis or the experiments):
 
+* :mod:`.reader` -- :func:`read_image`, the one image-file reader (training, eval, predict):
+  every Pillow mode as it looks, EXIF orientation, bounded memory, one error type
+  (:class:`ImageReadError`); see docs/images.md;
 * :mod:`.splits` -- the stratified hold-out and the per-class subsampling;
 * :mod:`.transforms` -- training / evaluation transforms, DeiT's recipe and its posterize cap;
-* :mod:`.datasets` -- :class:`TensorImageDataset`, :class:`ImageFileDataset`, :func:`load_image`;
+* :mod:`.datasets` -- :class:`TensorImageDataset`, :class:`ImageFileDataset`, the skipping
+  collates :func:`collate_skipping` / :func:`collate_skipping_even`, :func:`load_image`;
 * :mod:`.sources` and one reader per dataset: :mod:`.digits`, :mod:`.fashion_mnist`,
   :mod:`.cifar` (with the JPEG decode cache), :mod:`.imagefolder`;
 * :mod:`.build` -- :func:`build_data` and :class:`DataBundle`;
@@ -46,16 +52,20 @@ from __future__ import annotations
 
 from .build import DATASETS, DataBundle, build_data
 from .cifar import load_cifar10_npz
-from .datasets import ImageFileDataset, TensorImageDataset, load_image
+from .datasets import (ImageFileDataset, TensorImageDataset, UnreadableSample, collate_skipping,
+                       collate_skipping_even, load_image)
 from .device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .imagefolder import IMG_EXTENSIONS
+from .reader import ImageReadError, probe_image, read_image
 from .sources import cache_dir
 from .splits import subsample_per_class
-from .transforms import AUGMENTS, eval_transform, train_transform
+from .transforms import AUGMENTS, eval_input_size, eval_transform, train_transform
 
 __all__ = [
     "DATASETS", "AUGMENTS", "DataBundle", "build_data", "subsample_per_class",
     "train_transform", "eval_transform", "load_image", "load_cifar10_npz", "cache_dir",
-    "TensorImageDataset", "ImageFileDataset", "IMG_EXTENSIONS",
+    "TensorImageDataset", "ImageFileDataset", "IMG_EXTENSIONS", "read_image", "probe_image",
+    "ImageReadError", "UnreadableSample", "collate_skipping", "collate_skipping_even",
+    "eval_input_size",
     "DeviceImages", "TrainBatches", "EvalBatches", "device_splits",
 ]

@@ -1,22 +1,30 @@
-"""The two Dataset classes and the image-file reader they and ``convit predict`` share.
+"""The two Dataset classes, and the collate functions that drop unreadable samples.
 
 :class:`TensorImageDataset` views in-memory datasets (digits, Fashion-MNIST, CIFAR) held as one
 tensor; :class:`ImageFileDataset` reads ``imagefolder`` files on demand through
-:func:`load_image`, which also fixes Pillow's conversions of palette and 16-bit images.
+:func:`convit.data.reader.read_image`, the reader ``convit predict`` uses too.
+
+A file that cannot be read is never replaced by another sample (that would count an image
+twice and change accuracy): the dataset returns an :class:`UnreadableSample` and
+:func:`collate_skipping` leaves it out of the batch, so metrics are over the images read.
 """
 from __future__ import annotations
 
 import os
+import random
 import warnings
 from pathlib import Path
-from typing import Callable, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-__all__ = ["TensorImageDataset", "ImageFileDataset", "load_image"]
+from .reader import ImageReadError, read_image
+
+__all__ = ["TensorImageDataset", "ImageFileDataset", "UnreadableSample", "collate_skipping",
+           "collate_skipping_even", "load_image"]
 
 
 class TensorImageDataset(Dataset):
@@ -49,74 +57,135 @@ class TensorImageDataset(Dataset):
         return self.transform(x), int(self.labels[i])
 
 
-#: Pillow modes of one grey channel wider than 8 bits, read as 16-bit values (0..65535):
-#: 16-bit PNG / TIFF open as ``I;16*``; 16-bit PGM (any maxval, rescaled by Pillow to
-#: 0..65535) and some TIFFs open as 32-bit ``I``.
-_GREY16_MODES: Tuple[str, ...] = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-def _grey16_to_l(im: Image.Image) -> Image.Image:
-    """A 16-bit greyscale image as 8-bit ``L``: ``round(v / 257)``, clipped to 0..255.
-
-    Pillow's own ``convert("L")``/``convert("RGB")`` clips these modes at 255 instead of
-    rescaling, which turns almost every 16-bit photo pure white. ``v / 257`` maps 0 -> 0 and
-    65535 -> 255 exactly, and ``257 * k`` (an 8-bit value stored in 16 bits) back to ``k``.
-    """
-    a = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)
-    return Image.fromarray(((a + 128) // 257).astype(np.uint8))  # = round(a / 257), no ties
-
-
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an image file fully (decoded), for ``convit predict`` and ``imagefolder``.
+    """A file decoded with its alpha kept (``L``, ``LA``, ``RGB`` or ``RGBA``): the reader's
+    ``read_image(path, mode=None)``, for callers that convert the image themselves (the eval
+    transform composites alpha as the reader does). Raises
+    :class:`~convit.data.reader.ImageReadError` (a ``ValueError``; also a
+    ``FileNotFoundError`` when the file is missing)."""
+    return read_image(path, mode=None)
 
-    The result converts correctly with ``.convert("RGB")`` / ``.convert("L")``: palette
-    images come back as ``RGBA`` and 16-bit greyscale ones (``I;16``, ``I``) as 8-bit ``L``
-    scaled by 1/257 (see :func:`_grey16_to_l`); other modes are returned as decoded.
-    Raises ``FileNotFoundError`` if it does not exist and ``ValueError`` naming the file if
-    Pillow cannot read it (not an image, truncated, unsupported format).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                return im.convert("RGBA")
-            if im.mode in _GREY16_MODES:
-                return _grey16_to_l(im)
-            return im.copy()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+
+class UnreadableSample:
+    """What :class:`ImageFileDataset` returns for a file it could not read: the file, why,
+    and the shape its image would have had (for an empty batch). Never a training or
+    evaluation sample: :func:`collate_skipping` drops it."""
+
+    __slots__ = ("path", "reason", "shape")
+
+    def __init__(self, path: str, reason: str, shape: Tuple[int, ...]):
+        self.path, self.reason, self.shape = path, reason, shape
+
+    def __repr__(self) -> str:
+        return f"UnreadableSample({self.path!r}: {self.reason})"
+
+    def __len__(self) -> int:
+        """``default_collate`` asks a sample's length: say what to use instead."""
+        raise TypeError(f"{self.path} could not be read ({self.reason}); make the DataLoader with "
+                        f"collate_fn=convit.data.collate_skipping to leave unreadable files out")
+
+
+def _empty_batch(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+    """0 images of the shape the samples of ``batch`` have (or would have had)."""
+    shape: Tuple[int, ...] = (0,)
+    for b in batch:
+        shape = b.shape if isinstance(b, UnreadableSample) else tuple(b[0].shape)
+        break
+    return torch.empty((0, *shape)), torch.empty(0, dtype=torch.long)
+
+
+def collate_skipping(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``default_collate`` of the readable samples of ``batch``; unreadable ones are left out,
+    so a batch may be smaller (an all-unreadable batch has 0 images, of the right shape)."""
+    good = [b for b in batch if not isinstance(b, UnreadableSample)]
+    return default_collate(good) if good else _empty_batch(batch)
+
+
+def collate_skipping_even(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`collate_skipping` that also drops the last readable sample of an odd batch:
+    timm's mixup / cutmix pairs each image with another and needs an even batch."""
+    good = [b for b in batch if not isinstance(b, UnreadableSample)]
+    good = good[:len(good) - len(good) % 2]
+    return default_collate(good) if good else _empty_batch(batch)
 
 
 class ImageFileDataset(Dataset):
-    """Images read from disk on demand (``imagefolder``), converted to ``in_chans`` channels.
+    """Images read from disk on demand (``imagefolder``), converted to ``in_chans`` channels by
+    :func:`~convit.data.reader.read_image`.
 
-    A file that passed the scan but fails to decode later (e.g. a truncated JPEG) does not
-    crash training: it is reported once with a warning, recorded in ``failed``, and the next
-    readable sample is returned instead.
+    A file that passed the scan but cannot be read now (e.g. a truncated JPEG) is never
+    replaced by another sample: ``strict=False`` (default) returns an :class:`UnreadableSample`
+    -- use :func:`collate_skipping` as the DataLoader's ``collate_fn`` (also at
+    ``dataset.collate_fn``) -- warns once per file with the count so far, and records it in
+    ``failed`` (paths, in order) and ``reasons`` (path -> reason), and, when ``failed_log`` is
+    set, appends ``path<TAB>reason`` to that file: DataLoader workers run in other processes,
+    so the file is how their failures reach the caller (:meth:`skipped` reads both).
+    ``strict=True`` raises the :class:`~convit.data.reader.ImageReadError` instead.
+
+    ``target_size`` / ``max_pixels`` go to the reader (reduced decoding of large files; the
+    decompression-bomb limit, Pillow's by default).
     """
 
-    def __init__(self, samples: List[Tuple[str, int]], transform: Callable, in_chans: int = 3):
+    collate_fn = staticmethod(collate_skipping)
+
+    def __init__(self, samples: List[Tuple[str, int]], transform: Callable, in_chans: int = 3, *,
+                 strict: bool = False, target_size: Optional[int] = None, max_pixels: Optional[int] = -1,
+                 failed_log: Optional[Union[str, os.PathLike]] = None):
         self.samples = samples
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
         self.transform = transform
         self.mode = "L" if in_chans == 1 else "RGB"
+        self.strict, self.target_size, self.max_pixels = strict, target_size, max_pixels
+        self.failed_log = failed_log
         self.failed: List[str] = []
+        self.reasons: Dict[str, str] = {}
+        self._shape: Optional[Tuple[int, ...]] = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        for k in range(len(self.samples)):
-            path, y = self.samples[(i + k) % len(self.samples)]
-            try:
-                img = load_image(path).convert(self.mode)
-            except (ValueError, FileNotFoundError) as e:
-                if path not in self.failed:
-                    self.failed.append(path)
-                    warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
-                continue
-            return self.transform(img), int(y)
-        raise RuntimeError("no readable image left in the dataset")
+    def __getitem__(self, i: int) -> Union[Tuple[torch.Tensor, int], UnreadableSample]:
+        path, y = self.samples[i]
+        try:
+            img = read_image(path, self.mode, max_pixels=self.max_pixels, target_size=self.target_size)
+        except ImageReadError as e:
+            if self.strict:
+                raise
+            return self._unreadable(path, e)
+        x = self.transform(img)
+        if self._shape is None:
+            self._shape = tuple(x.shape)
+        return x, int(y)
+
+    def _unreadable(self, path: str, e: ImageReadError) -> UnreadableSample:
+        """Record (once per file and process) and warn; the sentinel for the collate."""
+        if path not in self.reasons:
+            self.failed.append(path)
+            self.reasons[path] = e.reason
+            warnings.warn(f"skipping unreadable image ({len(self.failed)} so far, never replaced "
+                          f"by another): {e}", stacklevel=3)
+            if self.failed_log is not None:
+                with open(self.failed_log, "a", encoding="utf-8") as f:
+                    f.write(f"{path}\t{' '.join(e.reason.split())}\n")
+        return UnreadableSample(path, e.reason, self._item_shape())
+
+    def _item_shape(self) -> Tuple[int, ...]:
+        """The shape of one transformed image: of a real one once read, else of a blank
+        image (with every random generator restored, so seeded augmentation is unchanged)."""
+        if self._shape is None:
+            py, npy = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng(devices=[]):
+                self._shape = tuple(self.transform(Image.new(self.mode, (64, 64))).shape)
+            random.setstate(py)
+            np.random.set_state(npy)
+        return self._shape
+
+    def skipped(self) -> Dict[str, str]:
+        """Every file skipped so far, path -> reason: this process's and, with ``failed_log``,
+        those its DataLoader workers wrote there."""
+        out = dict(self.reasons)
+        if self.failed_log is not None and os.path.exists(self.failed_log):
+            for line in Path(self.failed_log).read_text(encoding="utf-8").splitlines():
+                path, _, reason = line.partition("\t")
+                out.setdefault(path, reason)
+        return out

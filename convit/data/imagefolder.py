@@ -1,7 +1,9 @@
 """``imagefolder``: ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (the ImageNet layout).
 
-Unreadable image files are skipped at scan time with one warning and listed in
-``DataBundle.skipped``.
+Files whose header cannot be read (through :func:`convit.data.reader.probe_image`: not an
+image, or over the decompression-bomb pixel limit) are skipped at scan time with one warning
+naming each and its reason, and listed in ``DataBundle.skipped``; files that fail later, when
+decoded, are skipped by the dataset (:class:`~convit.data.datasets.ImageFileDataset`).
 
 The scan stays ours rather than ``torchvision.datasets.ImageFolder`` / ``find_classes`` /
 ``make_dataset``, which differ in ways that change a run: ``find_classes`` makes hidden folders
@@ -19,23 +21,23 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .reader import ImageReadError, probe_image
 from .sources import Source
 
 __all__ = ["load_imagefolder", "IMG_EXTENSIONS"]
 
 
-def _readable(path: str) -> bool:
-    """Cheap scan-time check: Pillow can identify the file from its header."""
+def _unreadable(path: str) -> Optional[str]:
+    """Cheap scan-time check of the header (the reader's :func:`probe_image`): None when the
+    file looks readable, else why not."""
     try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - header parsed
-        return True
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return False
+        probe_image(path)
+        return None
+    except ImageReadError as e:
+        return e.reason
 
 
 def _class_files(class_dir: Path) -> List[str]:
@@ -46,8 +48,9 @@ def _class_files(class_dir: Path) -> List[str]:
                   for f in names if f.lower().endswith(IMG_EXTENSIONS))
 
 
-def _scan_split(split_dir: Path) -> Tuple[List[str], List[Tuple[str, int]], List[str]]:
-    """Classes (sorted folder names), readable ``(path, label)`` samples and skipped files."""
+def _scan_split(split_dir: Path) -> Tuple[List[str], List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """Classes (sorted folder names), readable ``(path, label)`` samples and skipped
+    ``(path, reason)``."""
     if not split_dir.is_dir():
         raise FileNotFoundError(f"imagefolder: folder not found: {split_dir} (expected "
                                 f"{split_dir}/<class>/<images>)")
@@ -62,9 +65,9 @@ def _scan_split(split_dir: Path) -> Tuple[List[str], List[Tuple[str, int]], List
         if not files:
             raise ValueError(f"imagefolder: class folder {split_dir / c} has no images "
                              f"(extensions: {' '.join(IMG_EXTENSIONS)})")
-        ok = [_readable(f) for f in files]
-        good = [f for f, r in zip(files, ok) if r]
-        skipped += [f for f, r in zip(files, ok) if not r]
+        why = [_unreadable(f) for f in files]
+        good = [f for f, r in zip(files, why) if r is None]
+        skipped += [(f, r) for f, r in zip(files, why) if r is not None]
         if not good:
             raise ValueError(f"imagefolder: none of the {len(files)} images in class folder "
                              f"{split_dir / c} can be read")
@@ -89,10 +92,11 @@ def load_imagefolder(data_path: Optional[str]) -> Source:
                          f"only in train: {only_tr or 'none'}; only in val: {only_va or 'none'}")
     skipped = skip_tr + skip_va
     if skipped:
-        shown = ", ".join(skipped[:20]) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
-        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image file(s): {shown}")
+        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:20])
+        more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image file(s): {shown}{more}")
     return Source([p for p, _ in train], np.array([y for _, y in train], dtype=np.int64),
                   [p for p, _ in val], np.array([y for _, y in val], dtype=np.int64),
                   class_names=train_classes, in_chans=3, native_size=None,
                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, hflip=True,
-                  default_augment="deit", skipped=skipped)
+                  default_augment="deit", skipped=[p for p, _ in skipped])

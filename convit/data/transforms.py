@@ -13,6 +13,7 @@ timm's takes neither arrays, tensors nor a one-channel output.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -24,7 +25,10 @@ from timm.data.auto_augment import RandAugment
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENTS", "train_transform", "eval_transform", "tensor_eval_transform", "check_stats"]
+from .reader import convert_image
+
+__all__ = ["AUGMENTS", "train_transform", "eval_transform", "tensor_eval_transform", "check_stats",
+           "eval_input_size", "MAX_ASPECT"]
 
 AUGMENTS: Tuple[str, ...] = ("auto", "deit", "small", "none")
 
@@ -41,6 +45,12 @@ _POSTERIZE_OP = "PosterizeIncreasing"
 _POSTERIZE_MAX_MAGNITUDE = 9.99
 _CROP_PCT = 0.875  # eval: resize to img_size / 0.875 (256 for 224), centre-crop img_size
 _BICUBIC = InterpolationMode.BICUBIC
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+#: Photos longer than this many times their shorter side are centre-cropped to it before any
+#: conversion or resize (:class:`_CapAspect`): resizing the shorter side of a 40000x2 image
+#: to 256 would otherwise build a 5,120,000 x 256 intermediate. Images within it are not
+#: touched, so their results are exactly those of DeiT's resize + centre crop.
+MAX_ASPECT = 4.0
 
 
 class _ToFloatImage:
@@ -48,8 +58,10 @@ class _ToFloatImage:
     in [0, 1] with ``in_chans`` channels (greyscale <-> RGB converted as needed).
 
     Integer inputs are divided by 255 (whatever their bit depth: 16-bit files reach here as
-    8-bit ``L`` through :func:`convit.data.load_image`); float inputs are assumed to be in
-    [0, 1] already.
+    8-bit through :func:`convit.data.read_image`); float inputs are assumed to be in [0, 1]
+    already. PIL images with transparency are composited on white as the reader does
+    (:func:`convit.data.reader.convert_image`), so ``load_image``'s ``LA`` / ``RGBA`` output
+    looks the same here as ``read_image``'s ``RGB``; other modes use Pillow's ``convert``.
 
     The layout step is torchvision's ``to_image``. Two steps stay ours because the library's
     would change pixels: PIL images are converted with Pillow's own ``convert("L"/"RGB")``
@@ -66,7 +78,9 @@ class _ToFloatImage:
 
     def __call__(self, img) -> torch.Tensor:
         if isinstance(img, Image.Image):
-            img = img.convert("L" if self.in_chans == 1 else "RGB")
+            mode = "L" if self.in_chans == 1 else "RGB"
+            transparent = img.mode in _ALPHA_MODES or "transparency" in img.info
+            img = convert_image(img, mode) if transparent else img.convert(mode)
         elif isinstance(img, np.ndarray):
             if img.ndim not in (2, 3):  # to_image would read a 1-D array as a 1-pixel-high image
                 raise ValueError(f"expected an image array HxW or HxWxC, got shape {img.shape}")
@@ -83,6 +97,47 @@ class _ToFloatImage:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(in_chans={self.in_chans})"
+
+
+class _CapAspect:
+    """Centre-crop the long side of a photo (PIL image, HW / HWC array or [..., H, W] tensor)
+    to at most ``max_aspect`` times its short side; leave anything within that untouched.
+
+    The crop keeps the centre, which is all DeiT's resize + centre crop keeps of any image
+    (the central ``0.875`` of the short side, squared), so what is cut is what the eval
+    transform would discard anyway; it just is not resized first.
+    """
+
+    def __init__(self, max_aspect: float = MAX_ASPECT):
+        self.max_aspect = max_aspect
+
+    def __call__(self, img):
+        if isinstance(img, Image.Image):
+            w, h = img.size
+        elif isinstance(img, np.ndarray):
+            h, w = img.shape[:2]
+        else:
+            h, w = img.shape[-2:]
+        cap = max(1, math.ceil(self.max_aspect * min(w, h)))
+        if max(w, h) <= cap:
+            return img
+        new_w, new_h = min(w, cap), min(h, cap)
+        left, top = (w - new_w) // 2, (h - new_h) // 2
+        if isinstance(img, Image.Image):
+            return img.crop((left, top, left + new_w, top + new_h))
+        if isinstance(img, np.ndarray):
+            return img[top:top + new_h, left:left + new_w]
+        return img[..., top:top + new_h, left:left + new_w]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_aspect={self.max_aspect})"
+
+
+def eval_input_size(img_size: int, native_size: Optional[int] = None) -> int:
+    """The shorter side the eval transform resizes an image to: ``img_size / 0.875`` for
+    photos (DeiT), ``img_size`` for fixed-size datasets (squashed whole). Pass it to
+    :func:`convit.data.read_image` as ``target_size`` so large files are read reduced."""
+    return img_size if native_size is not None else int(img_size / _CROP_PCT)
 
 
 def _geometry_eval(img_size: int, native_size: Optional[int], inputs_native: bool = False
@@ -122,10 +177,13 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], i
     Output is a normalised float tensor [in_chans, img_size, img_size]. With ``native_size``
     (the fixed-size datasets) any input is resized whole to ``img_size`` (squashed if it is
     not square, as the training images never are); without it (photos) DeiT's resize +
-    centre-crop is used. Use ``bundle.native_size`` to reproduce the test-set preprocessing.
+    centre-crop is used, after capping the aspect ratio at :data:`MAX_ASPECT` (a centre crop
+    of the long side; images within it are unchanged). Use ``bundle.native_size`` to
+    reproduce the test-set preprocessing.
     """
     check_stats(mean, std, in_chans)
-    return v2.Compose([_ToFloatImage(in_chans), *_geometry_eval(img_size, native_size),
+    cap = [_CapAspect()] if native_size is None else []
+    return v2.Compose([*cap, _ToFloatImage(in_chans), *_geometry_eval(img_size, native_size),
                        v2.Normalize(list(mean), list(std))])
 
 
@@ -225,7 +283,7 @@ def train_transform(augment: str, img_size: int, mean: Sequence[float], std: Seq
                                      hflip=0.5 if hflip else 0.0, **_DEIT_AUG)
         _cap_posterize(transform)
         return transform, True
-    head = [] if native_size is not None else [_ToFloatImage(in_chans)]
+    head = [] if native_size is not None else [_CapAspect(), _ToFloatImage(in_chans)]
     if augment == "none":
         return v2.Compose([*head, *_geometry_eval(img_size, native_size, inputs_native=True),
                            v2.Normalize(list(mean), list(std))]), False

@@ -37,10 +37,11 @@ from safetensors import safe_open
 from ..analysis import training_hooks
 from ..config import TrainConfig, build_config
 from ..fileio import atomic_save
-from ..model import ConViTConfig
+from ..model import DATA_DERIVED_FIELDS, ConViTConfig
+from ..presets import ExperimentScale, experiment_scale
 from ..train import fit
 from ..zoo import model_spec
-from .grids import Preset, Variant, epochs_for_fraction, get_preset, grid_variants
+from .grids import Variant, epochs_for_fraction, grid_variants
 from .results import write_results
 
 __all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
@@ -74,10 +75,6 @@ def run_folder(output: os.PathLike, variant: str, fraction: float, seed: int) ->
     return Path(output) / variant / f"f{fraction:g}" / f"seed{seed}"
 
 
-#: ConViTConfig fields that convit.recipe.build_model derives from the data and the recipe.
-_DATA_DERIVED = ("img_size", "in_chans", "num_classes", "drop_path_rate")
-
-
 def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Every ConViTConfig field of ``model`` with ``kwargs`` on top (but those taken from the
     data), so a run's config.yaml states the whole architecture and a later change of the zoo's
@@ -85,10 +82,11 @@ def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     arch = {f.name: f.default for f in dataclasses.fields(ConViTConfig)}
     arch.update(model_spec(model).config)
     arch.update(kwargs)
-    return {k: v for k, v in arch.items() if k not in _DATA_DERIVED}
+    return {k: v for k, v in arch.items() if k not in DATA_DERIVED_FIELDS}
 
 
-def _model_for(preset: Preset, variant: Variant, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def _model_for(preset: ExperimentScale, variant: Variant,
+               overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The zoo name and (pinned, complete) ConViTConfig fields of ``variant`` at ``preset``'s size.
 
     Precedence: the zoo's config < the preset's shared sizes < its ConViT-only fields <
@@ -115,19 +113,20 @@ def _full_recipe(train: Dict[str, Any]) -> Dict[str, Any]:
     return base
 
 
-def plan_runs(grid: str, preset: Preset | str, output: os.PathLike, fractions: Optional[Sequence[float]] = None,
-              seeds: Optional[int] = None, base_epochs: Optional[float] = None,
-              variants: Optional[List[str]] = None, train_overrides: Optional[Dict[str, Any]] = None,
+def plan_runs(grid: str, preset: ExperimentScale | str, output: os.PathLike,
+              fractions: Optional[Sequence[float]] = None, seeds: Optional[int] = None,
+              base_epochs: Optional[float] = None, variants: Optional[List[str]] = None,
+              train_overrides: Optional[Dict[str, Any]] = None,
               model_overrides: Optional[Dict[str, Any]] = None) -> List[RunSpec]:
-    """Every run of ``grid`` at ``preset``: variants x fractions x seeds, in that nesting order
-    reversed (seed-major, then fraction, then variant) so that an interrupted sweep already has
-    complete comparisons for the first seed.
+    """Every run of ``grid`` at ``preset`` (an experiment scale, or its name): variants x
+    fractions x seeds, in that nesting order reversed (seed-major, then fraction, then variant)
+    so that an interrupted sweep already has complete comparisons for the first seed.
 
     fractions: default the preset's (``sample-efficiency``) or its ablation fractions (others).
     seeds: number of seeds (0..seeds-1); base_epochs: epochs at f = 1 (scaled by 1/f).
     train_overrides / model_overrides: extra TrainConfig / ConViTConfig fields for every run.
     """
-    p = get_preset(preset) if isinstance(preset, str) else preset
+    p = experiment_scale(preset) if isinstance(preset, str) else preset
     if fractions is None:
         fractions = p.fractions if grid == "sample-efficiency" else p.ablation_fractions
     fractions = sorted({float(f) for f in fractions})
@@ -312,7 +311,7 @@ def load_results(output: os.PathLike, grid: Optional[str] = None) -> List[Dict[s
         records.append(r)
     if grid is not None and records:
         try:
-            order = [v.name for v in grid_variants(grid, get_preset(records[0]["preset"]))]
+            order = [v.name for v in grid_variants(grid, experiment_scale(records[0]["preset"]))]
         except ValueError:
             order = []
         rank = {n: i for i, n in enumerate(order)}
