@@ -5,11 +5,18 @@
   Their keys are ours, so they load unchanged.
 * Our own model files are safetensors whose metadata holds the model config (and optionally
   class names), so :func:`convit.create_model` can rebuild the architecture from the file alone.
+  An export to timm's hub layout keeps that metadata in a file timm and transformers read
+  (``format: pt``, ``library: convit``).
+* A hub-repo folder (``model.safetensors`` + ``config.json``) is read as one checkpoint
+  (:func:`find_weights`).
+* Fine-tuning adaptations as timm makes them: a new head, an input convolution for another
+  number of channels (:func:`adapt_input_conv`, :func:`adapt_state_dict`).
 * Every mismatch is reported with the offending keys and shapes.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -43,12 +50,12 @@ def _unwrap(obj) -> StateDict:
 
 
 def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
-    """Load a weight file into (state_dict, metadata).
+    """Load a weight file (or the weights of a hub-repo folder) into (state_dict, metadata).
 
     metadata is the safetensors header metadata (our files hold ``config`` there) or {}.
     Prefixes written by DDP (``module.``) or torch.compile (``_orig_mod.``) are stripped.
     """
-    path = Path(path)
+    path = find_weights(path)[0] if Path(path).is_dir() else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     meta: dict = {}
@@ -74,11 +81,55 @@ def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
     return out, meta
 
 
+def read_metadata(path: os.PathLike) -> dict:
+    """The safetensors header metadata of ``path`` without reading the tensors ({} for other
+    formats, which carry none)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+
+
 def config_from_metadata(meta: dict) -> Optional[dict]:
-    """The model config stored in one of our files, or None for foreign files."""
-    if meta.get("format") == FORMAT and "config" in meta:
+    """The model config stored in one of our files (training runs, or an export to timm's
+    layout), or None for foreign files."""
+    if FORMAT in (meta.get("format"), meta.get("library")) and "config" in meta:
         return json.loads(meta["config"])
     return None
+
+
+#: Weight files of a hub-repo folder, in the order timm looks for them.
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def find_weights(path: os.PathLike) -> Tuple[Path, Optional[dict]]:
+    """The weight file meant by ``path`` and the timm ``config.json`` that describes it.
+
+    ``path`` is a file, or a hub-repo folder (``model.safetensors`` or ``pytorch_model.bin``,
+    and ``config.json``, as ``convit export --format timm`` writes).  A weight file named as
+    in such a folder takes the ``config.json`` beside it; any other file has none (None).
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        found = [path / n for n in HUB_WEIGHT_FILES if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no weights in folder {path}: expected {' or '.join(HUB_WEIGHT_FILES)}")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    config_file = folder / "config.json"
+    if path.name not in HUB_WEIGHT_FILES or not config_file.is_file():
+        return path, None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {config_file}: {e}") from None
+    return path, config if isinstance(config, dict) and "architecture" in config else None
 
 
 def plain_state_dict(model: nn.Module) -> StateDict:
@@ -86,15 +137,18 @@ def plain_state_dict(model: nn.Module) -> StateDict:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None) -> Path:
+def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None, for_hub: bool = False) -> Path:
     """Write the model weights and config as safetensors (atomically: temp file, then rename).
 
     extra: more JSON-serialisable metadata (e.g. ``{"class_names": [...], "model_name": ...}``).
+    for_hub: mark the file ``format: pt`` (what transformers requires of a safetensors file)
+        and ``library: convit``, for an export to timm's hub layout; we read it back the same.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = plain_state_dict(model)
-    meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}
+    meta = {"format": "pt", "library": FORMAT} if for_hub else {"format": FORMAT}
+    meta["config"] = json.dumps(model.cfg.to_dict())
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     return atomic_save(lambda p: save_file(sd, str(p), metadata=meta), path, "model file")
@@ -135,6 +189,46 @@ def infer_config(sd: StateDict) -> dict:
             cfg["img_size"] = side * patch
     cfg["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
     return cfg
+
+
+def adapt_input_conv(in_chans: int, weight: torch.Tensor, base_chans: int = 3) -> torch.Tensor:
+    """The patch-embedding weights [O, base_chans, p, p] for ``in_chans`` input channels, as timm
+    adapts a pretrained stem: one channel sums the source channels (a grey image is the sum of
+    equal R, G, B); other counts repeat the source channels cyclically and scale by
+    ``base_chans / in_chans``, so an input with every channel equal gives the same activations."""
+    if in_chans < 1 or base_chans < 1:
+        raise ValueError(f"channel counts must be positive, got in_chans={in_chans}, base_chans={base_chans}")
+    if weight.ndim != 4 or weight.shape[1] != base_chans:
+        raise CheckpointError(f"cannot adapt input weights of shape {list(weight.shape)} from {base_chans} channels")
+    if in_chans == base_chans:
+        return weight
+    w = weight.float()  # half-precision sums are slow or missing on CPU
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        w = w.repeat(1, math.ceil(in_chans / base_chans), 1, 1)[:, :in_chans] * (base_chans / in_chans)
+    return w.to(weight.dtype)
+
+
+def adapt_state_dict(sd: StateDict, model: nn.Module) -> Tuple[StateDict, List[str]]:
+    """``sd`` made to fit ``model`` for fine-tuning, as timm's ``pretrained=True`` does: the input
+    convolution adapted to the model's channels (:func:`adapt_input_conv`), and a classifier of
+    another size (or none) replaced by the model's own freshly initialised one.  Returns the
+    new state dict and what was changed, in words."""
+    sd, changed = dict(sd), []
+    own = model.state_dict()
+    key = "patch_embed.proj.weight"
+    if key in sd and key in own and sd[key].shape[1] != own[key].shape[1]:
+        base = sd[key].shape[1]
+        sd[key] = adapt_input_conv(own[key].shape[1], sd[key], base)
+        changed.append(f"input weights adapted from {base} to {own[key].shape[1]} channels")
+    head = [k for k in sd if k.startswith("head.")]
+    if head and any(k not in own or sd[k].shape != own[k].shape for k in head):
+        for k in head:
+            del sd[k]
+        sd.update({k: v for k, v in own.items() if k.startswith("head.")})
+        changed.append("classifier re-initialised for the new number of classes")
+    return sd, changed
 
 
 def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:

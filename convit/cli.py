@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("convit.commands.export", "export a checkpoint to ONNX or to timm's hub layout"),
     "analyze": ("convit.commands.analyze", "locality figures and HTML report of a checkpoint and its logs"),
     "experiment": ("convit.commands.experiment", "resumable sweeps reproducing the paper's sample-efficiency and ablation results"),
+    "study": ("convit.commands.study", "ConViT or DeiT on my images? plan, runs and a verdict sized to a time budget"),
 }
 
 

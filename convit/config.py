@@ -3,9 +3,9 @@
 Precedence, lowest first:
 
 1. the dataclass defaults below (the DeiT ImageNet recipe where DeiT has a value);
-2. a training preset (:data:`convit.presets.TRAIN_PRESETS`): ``imagenet``, ``digits``,
-   ``fashion-mnist`` or ``cifar``.  When none is named, the dataset picks one (digits ->
-   ``digits``, cifar10/100 -> ``cifar``, ...: :data:`convit.presets.DEFAULT_PRESET_FOR_DATASET`);
+2. a training preset (:data:`convit.presets.TRAIN_PRESETS`).  When none is named, ``finetune``
+   for ``--finetune`` / ``--pretrained``, else the dataset's (digits -> ``digits``,
+   cifar10/100 -> ``cifar``, ...: :data:`convit.presets.DEFAULT_PRESET_FOR_DATASET`);
 3. a YAML or TOML file (``convit train --config run.yaml``): a flat mapping of field names;
 4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``).
 
@@ -27,7 +27,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import yaml
 
-from .presets import DEFAULT_PRESET_FOR_DATASET, TRAIN_PRESETS
+from .presets import DEFAULT_PRESET_FOR_DATASET, FINETUNE_PRESET, TRAIN_PRESETS
 
 try:
     import tomllib
@@ -54,14 +54,13 @@ class TrainConfig:
     ConViT trains with unchanged; the presets adapt it to small data sets."""
 
     # -- preset ----------------------------------------------------------------------------
-    preset: Optional[str] = _knob(None, "named preset applied under the config file and flags: "
-                                        "imagenet, digits, fashion-mnist, cifar; none given: chosen by --dataset")
+    preset: Optional[str] = _knob(None, "named preset under the config file and flags: imagenet, digits, fashion-"
+                                        "mnist, cifar, finetune; default: finetune to fine-tune, else by --dataset")
     # -- model -----------------------------------------------------------------------------
     model: str = _knob("convit_digits", "zoo name (see `convit models`)")
     model_kwargs: Dict[str, Any] = _knob({}, "extra ConViTConfig fields, e.g. patch_size=4 depth=6")
     drop_path: float = _knob(0.1, "stochastic depth rate (drop_path_rate of the model)")
-    num_classes: Optional[int] = _knob(None, "classifier size; default: the dataset's class count. "
-                                             "With --finetune, the head is reset to this size")
+    num_classes: Optional[int] = _knob(None, "classifier size; default: the dataset's (--finetune resets the head)")
     finetune: Optional[str] = _knob(None, "start from these weights (ours, official .pth, timm "
                                           ".safetensors/.bin); a different head is re-initialised")
     pretrained: bool = _knob(False, "start from the zoo model's published weights (found locally)")
@@ -78,6 +77,10 @@ class TrainConfig:
     augment: str = _knob("auto", "auto, deit (RandAugment+erasing), small (crop+flip) or none")
     repeated_aug: bool = _knob(False, "repeated augmentation (3 augmented copies per image, DeiT)")
     num_workers: int = _knob(0, "DataLoader worker processes per training process")
+    strict_images: bool = _knob(False, "any unreadable image is an error, not skipped (skipped files are "
+                                       "listed in <output>/skipped.tsv)", aliases=("--strict",))
+    max_image_pixels: Optional[int] = _knob(None, "decompression-bomb limit of the image reader (pixels); "
+                                                  "default: Pillow's; 0: no limit, for trusted files only")
     # -- optimisation ----------------------------------------------------------------------
     epochs: int = _knob(300, "training epochs (before --scale-epochs)")
     batch_size: int = _knob(64, "images per step per process")
@@ -89,8 +92,12 @@ class TrainConfig:
     weight_decay: float = _knob(0.05, "weight decay (not applied to biases, norms, position "
                                       "embeddings, class token and gates)")
     clip_grad: Optional[float] = _knob(None, "clip the gradient norm to this value")
+    layer_decay: Optional[float] = _knob(None, "layer-wise lr decay (timm's): head at lr, block i of L at lr x "
+                                               "decay^(L - i), patch embedding at lr x decay^(L + 1); none: off")
+    grad_accum_steps: int = _knob(1, "N batches per optimizer step: the update of one N-times-larger batch")
     sched: str = _knob("cosine", "learning-rate schedule for timm.scheduler.create_scheduler_v2")
-    warmup_epochs: float = _knob(5, "linear warm-up epochs (before --scale-epochs)")
+    warmup_epochs: float = _knob(5, "linear warm-up epochs (before --scale-epochs); when --epochs is given "
+                                    "and this is not, the preset's warm-up capped to 20% of the epochs")
     warmup_lr: float = _knob(1e-6, "learning rate at the start of warm-up")
     min_lr: float = _knob(1e-5, "final learning rate of the cosine schedule")
     # -- regularisation --------------------------------------------------------------------
@@ -106,8 +113,11 @@ class TrainConfig:
     amp: str = _knob("auto", "mixed precision: auto (bf16 on CUDA, off elsewhere), bf16, fp16, off")
     compile: bool = _knob(False, "torch.compile the model")
     channels_last: bool = _knob(False, "channels-last memory format (helps convolutions on GPU)")
+    grad_checkpointing: bool = _knob(False, "recompute each block in backward instead of storing activations")
     threads: Optional[int] = _knob(None, "CPU threads per process; default: cpu_count / processes")
     seed: int = _knob(0, "random seed (data split, init, augmentation order)")
+    memory_check: bool = _knob(True, "refuse, before the first step, a run whose estimated memory exceeds "
+                                     "what the device has (convit.memory)")
     # -- run, logging ----------------------------------------------------------------------
     output: Optional[str] = _knob(None, "run folder; default runs/<model>_<dataset> (a free "
                                         "suffix is added if it already holds a run)")
@@ -129,7 +139,7 @@ class TrainConfig:
             bad(f"--sampling-ratio must be in (0, 1], got {self.sampling_ratio}")
         if not (0.0 <= float(self.val_fraction) < 1.0):
             bad(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("epochs", "batch_size", "eval_every"):
+        for name in ("epochs", "batch_size", "eval_every", "grad_accum_steps"):
             if int(getattr(self, name)) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_epochs", "blr", "weight_decay", "mixup", "cutmix", "drop_path",
@@ -151,6 +161,8 @@ class TrainConfig:
             bad(f"unknown preset {self.preset!r}; known: {', '.join(TRAIN_PRESETS)}")
         if self.clip_grad is not None and not self.clip_grad > 0:
             bad(f"--clip-grad must be positive, got {self.clip_grad}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            bad(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         return self
 
     @property
@@ -166,16 +178,17 @@ class TrainConfig:
         return self.warmup_epochs / self.sampling_ratio if self.scale_epochs else self.warmup_epochs
 
     def resolved_lr(self, world_size: int = 1) -> float:
-        """The absolute learning rate: ``lr`` if set, else DeiT's ``blr * global_batch / 512``."""
+        """``lr`` if set, else DeiT's ``blr * global_batch / 512`` (batch x processes x grad_accum_steps)."""
         if self.lr is not None:
             return float(self.lr)
-        return self.blr * self.batch_size * world_size / 512.0
+        return self.blr * self.batch_size * world_size * self.grad_accum_steps / 512.0
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_BOOL_WORDS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off"), False)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,15 +212,10 @@ def _coerce(name: str, value: Any) -> Any:
             return None
         raise ValueError(f"config key {name!r} cannot be empty")
     try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
+        if typ is bool:  # True/False, 1/0 and the words of _BOOL_WORDS
+            word = str(value).lower() if isinstance(value, (str, int)) else None
+            if isinstance(value, bool) or word in _BOOL_WORDS:
+                return value if isinstance(value, bool) else _BOOL_WORDS[word]
             raise ValueError
         if typ is int:
             if isinstance(value, float) and not value.is_integer():
@@ -269,8 +277,8 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
                  ) -> TrainConfig:
     """Defaults < preset < config file < ``overrides`` (e.g. the flags given on the command line).
 
-    The preset is the one named in ``overrides``, else in the file, else the one of the
-    dataset (from the same places, default ``digits``).
+    The preset is the one named in ``overrides``, else in the file, else ``finetune`` if either
+    sets ``finetune`` or ``pretrained``, else the dataset's (default ``digits``).
     """
     overrides = dict(overrides or {})
     _check_keys(overrides, "overrides")
@@ -278,7 +286,8 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
     from_file = load_config_file(config_file) if config_file else {}
     layered = {**from_file, **overrides}
     dataset = layered.get("dataset", TrainConfig.dataset)
-    preset = layered.get("preset") or DEFAULT_PRESET_FOR_DATASET.get(dataset)
+    finetuning = layered.get("finetune") or layered.get("pretrained")
+    preset = layered.get("preset") or (FINETUNE_PRESET if finetuning else DEFAULT_PRESET_FOR_DATASET.get(dataset))
     if preset is not None and preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
     values: Dict[str, Any] = {}
@@ -288,7 +297,20 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
     values.update(layered)
     if "dataset" in layered:  # a preset's dataset never overrides the one asked for
         values["dataset"] = layered["dataset"]
+    if "epochs" in layered and "warmup_epochs" not in layered:
+        values["warmup_epochs"] = fitted_warmup(values.get("warmup_epochs", TrainConfig.warmup_epochs),
+                                                layered["epochs"])
     return TrainConfig(**values).validate()
+
+
+#: A run shortened with ``epochs`` (warm-up not given) warms up for at most this fraction of it.
+WARMUP_CAP_FRACTION = 0.2
+
+
+def fitted_warmup(warmup_epochs: float, epochs: float) -> float:
+    """The preset's warm-up, capped to :data:`WARMUP_CAP_FRACTION` of ``epochs``: a run
+    shortened below its preset's warm-up would otherwise never reach its learning rate."""
+    return min(float(warmup_epochs), round(WARMUP_CAP_FRACTION * float(epochs), 6))
 
 
 def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[str, Any]] = None) -> None:
@@ -354,7 +376,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help_ = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
         kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
         if typ is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            parser.add_argument(flag, *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kw)
         elif typ is dict:
             parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", action=_KwargsAction, **kw)
         elif f.name == "resume":

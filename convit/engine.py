@@ -61,7 +61,9 @@ class TrainStep:
     """What one optimisation step needs besides the model and the batch (built by
     :func:`convit.recipe.build_recipe`), so the loop passes one object instead of nine.
 
-    optimizer: stepped once per batch.  loss_fn: ``loss_fn(logits, targets)``, accepting the
+    optimizer: stepped once per update: every ``accum_steps`` batches, whose gradients are
+        accumulated (each loss divided by the batches of the update), and after the epoch's
+        last batch.  loss_fn: ``loss_fn(logits, targets)``, accepting the
         soft targets of ``mixup_fn`` when there is one.  lr_scheduler: timm, stepped per update
         (``step_update``), or None.  mixup_fn: timm ``Mixup`` or None.  scaler: a GradScaler
         (fp16 only); None or disabled: plain steps.  clip_grad: max gradient norm, or None.
@@ -78,11 +80,13 @@ class TrainStep:
     ema: Any = None
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
+    accum_steps: int = 1
 
     @property
     def lr(self) -> float:
-        """The rate the next step will use (the first parameter group's)."""
-        return self.optimizer.param_groups[0]["lr"]
+        """The rate the next step will use: the largest of the parameter groups' (with layer-wise
+        decay, the head's, which is the nominal rate)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device: torch.device, epoch: int, *,
@@ -91,8 +95,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device:
     """Train ``model`` for one pass over ``loader`` with ``step``; returns ``train_loss``, ``lr``
     (the rate the last step used), ``images_per_s`` and ``train_images`` (over all processes).
 
-    epoch: 1-based (for messages, and for the per-update schedule and EMA: after update ``i``
-        of the epoch the update count is ``(epoch - 1) * len(loader) + i``).  progress: a bar
+    epoch: 1-based (for messages, and for the per-update schedule and EMA: after update ``u``
+        of the epoch the update count is ``(epoch - 1) * ceil(len(loader) / accum_steps) + u``).  progress: a bar
         when stderr is a terminal; log_every: without a bar, print a line every N steps (0: never).
 
     Raises :class:`NonFiniteLossError` on a NaN/inf loss before the step that would corrupt
@@ -135,25 +139,37 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
 
 def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step: TrainStep,
             scaler: torch.amp.GradScaler, at: Tuple[int, int, int]) -> Tuple[torch.Tensor, float]:
-    """One optimisation step on one batch; returns the (detached) loss and the rate it used.
+    """One batch: forward and backward, then, at the last batch of an update (every
+    ``step.accum_steps`` batches, and the epoch's last), the optimizer step, the EMA and the
+    schedule.  Returns the (detached) loss and the rate the update uses.
 
-    at: (epoch, step, steps), 1-based: the update count after this step, which the schedule
-    and the EMA are functions of, and where a NaN/inf loss happened.
+    at: (epoch, batch, batches), 1-based: where the batch is, which update it belongs to (the
+    schedule and the EMA are functions of the update count) and where a NaN/inf loss happened.
+    Each loss is divided by the number of batches of its update, so the accumulated gradient
+    is the mean over the update's batches: the gradient of one batch that many times larger.
     """
     epoch, i, steps = at
-    updates = (epoch - 1) * steps + i
-    if step.mixup_fn is not None:
-        images, targets = step.mixup_fn(images, targets)
-    with autocast(images.device, step.amp_dtype):
-        loss = step.loss_fn(model(images).float(), targets)
+    first = i - (i - 1) % step.accum_steps  # the update's first batch
+    last = min(first + step.accum_steps - 1, steps)
+    updates = (epoch - 1) * math.ceil(steps / step.accum_steps) + math.ceil(i / step.accum_steps)
+    # Under DDP, only the update's last backward all-reduces the gradients.
+    sync = contextlib.nullcontext() if i == last or not hasattr(model, "no_sync") else model.no_sync()
+    with sync:
+        if step.mixup_fn is not None:
+            images, targets = step.mixup_fn(images, targets)
+        with autocast(images.device, step.amp_dtype):
+            loss = step.loss_fn(model(images).float(), targets)
 
-    # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
-    bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=images.device))
-    if bad.item() > 0:
-        raise NonFiniteLossError(epoch, i, steps, loss.item(), step.lr)
-
-    step.optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+        # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
+        bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=images.device))
+        if bad.item() > 0:
+            raise NonFiniteLossError(epoch, i, steps, loss.item(), step.lr)
+        if i == first:
+            step.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss / (last - first + 1)).backward()
+    lr = step.lr  # the rate this update uses
+    if i < last:
+        return loss.detach(), lr
     if step.clip_grad is not None:
         scaler.unscale_(step.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad)
@@ -161,7 +177,6 @@ def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step:
     scaler.update()
     if step.ema is not None:
         step.ema.update(model, step=updates)
-    lr = step.lr  # the rate this step used
     if step.lr_scheduler is not None:
         step.lr_scheduler.step_update(num_updates=updates)
     return loss.detach(), lr

@@ -233,6 +233,8 @@ class ConViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups, as its ViTs: stem, one per block, the norm with the last
+        (what timm's layer-wise lr decay, ``create_optimizer_v2(layer_decay=...)``, reads)."""
         return dict(stem=r"^cls_token|pos_embed|patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
-__all__ = ["TRAIN_PRESETS", "DEFAULT_PRESET_FOR_DATASET", "DIGITS_DATA_CFG", "ExperimentScale",
+__all__ = ["TRAIN_PRESETS", "DEFAULT_PRESET_FOR_DATASET", "FINETUNE_PRESET", "DIGITS_DATA_CFG", "ExperimentScale",
            "EXPERIMENT_SCALES", "experiment_scale"]
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +45,18 @@ TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {
     "cifar": dict(model="convit_tiny", model_kwargs={"patch_size": 4}, dataset="cifar10",
                   epochs=100, batch_size=128, blr=2e-3, warmup_epochs=5, drop_path=0.1,
                   val_fraction=0.1, num_workers=4),
+    # Fine-tuning published or trained weights (--pretrained / --finetune) on a small dataset:
+    # a short schedule, since the features are learnt already; layer-wise lr decay (BEiT, MAE),
+    # so the new head learns at the full rate while early blocks, the most general, barely move;
+    # light augmentation and no mixup/cutmix, which a few hundred images and a few epochs cannot
+    # amortise.  The rate is 5e-3 x batch / 512 (3.1e-4 at batch 32) for the head.  Not tuned:
+    # docs/model.md, "Fine-tuning", says why each value.  No model or dataset: those of the run.
+    "finetune": dict(epochs=10, batch_size=32, blr=5e-3, warmup_epochs=1, min_lr=1e-6, weight_decay=0.05,
+                     layer_decay=0.75, drop_path=0.1, augment="small", mixup=0.0, cutmix=0.0, smoothing=0.1),
 }
+
+#: The training preset of ``--finetune`` / ``--pretrained`` runs, used when ``--preset`` is not given.
+FINETUNE_PRESET = "finetune"
 
 #: The training preset of each dataset, used when ``--preset`` is not given.
 DEFAULT_PRESET_FOR_DATASET: Dict[str, str] = {
@@ -149,6 +160,23 @@ EXPERIMENT_SCALES: Dict[str, ExperimentScale] = {
         fractions=(0.05, 0.1, 0.3, 0.5, 1.0), ablation_fractions=(0.1, 1.0), seeds=2,
         base_epochs=30, base_warmup=3, eval_points=10, backend="device",
         budget="20 runs (2 models x 5 fractions x 2 seeds), each 30 epochs' worth of 45k images"),
+    # CIFAR-10 on CPU cores, each run trained to convergence on its subset (docs/results.md,
+    # sec. 5): 4x4 patches (8x8 grid), 48 wide, 6 blocks (5 GPSA), small enough that a run fits
+    # one core within the grid's CPU budget.  Fractions are 50 / 100 / 250 / 1000 images per
+    # class of the 4,500 left after the 10% hold-out; every run sees 8 epochs' worth of 45k
+    # images (f = 50/4500 runs 720 epochs).  base_epochs is checked on DeiT's validation top-1
+    # at the smallest fraction (docs/results/cifar10-cpu/convergence.json).  Whole splits held
+    # as uint8 in memory, batched crop + flip (convit.data.device on the CPU).
+    "cifar10-cpu": ExperimentScale(
+        name="cifar10-cpu", dataset="cifar10", convit_model="convit_digits", deit_model="deit_digits",
+        description="CIFAR-10 32x32, 4x4 patches, 48-dim, 6 blocks (5 GPSA), 50-1000 images/class, "
+                    "8 epochs' worth of 45k images per run, in-memory batches, 1 thread per run",
+        train=dict(_CPU_RECIPE, preset="cifar", lr=2e-3, min_lr=1e-5, locality=True),
+        model_kwargs=dict(patch_size=4, embed_dim=48, num_heads=4, depth=6, mlp_ratio=2, global_pool="token"),
+        convit_kwargs=dict(local_up_to_layer=5),
+        fractions=tuple(n / 4500 for n in (50, 100, 250, 1000)), ablation_fractions=(100 / 4500,), seeds=2,
+        base_epochs=8, base_warmup=0.5, eval_points=10, backend="device",
+        budget="16 runs (2 models x 4 fractions x 2 seeds), each 8 epochs' worth of 45k images"),
 }
 
 

@@ -8,6 +8,7 @@ from timm's factories, as DeiT's ``main.py`` builds them.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -24,30 +25,40 @@ from .engine import TrainStep
 from .model import ARCHITECTURE_FIELDS, ConViT, ConViTConfig
 from .zoo import create_model, model_spec
 
-__all__ = ["build_model", "build_recipe"]
+__all__ = ["build_model", "build_recipe", "model_config"]
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
                 say: Callable[[str], None] = print) -> ConViT:
-    """The zoo model ``cfg.model`` sized for the data, optionally starting from weights.
+    """The zoo model ``cfg.model`` sized for the data, optionally starting from weights, with
+    gradient checkpointing as ``--grad-checkpointing`` asks.
 
-    With ``--finetune FILE`` (or ``--pretrained``) the weights are loaded with the file's own
-    head, which is then replaced by a fresh ``num_classes`` head if the sizes differ.
+    With ``--finetune FILE`` the weights are loaded with the file's own head, which is then
+    replaced by a fresh ``num_classes`` head if the sizes differ; ``--pretrained`` does the same
+    as timm's ``pretrained=True`` does (input weights adapted to the data's channels too).
     """
-    overrides = dict(cfg.model_kwargs)
-    overrides.setdefault("drop_path_rate", cfg.drop_path)
-    overrides.setdefault("in_chans", in_chans)
-    overrides.setdefault("img_size", img_size)
+    model = _weights(cfg, num_classes, in_chans, img_size, say)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    return model
+
+
+def _weights(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
+             say: Callable[[str], None]) -> ConViT:
+    """:func:`build_model`'s model, from scratch or from the weights it starts from."""
+    overrides = _overrides(cfg, in_chans, img_size)
     if cfg.finetune:
         sd, meta = read_checkpoint(cfg.finetune)
         _check_same_architecture(cfg, meta)
         head = sd["head.weight"].shape[0] if "head.weight" in sd else 0
         model = create_model(cfg.model, checkpoint_path=cfg.finetune, **{**overrides, "num_classes": head})
         source = cfg.finetune
-    elif cfg.pretrained:
-        overrides.pop("num_classes", None)
-        model = create_model(cfg.model, pretrained=True, **overrides)
-        source = f"the published {cfg.model} weights"
+    elif cfg.pretrained:  # timm's convention: a new head for another class count, input weights adapted
+        model = create_model(cfg.model, pretrained=True, **{**overrides, "num_classes": num_classes})
+        published = ConViTConfig.from_dict(model_spec(cfg.model).config).num_classes
+        if published != num_classes:
+            say(f"fine-tuning from the published {cfg.model} weights: their {published}-class head is replaced "
+                f"by a new {num_classes}-class head")
+        return model
     else:
         return create_model(cfg.model, **{**overrides, "num_classes": num_classes})
     if model.num_classes != num_classes:
@@ -55,6 +66,23 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int
             f"{num_classes}-class head")
         model.reset_classifier(num_classes)
     return model
+
+
+def _overrides(cfg: TrainConfig, in_chans: int, img_size: int) -> dict:
+    """The ConViTConfig fields a run sets on top of the zoo entry: ``--model-kwargs``, then
+    the drop-path rate and the data's channels and image size where those do not say."""
+    overrides = dict(cfg.model_kwargs)
+    overrides.setdefault("drop_path_rate", cfg.drop_path)
+    overrides.setdefault("in_chans", in_chans)
+    overrides.setdefault("img_size", img_size)
+    return overrides
+
+
+def model_config(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> ConViTConfig:
+    """The architecture :func:`build_model` builds, without building it (nothing allocated):
+    what :mod:`convit.memory` estimates before the model exists."""
+    return ConViTConfig.from_dict({**model_spec(cfg.model).config, **_overrides(cfg, in_chans, img_size),
+                                   "num_classes": num_classes})
 
 
 def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
@@ -83,8 +111,10 @@ def build_recipe(cfg: TrainConfig, model: nn.Module, *, steps: int, world: int, 
     per-update schedule, loss, mixup/cutmix, fp16 loss scaler, gradient clipping and EMA, from
     timm's factories as DeiT's ``main.py`` builds them.
 
-    model: the bare model (no DDP / compile wrapper), on ``device``.  steps: updates per epoch;
-    world: processes (the lr scales with the global batch).  amp_dtype: the autocast dtype, or
+    model: the bare model (no DDP / compile wrapper), on ``device``.  steps: batches per epoch
+    (an update every ``grad_accum_steps`` of them, and after the last); world: processes (the
+    lr scales with the global batch).  ``layer_decay``: timm's layer-wise lr decay, through the
+    model's ``group_matcher``.  amp_dtype: the autocast dtype, or
     None; only float16 gets an enabled GradScaler.  Weight decay skips 1-D parameters and
     ``model.no_weight_decay()`` (pos_embed, cls_token, gates).  The schedule is stepped per
     update, so short runs warm up smoothly; ``--sched none`` gives no scheduler.  The EMA
@@ -92,15 +122,20 @@ def build_recipe(cfg: TrainConfig, model: nn.Module, *, steps: int, world: int, 
     every process starts its EMA from rank 0's weights (which DDP has broadcast).
     """
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.resolved_lr(world), weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, eps=cfg.opt_eps)
+                                    momentum=cfg.momentum, eps=cfg.opt_eps, layer_decay=cfg.layer_decay)
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.run_epochs,
                                        warmup_epochs=cfg.run_warmup_epochs, warmup_lr=cfg.warmup_lr,
-                                       min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=steps)
+                                       min_lr=cfg.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=math.ceil(steps / cfg.grad_accum_steps))
+    if scheduler is None:  # timm's schedulers apply the layer scales; without one, apply them once
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
     loss_fn, mixup_fn = _loss_and_mixup(cfg, num_classes)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     return TrainStep(optimizer, loss_fn, lr_scheduler=scheduler, mixup_fn=mixup_fn, scaler=scaler,
-                     clip_grad=cfg.clip_grad, ema=ema, amp_dtype=amp_dtype, channels_last=cfg.channels_last)
+                     clip_grad=cfg.clip_grad, ema=ema, amp_dtype=amp_dtype, channels_last=cfg.channels_last,
+                     accum_steps=cfg.grad_accum_steps)
 
 
 def _loss_and_mixup(cfg: TrainConfig, num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:

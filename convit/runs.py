@@ -11,6 +11,12 @@ The run folder (``cfg.output``) holds::
                          atomically, so a crash or a full disk leaves the previous one intact
     best.safetensors     the weights with the best validation top-1 (never chosen on test)
     model.safetensors    the final weights (ema.safetensors: the final EMA weights)
+    skipped.tsv          image files left out because they cannot be read (path<TAB>reason);
+                         only when there are any
+    INCOMPLETE           from the folder's creation until the first last.pt: a folder holding
+                         it and no last.pt is a run that stopped before its first checkpoint,
+                         which the next run into the folder replaces (--resume too: it starts
+                         again from epoch 1 with that run's config.yaml)
     figures/, report.html, tensorboard/
 
 Policy kept here, out of the training loop: which folder ``--output`` / ``--resume`` mean
@@ -23,6 +29,10 @@ gives the config and the state that :func:`convit.train.fit` is then handed.  On
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -31,17 +41,31 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import save_model
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config_file, save_config
 from .engine import TrainStep
 from .fileio import atomic_save, read_jsonl
 from .runtime import seed_everything, set_rng_state
 
-__all__ = ["STATE_VERSION", "find_last_checkpoint", "load_training_state", "read_resume", "resolve_output",
-           "TrainingState", "RunFolder", "truncate_log"]
+__all__ = ["STATE_VERSION", "MARKER", "NoCheckpointYet", "find_last_checkpoint", "load_training_state",
+           "read_resume", "resolve_output", "TrainingState", "RunFolder", "truncate_log"]
 
 STATE_VERSION = 1
-#: Files of a run that a fresh run in the same folder (--overwrite) must not leave behind.
-_RUN_FILES = ("log.jsonl", "last.pt", "best.safetensors", "model.safetensors", "ema.safetensors", "report.html")
+#: Written when a run folder is created, removed once its first ``last.pt`` is written.
+MARKER = "INCOMPLETE"
+#: Files and folders of a run that a fresh run in the same folder must not leave behind.
+_RUN_FILES = ("log.jsonl", "last.pt", "best.safetensors", "model.safetensors", "ema.safetensors", "report.html",
+              "skipped.tsv", MARKER)
+_RUN_DIRS = ("figures", "tensorboard")
+
+
+class NoCheckpointYet(FileNotFoundError):
+    """``--resume`` of a folder whose run stopped before writing its first ``last.pt``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        super().__init__(f"{folder} holds a run that stopped before its first checkpoint (it has {MARKER} and no "
+                         f"last.pt): there is nothing to resume; `convit train --resume {folder}` starts it again "
+                         f"from epoch 1 with its config.yaml, and any run with --output {folder} replaces it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +81,8 @@ def find_last_checkpoint(resume: str, output: Optional[str] = None) -> Path:
     p = Path(resume)
     if p.is_dir():
         p = p / "last.pt"
+    if not p.is_file() and (p.parent / MARKER).is_file():
+        raise NoCheckpointYet(p.parent)
     if not p.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at {p}")
     return p
@@ -80,9 +106,24 @@ def read_resume(resume: str, overrides: Dict[str, Any]) -> Tuple[TrainConfig, Di
     which then does not read the file again.
 
     Overriding ``epochs`` extends or shortens the schedule; overriding the model or data
-    makes the checkpoint fail to load, with a message naming the mismatch.
+    makes the checkpoint fail to load, with a message naming the mismatch.  A run that stopped
+    before its first checkpoint (:class:`NoCheckpointYet`) starts again from epoch 1 in its
+    folder, with its ``config.yaml`` and ``overrides`` (state None), and says so.
     """
-    path = find_last_checkpoint(resume, overrides.get("output"))
+    try:
+        path = find_last_checkpoint(resume, overrides.get("output"))
+    except NoCheckpointYet as e:
+        if not (e.folder / "config.yaml").is_file():
+            raise
+        running = _running(e.folder, here_only=True)  # another machine's: stopped, since it is to resume
+        if running:
+            raise ValueError(f"{e.folder}: its run has not written its first checkpoint yet and is still running "
+                             f"({running})") from None
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {e.folder}: the run there stopped before its first checkpoint, so there is nothing to "
+                  "resume; starting it again from epoch 1 with its config.yaml", flush=True)
+        values = {**load_config_file(e.folder / "config.yaml"), **overrides}
+        return TrainConfig(**{**values, "output": str(e.folder), "resume": None, "overwrite": True}).validate(), None
     state = load_training_state(path)
     values = {**state["config"], "output": str(path.parent)}
     values.update({k: v for k, v in overrides.items() if k != "resume"})
@@ -91,7 +132,37 @@ def read_resume(resume: str, overrides: Dict[str, Any]) -> Tuple[TrainConfig, Di
 
 
 def _holds_run(folder: Path) -> bool:
-    return any((folder / n).exists() for n in ("last.pt", "log.jsonl", "model.safetensors"))
+    """Whether a new run must not silently replace what ``folder`` holds: a run with a
+    checkpoint, or one still writing its first (:data:`MARKER` naming a live process)."""
+    if (folder / "last.pt").exists():
+        return True
+    if (folder / MARKER).exists():  # stopped before its first checkpoint: replaceable, unless still running
+        return _running(folder) is not None
+    return any((folder / n).exists() for n in ("log.jsonl", "model.safetensors"))
+
+
+def _running(folder: Path, here_only: bool = False) -> Optional[str]:
+    """Which process ``folder``'s :data:`MARKER` names, when it may still be running: a live
+    process of this machine other than this one (``pid N on HOST``), or one of another machine,
+    which cannot be checked from here (unless ``here_only``); None when it has stopped.  (Under
+    torchrun the other ranks resolve the folder before DDP's first synchronisation, so never
+    after rank 0 wrote it.)"""
+    try:
+        text = (folder / MARKER).read_text()
+    except OSError:
+        return None
+    pid, host = re.search(r"^pid: (\d+)$", text, re.M), re.search(r"^host: (.+)$", text, re.M)
+    if pid is None or host is None or int(pid[1]) == os.getpid() and host[1] == socket.gethostname():
+        return None
+    if host[1] != socket.gethostname():
+        return None if here_only else f"pid {pid[1]} on {host[1]}, another machine: if it has stopped, delete it"
+    try:
+        os.kill(int(pid[1]), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"pid {pid[1]} on {host[1]}: if it is not a run, delete {folder / MARKER}"
 
 
 def resolve_output(cfg: TrainConfig) -> Path:
@@ -108,8 +179,10 @@ def resolve_output(cfg: TrainConfig) -> Path:
     if cfg.output is not None:
         out = Path(cfg.output)
         if not cfg.resume and not cfg.overwrite and _holds_run(out):
-            raise ValueError(f"output folder {out} already holds a run; pass --resume to continue it, "
-                             f"--overwrite to replace it, or another --output")
+            running = _running(out)
+            raise ValueError(f"output folder {out} already holds a run" + (
+                f" that has not written its first checkpoint yet and may still be running ({running})"
+                if running else "") + "; pass --resume to continue it, --overwrite to replace it, or another --output")
         return out
     base = Path("runs") / f"{cfg.model}_{cfg.dataset}"
     out, i = base, 1
@@ -205,21 +278,32 @@ class RunFolder:
 
     def __init__(self, cfg: TrainConfig, out: Path, epochs: int, say: Callable[[str], None]) -> None:
         self.cfg, self.out, self.epochs, self.say = cfg, Path(out), epochs, say
-        self.log, self.last = self.out / "log.jsonl", self.out / "last.pt"
+        self.log, self.last, self.skipped = self.out / "log.jsonl", self.out / "last.pt", self.out / "skipped.tsv"
         self.meta: Dict[str, Any] = {}  # what the model files say about the data (set by create)
         self.writer = None
         self._writer_class = _tensorboard_writer() if cfg.tensorboard else None
 
     def create(self, meta: Dict[str, Any], resumed_at: Optional[int], keep_config: bool,
                comments: Dict[str, Any]) -> None:
-        """Make the folder.  A fresh run removes a replaced run's files (nothing of it may pass
-        for this one); a resumed run drops log entries after its checkpoint's epoch.  The
+        """Make the folder.  A fresh run removes a replaced run's files and folders (nothing of it
+        may pass for this one) and writes :data:`MARKER` (removed with its first ``last.pt``); a
+        resumed run drops log entries after its checkpoint's epoch.  The
         config is written unless ``keep_config`` (a finished run resumed with nothing to train)."""
         self.meta = meta
         self.out.mkdir(parents=True, exist_ok=True)
         if resumed_at is None:
+            if (self.out / MARKER).is_file() and not self.last.is_file():
+                self.say(f"note: {self.out} held a run that stopped before its first checkpoint; "
+                         "this run replaces it")
             for name in _RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
+            for name in _RUN_DIRS:
+                if (self.out / name).is_dir() and not (self.out / name).is_symlink():
+                    shutil.rmtree(self.out / name)
+            (self.out / MARKER).write_text(
+                "This run has not written its first checkpoint (last.pt) yet. If no `convit train` runs here,\n"
+                "it stopped before one: `convit train --output DIR` (or --resume DIR) starts it again.\n"
+                f"pid: {os.getpid()}\nhost: {socket.gethostname()}\n")
         else:
             truncate_log(self.log, resumed_at)
         if not keep_config:
@@ -243,6 +327,7 @@ class RunFolder:
                        extra={**self.meta, "epoch": entry["epoch"], "val_top1": entry["val_top1"]})
         state = trained.state_dict(entry["epoch"], best, rngs)
         atomic_save(lambda p: torch.save(state, p), self.last, "training checkpoint")
+        (self.out / MARKER).unlink(missing_ok=True)
 
     def last_entry(self) -> Dict[str, Any]:
         """The last logged epoch ({} if none): what a resumed, already finished run reports."""
@@ -298,6 +383,9 @@ def summary_text(s: Dict[str, Any], has_val: bool) -> str:
                 "   (no validation split: best.safetensors is the final model)")]
     lines += [f"  checkpoint: {s['checkpoint']}   (best by val: {s['best']}; resume: {s['last']})",
               f"  log:        {s['log']}"]
+    if s.get("skipped"):
+        lines.append(f"  skipped:    {s['skipped']} unreadable image file(s), never replaced by others: "
+                     f"{s['skipped_list']}")
     if s.get("report"):
         lines.append(f"  figures:    {s['figures']}   report: {s['report']}")
     return "\n".join(lines)

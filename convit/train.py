@@ -32,14 +32,15 @@ import torch.nn as nn
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from . import distributed
+from . import distributed, memory, unreadable
 from .config import TrainConfig
-from .data import DataBundle, build_data
+from .data import (DataBundle, ImageFileDataset, build_data, collate_skipping, collate_skipping_even,
+                   set_max_image_pixels)
 from .data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
 from .fileio import CheckpointSaveError
 from .model import count_params
-from .recipe import build_model, build_recipe
+from .recipe import build_model, build_recipe, model_config
 from .runs import RunFolder, TrainingState, find_last_checkpoint, load_training_state, resolve_output, summary_text
 from .runtime import cpu_count, resolve_amp, resolve_device, rng_state, seed_everything, set_threads
 
@@ -68,18 +69,18 @@ def fit(cfg: TrainConfig, *, on_device: bool = False, on_eval: Optional[EvalHook
         # -- build: process, data, model and training step, resumed state, run folder --------------
         main, world, epochs, lr = procs.is_main, procs.world_size, cfg.run_epochs, cfg.resolved_lr(procs.world_size)
         say: Callable[[str], None] = (lambda s: print(s, flush=True)) if main else (lambda s: None)
-        amp_dtype = _start_process(cfg, device, procs)
-        state = _state_to_resume(cfg, resume_state)  # None: a fresh run
+        amp_dtype, state = _start_process(cfg, device, procs), _state_to_resume(cfg, resume_state)  # state None: fresh
         folder = RunFolder(cfg, resolve_output(cfg), epochs, say)  # same on every rank; nothing written yet
         data = device_batches(cfg, device, world) if on_device else data_loaders(cfg, device, procs.rank, world)
-        probe = data.probe() if on_eval is not None and cfg.locality and main else None
-        model, trained = _build_model_and_step(cfg, data, procs, device=device, amp_dtype=amp_dtype, say=say)
+        model, trained = _build_model_and_step(cfg, data, procs, device=device, amp_dtype=amp_dtype, say=say,
+                                               locality=on_eval is not None and cfg.locality)
         bare, step = trained.model, trained.step  # the model without DDP / compile: evaluated and saved
         start_epoch, best = (trained.restore(state, len(data.train), procs.rank, world, say) if state is not None
                              else (0, {"val_top1": -1.0, "epoch": 0}))
         keep_config = state is not None and start_epoch >= epochs  # nothing to train: config.yaml still fits
         distributed.on_main(folder.create, _metadata(cfg, data.bundle), start_epoch if state is not None else None,
                             keep_config, _config_comments(cfg, lr=lr, world=world, device=device, on_device=on_device))
+        probe = _first_reads(data, folder, procs.rank, probe=on_eval is not None and cfg.locality and main)
         say(_describe(cfg, bare, data, lr=lr, world=world, device=device, amp_dtype=amp_dtype, out=folder.out))
 
         # -- loop over epochs: train, evaluate, log, save last.pt ----------------------------------
@@ -102,7 +103,7 @@ def fit(cfg: TrainConfig, *, on_device: bool = False, on_eval: Optional[EvalHook
         entry = entry or folder.last_entry()  # a resumed run with nothing to train reports its log
         report = cfg.report and on_end is not None
         summary = _summary(folder, entry, best, epochs=start_epoch if keep_config else epochs, lr=lr, world=world,
-                           train_images=len(data.bundle.train), report=report)
+                           data=data, rank=procs.rank, report=report)
         if main:
             folder.finish(bare, step.ema, entry, start_epoch, has_val=data.val is not None)
             if report:
@@ -125,14 +126,17 @@ class RunData:
     val: Optional[Iterable]  # None without a validation split
     test: Iterable
     probe: Callable[[], torch.Tensor]  # the first 64 held-out (validation, else test) images
+    skipped: Callable[[], Dict[str, str]] = dict  # unreadable files left out so far: path -> reason
 
 
 def data_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
     """DataLoaders over :func:`convit.data.build_data`'s splits.  Training is sharded over the
     processes (DistributedSampler, or DeiT's RepeatAugSampler); evaluation by
     :class:`~convit.distributed.ShardSampler`, which shows every image exactly once."""
+    set_max_image_pixels(cfg.max_image_pixels)
     bundle = build_data(cfg.dataset, cfg.data_path, img_size=cfg.img_size, sampling_ratio=cfg.sampling_ratio,
-                        seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment, download=cfg.download)
+                        seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment, download=cfg.download,
+                        strict=cfg.strict_images)
     if len(bundle.train) == 0:
         raise ValueError(f"the training set of {cfg.dataset} is empty")
     if cfg.repeated_aug:
@@ -141,35 +145,48 @@ def data_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
         sampler = DistributedSampler(bundle.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                      drop_last=False)
     drop_last = len(sampler) >= 2 * cfg.batch_size  # DeiT drops the ragged last batch
-    train = _loader(bundle.train, cfg.batch_size, sampler, cfg, device, drop_last)
+    train = _loader(bundle.train, cfg.batch_size, sampler, cfg, device, drop_last,
+                    collate=collate_skipping_even if _mixing(cfg) else collate_skipping)
     has_val = bundle.val is not None and len(bundle.val) > 0
     val = _loader(bundle.val, 2 * cfg.batch_size, distributed.ShardSampler(len(bundle.val), rank, world), cfg,
                   device) if has_val else None
     test = _loader(bundle.test, 2 * cfg.batch_size, distributed.ShardSampler(len(bundle.test), rank, world), cfg,
                    device)
     held_out = bundle.val if has_val else bundle.test
-    return RunData(bundle, _Epochs(train, sampler, cfg.seed, rank, cfg.repeated_aug), val, test,
-                   probe=lambda: torch.stack([held_out[i][0] for i in range(min(64, len(held_out)))]))
+    splits = [ds for ds in (bundle.train, bundle.val, bundle.test) if isinstance(ds, ImageFileDataset)]
+    epochs = _Epochs(train, sampler, cfg.seed, rank, cfg.repeated_aug, device if world > 1 and splits else None)
+    return RunData(bundle, epochs, val, test,
+                   probe=lambda: collate_skipping([held_out[i] for i in range(min(64, len(held_out)))])[0],
+                   skipped=lambda: {k: v for ds in splits for k, v in ds.skipped().items()})
+
+
+def _mixing(cfg: TrainConfig) -> bool:
+    """Whether timm's mixup / cutmix runs, which pairs images: training batches must be even."""
+    return (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, cfg: TrainConfig, device: torch.device,
-            drop_last: bool = False) -> DataLoader:
+            drop_last: bool = False, collate: Callable = collate_skipping) -> DataLoader:
     # More workers than CPUs only adds process switching (the presets ask for DeiT's 8).
     workers = min(cfg.num_workers, cpu_count())
     # Its own generator seeds the worker processes (reseeded per epoch by _Epochs), leaving
-    # the global RNG to the model.
+    # the global RNG to the model.  The collate leaves unreadable files out (never replaced).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), collate_fn=collate)
 
 
 class _Epochs:
     """A training DataLoader whose shuffle and worker seeds are set per epoch (as
     :class:`~convit.data.device.TrainBatches` does), so an epoch, resumed or not, draws the
-    same batches."""
+    same batches.  A batch whose every image was unreadable is left out; with ``sync`` (the
+    device of DDP's processes, when their files may be unreadable) a step is left out by every
+    process when any one's batch is empty, as they must all take the same steps."""
 
-    def __init__(self, loader: DataLoader, sampler: Any, seed: int, rank: int, repeated_aug: bool) -> None:
+    def __init__(self, loader: DataLoader, sampler: Any, seed: int, rank: int, repeated_aug: bool,
+                 sync: Optional[torch.device] = None) -> None:
         self.loader, self.sampler, self.seed, self.rank, self.repeated_aug = loader, sampler, seed, rank, repeated_aug
+        self.sync = sync
 
     def set_epoch(self, epoch: int) -> None:
         # RepeatAugSampler shuffles with the epoch alone: the run's seed is folded into it.
@@ -180,7 +197,12 @@ class _Epochs:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
-        return iter(self.loader)
+        for images, targets in self.loader:
+            empty = len(targets) == 0
+            if self.sync is not None:
+                empty = distributed.all_reduce_sum(torch.tensor(float(empty), device=self.sync)).item() > 0
+            if not empty:
+                yield images, targets
 
 
 def device_batches(cfg: TrainConfig, device: torch.device, world: int = 1) -> RunData:
@@ -196,7 +218,7 @@ def device_batches(cfg: TrainConfig, device: torch.device, world: int = 1) -> Ru
         torch.backends.cudnn.allow_tf32 = True
     splits = device_splits(cfg.dataset, device, cfg.data_path, cfg.sampling_ratio, cfg.seed, cfg.val_fraction,
                            cfg.download)
-    mixing = (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0  # mixup pairs images: even batches
+    mixing = _mixing(cfg)
     val: Optional[DeviceImages] = splits["val"] if splits["val"] is not None and len(splits["val"]) else None
     held_out: DeviceImages = val if val is not None else splits["test"]
     return RunData(splits["bundle"], TrainBatches(splits["train"], cfg.batch_size, seed=cfg.seed, even=mixing),
@@ -227,12 +249,21 @@ def _start_process(cfg: TrainConfig, device: torch.device, procs: distributed.Di
 
 
 def _build_model_and_step(cfg: TrainConfig, data: RunData, procs: distributed.DistInfo, *, device: torch.device,
-                          amp_dtype: Optional[torch.dtype],
-                          say: Callable[[str], None]) -> Tuple[nn.Module, TrainingState]:
+                          amp_dtype: Optional[torch.dtype], say: Callable[[str], None],
+                          locality: bool = False) -> Tuple[nn.Module, TrainingState]:
     """The model sized for the data, on ``device`` (channels-last as asked); the model the
     steps call (DDP, compile: :func:`_wrap`); and the recipe's TrainStep around it, in the
-    :class:`~convit.runs.TrainingState` that ``last.pt`` saves and a resume restores."""
+    :class:`~convit.runs.TrainingState` that ``last.pt`` saves and a resume restores.
+
+    First, unless ``--no-memory-check``, a run whose estimated memory exceeds what the device
+    has is refused (:mod:`convit.memory`; ``locality``: the per-epoch measure runs too)."""
     num_classes = _num_classes(cfg, data.bundle)
+    if cfg.memory_check:  # before the model exists: building it alone can take gigabytes
+        memory.check_training_memory(
+            model_config(cfg, num_classes, data.bundle.in_chans, data.bundle.img_size), cfg.batch_size, device,
+            processes=procs.local_world_size, what=f"training {cfg.model}", amp=amp_dtype is not None,
+            ema=cfg.model_ema, optimizer_states=1 if cfg.opt.lower().startswith(("sgd", "momentum")) else 2,
+            locality_images=64 if locality else 0)
     bare = build_model(cfg, num_classes, data.bundle.in_chans, data.bundle.img_size, say).to(device)
     if cfg.channels_last:
         bare.to(memory_format=torch.channels_last)
@@ -253,6 +284,14 @@ def _train_epoch(model: nn.Module, data: RunData, step: TrainStep, epoch: int, *
     except NonFiniteLossError as e:
         raise e.with_note(_resume_advice(epoch, folder.last)) from None
     return {k: stats[k] for k in ("train_loss", "lr", "images_per_s")}
+
+
+def _first_reads(data: RunData, folder: RunFolder, rank: int, probe: bool) -> Optional[torch.Tensor]:
+    """From here on (the run folder exists) every unreadable file goes to its ``skipped.tsv``,
+    with those the scan of the dataset left out; then the first images are read: the probe of
+    the per-epoch locality hook, if ``probe``."""
+    unreadable.attach(data.bundle, folder.skipped, rank, data.skipped())
+    return data.probe() if probe else None
 
 
 def _num_classes(cfg: TrainConfig, bundle: DataBundle) -> int:
@@ -300,7 +339,8 @@ def _config_comments(cfg: TrainConfig, *, lr: float, world: int, device: torch.d
                      on_device: bool) -> Dict[str, Any]:
     """Values derived from the config, written on top of config.yaml for the reader."""
     comments = {"effective lr": lr, "epochs run": cfg.run_epochs, "warmup epochs": cfg.run_warmup_epochs,
-                "global batch": cfg.batch_size * world, "processes": world, "device": str(device)}
+                "global batch": cfg.batch_size * world * cfg.grad_accum_steps, "processes": world,
+                "device": str(device)}
     if on_device:
         comments["data"] = "on device (convit.data.device)"
     return comments
@@ -323,19 +363,24 @@ def _describe(cfg: TrainConfig, model: nn.Module, data: RunData, *, lr: float, w
     b = data.bundle
     return (f"{cfg.model} ({size} params) on {cfg.dataset}: {len(b.train)} train / "
             f"{len(b.val) if data.val is not None else 0} val / {len(b.test)} test images; "
-            f"{epochs} epochs x {steps} steps of {cfg.batch_size * world} (lr {lr:.3g}); "
+            f"{epochs} epochs x {steps} steps of {cfg.batch_size * world}"
+            + (f", an update every {cfg.grad_accum_steps}" if cfg.grad_accum_steps > 1 else "")
+            + f" (lr {lr:.3g}, warm-up "
+            f"{cfg.run_warmup_epochs:g} epochs); "
             f"{world} process(es) on {device}{precision}; run folder {out}")
 
 
 def _summary(folder: RunFolder, entry: Dict[str, Any], best: Dict[str, Any], *, epochs: int, lr: float, world: int,
-             train_images: int, report: bool) -> Dict[str, Any]:
-    """What fit returns (``time_s`` is filled in last) and prints at the end of the run."""
-    out = folder.out
-    return {"output": str(out), "epochs": epochs, "time_s": None,
+             data: RunData, rank: int, report: bool) -> Dict[str, Any]:
+    """What fit returns (``time_s`` is filled in last) and prints at the end of the run; every
+    process calls it, as the unreadable files each left out are gathered here."""
+    out, skipped = folder.out, unreadable.gather(data.skipped(), folder.skipped, rank)
+    return {"output": str(out), "epochs": epochs, "time_s": None, "skipped": len(skipped),
+            "skipped_list": str(folder.skipped) if skipped else None,
             "test_top1": entry.get("test_top1"), "test_top5": entry.get("test_top5"),
             "test_loss": entry.get("test_loss"), "val_top1": entry.get("val_top1"),
             "best_val_top1": best["val_top1"] if best["epoch"] else None, "best_epoch": best["epoch"] or None,
-            "lr": lr, "world_size": world, "train_images": train_images,
+            "lr": lr, "world_size": world, "train_images": len(data.bundle.train),
             "checkpoint": str(out / "model.safetensors"), "best": str(out / "best.safetensors"),
             "last": str(folder.last), "log": str(folder.log), "config": str(out / "config.yaml"),
             "figures": str(out / "figures"), "report": str(out / "report.html") if report else None}

@@ -1,12 +1,16 @@
 """Model zoo: named configurations, pretrained-weight metadata and ``create_model``.
 
-The maths lives in :mod:`convit.model`; this module only says which configuration a name
-means and where its published weights come from.
+The maths lives in :mod:`convit.model`; this module says which configuration a name means,
+where its published weights come from, and reads names as timm does: ``convit_tiny``,
+``convit_tiny.fb_in1k`` (a pretrained tag), ``hf-hub:org/repo`` and ``local-dir:PATH`` (a
+hub-repo folder: ``config.json`` + weights).  A model's architecture always comes from a saved
+config (our metadata, a ``config.json``) or a name, never from the shapes of its weights.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +19,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.models._features import FeatureGetterNet
 
-from .checkpoint import (CheckpointError, config_from_metadata, infer_config, load_into, read_checkpoint,
-                         read_metadata_json)
+from .checkpoint import (CheckpointError, adapt_state_dict, config_from_metadata, find_weights, infer_config,
+                         load_into, read_checkpoint, read_metadata, read_metadata_json)
 from .model import ConViT, ConViTConfig, architecture_cfg
 from .presets import DIGITS_DATA_CFG
 from .pretrained import Pretrained
+from .timm_format import config_from_timm
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,119 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
+#: Name prefixes of models described by a hub-repo folder (timm's spelling; ``hf_hub:`` is its old one).
+_REPO_SOURCES = {"hf-hub": "hf-hub", "hf_hub": "hf-hub", "local-dir": "local-dir"}
+
+
+def parse_model_name(name: str) -> Tuple[Optional[str], str, str]:
+    """``(source, id, tag)`` of a model name, as timm reads them: ``'hf-hub:org/repo[@rev]'``
+    -> ``('hf-hub', 'org/repo[@rev]', '')``, ``'local-dir:PATH'`` -> ``('local-dir', 'PATH', '')``,
+    ``'convit_tiny.fb_in1k'`` -> ``(None, 'convit_tiny', 'fb_in1k')`` (a zoo name and its
+    pretrained tag)."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _REPO_SOURCES:
+        if not rest:
+            raise ValueError(f"model name {name!r} has nothing after {prefix}:")
+        return _REPO_SOURCES[prefix], rest, ""
+    base, _, tag = name.partition(".")
+    return None, base, tag
+
+
+def _check_tag(name: str, tag: str) -> None:
+    """A pretrained tag must be the one of the zoo entry's published weights (timm's tag)."""
+    info = model_spec(name).pretrained
+    known = info.hf_hub_id.partition(".")[2] if info is not None and info.hf_hub_id else ""
+    if tag != known:
+        raise ValueError(f"unknown pretrained tag {tag!r} for {name}: "
+                         + (f"its weights are {name}.{known}" if known else "it has no published weights"))
+
+
+@dataclass
+class _Source:
+    """Where a model comes from: the config it was saved with (ConViTConfig fields, before the
+    caller's overrides), its weights, their metadata and timm's config.json."""
+
+    cfg: Dict
+    name: Optional[str] = None  # zoo name
+    weights: Optional[Path] = None
+    meta: Dict = field(default_factory=dict)
+    timm: Optional[Dict] = None  # config.json of a hub-repo folder
+    hub_id: Optional[str] = None
+    adapt: bool = False  # pretrained weights: fit the head and input channels as timm does
+    described: bool = True  # the weights came with their config (else: a zoo name's)
+
+
+def _repo(source: str, ident: str, pretrained: bool) -> Tuple[Dict, Optional[Path]]:
+    """(config.json, weight file or None) of a hub repo (``hf-hub``, through :mod:`convit.hub`:
+    cache first) or a local folder (``local-dir``); the weights only when ``pretrained``."""
+    if source == "local-dir":
+        folder = Path(ident)
+        weights, config = find_weights(folder) if pretrained else (None, None)
+        if config is None:
+            path = folder / "config.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"no config.json in {folder}: a local-dir: model is a hub-repo folder "
+                                        "(config.json + model.safetensors, as `convit export --format timm` writes)")
+            config = json.loads(path.read_text())
+        return config, weights
+    from .hub import HF_WEIGHTS_NAME, hf_hub_file  # only now: the hub stack is heavy, and rarely needed
+
+    config = json.loads(hf_hub_file(ident, "config.json").read_text())
+    return config, hf_hub_file(ident, HF_WEIGHTS_NAME) if pretrained else None
+
+
+def _no_config_error(weights: Path) -> CheckpointError:
+    """The error for a file with no config and no name: say what its shapes cannot tell."""
+    try:
+        shapes = infer_config(read_checkpoint(weights)[0])
+        keys = ("patch_size", "embed_dim", "depth", "num_heads", "local_up_to_layer", "mlp_ratio", "qkv_bias")
+        like = [n for n in list_models() if all(ConViTConfig.from_dict(model_spec(n).config).to_dict()[k]
+                                                 == shapes[k] for k in keys)]
+    except CheckpointError:
+        like = []
+    hint = f" Its shapes fit {', '.join(like)}." if like else ""
+    return CheckpointError(
+        f"{weights} carries no model config (it was not written by convit and has no config.json beside it), "
+        "and the architecture cannot be read off its shapes: global_pool ('token' or 'avg') and the input "
+        "size leave no trace in the weights, and a DeiT's head count neither; pass the model name it was "
+        f"trained as (create_model('convit_tiny', checkpoint_path=...), --model), or the export folder "
+        f"with its config.json.{hint}")
+
+
+def _resolve(name: Optional[str], pretrained: bool, checkpoint_path: Optional[os.PathLike]) -> _Source:
+    """The model's source: its saved config (our metadata, else timm's config.json, over the
+    zoo entry's) and weights.  Never guessed from the shapes of the weights."""
+    source, ident, tag = parse_model_name(name) if name else (None, None, "")
+    zoo_name, timm_cfg, weights, hub_id = None, None, None, None
+    if source is not None:
+        timm_cfg, weights = _repo(source, ident, pretrained and checkpoint_path is None)
+        hub_id = ident if source == "hf-hub" else None
+    elif ident is not None:
+        zoo_name = ident
+        model_spec(zoo_name)  # an unknown name fails here, naming the closest ones
+        if tag:
+            _check_tag(zoo_name, tag)
+    if checkpoint_path is not None:
+        weights, found = find_weights(checkpoint_path)
+        timm_cfg = found or timm_cfg
+    elif pretrained and zoo_name is not None:
+        info = model_spec(zoo_name).pretrained
+        if info is None:
+            raise ValueError(f"no published weights for {zoo_name!r}")
+        from .hub import resolve_pretrained  # only now: the hub stack is heavy, and rarely needed
+
+        weights = resolve_pretrained(zoo_name, info, weights_dir())
+    meta = read_metadata(weights) if weights is not None else {}
+    stored = config_from_metadata(meta) or (config_from_timm(timm_cfg, str(weights or ident)) if timm_cfg else None)
+    if stored is None and zoo_name is None:
+        if weights is None:
+            raise ValueError("create_model needs a model name or a checkpoint_path")
+        raise _no_config_error(weights)
+    cfg = {**(model_spec(zoo_name).config if zoo_name else {}), **(stored or {})}  # the file knows its size
+    return _Source(cfg, zoo_name, weights, meta, timm_cfg, hub_id, adapt=pretrained and checkpoint_path is None,
+                   described=stored is not None or weights is None)
+
+
 def create_model(
     name: Optional[str] = None,
     pretrained: bool = False,
@@ -118,15 +236,23 @@ def create_model(
     feature_cfg: Optional[Dict[str, Any]] = None,
     **overrides,
 ) -> Union[ConViT, FeatureGetterNet]:
-    """Build a model by zoo name and/or from a weight file.
+    """Build a model by name and/or from saved weights, with timm's conventions.
 
-    name: a zoo name (see :func:`list_models`); may be omitted when ``checkpoint_path`` is one
-        of our safetensors files (the config is stored in it) or a ConViT file whose
-        architecture can be read off its shapes.
-    pretrained: load the published weights: the local file (:func:`weights_dir`), else the
-        official download, else timm's copy on the Hugging Face hub (:mod:`convit.hub`).
-    checkpoint_path: load weights from this file (official ``.pth``, timm ``.safetensors`` /
-        ``.bin``, or ours).  Takes precedence over ``pretrained``.
+    name: a zoo name (:func:`list_models`), optionally with its pretrained tag
+        (``'convit_tiny.fb_in1k'``); ``'hf-hub:org/repo'`` or ``'local-dir:PATH'`` for a
+        hub-repo folder (``config.json`` + ``model.safetensors``, as ``convit export --format
+        timm`` writes or timm publishes).  May be omitted when ``checkpoint_path`` carries its
+        config (our files and export folders).
+    pretrained: load the published weights: the zoo's (:func:`weights_dir`, then the Hugging
+        Face cache, then the hub, then the official URL: :func:`convit.hub.resolve_pretrained`)
+        or the repo's.  As in timm, ``num_classes=N`` then gets a new, freshly initialised head
+        and ``in_chans=C`` adapted input weights (:func:`convit.checkpoint.adapt_input_conv`).
+    checkpoint_path: load these weights strictly (a file: official ``.pth``, timm
+        ``.safetensors`` / ``.bin``, ours; or an export folder).  Takes precedence over
+        ``pretrained``.  The architecture comes from the file's config (our metadata, or the
+        folder's ``config.json``), else from ``name`` (with the file's classifier size); a
+        file with neither is an error, since its shapes do not tell the pooling or the input
+        size.
     features_only: return timm's ``FeatureGetterNet`` around the model instead: calling it
         gives the patch-token maps [B, C, H/p, W/p] after the blocks in ``out_indices`` (an int
         n = the last n blocks, as timm's ViTs; negative indices count from the end), and it
@@ -135,34 +261,22 @@ def create_model(
         ``norm=True``).
     overrides: ConViTConfig fields, e.g. ``num_classes=10, drop_path_rate=0.1``.
     """
-    sd = meta = None
-    if checkpoint_path is not None:
-        sd, meta = read_checkpoint(checkpoint_path)
-    cfg: Dict = {}
-    if name is not None:
-        cfg.update(model_spec(name).config)
-    elif sd is not None:
-        cfg.update(config_from_metadata(meta) or infer_config(sd))
-    else:
-        raise ValueError("create_model needs a model name or a checkpoint_path")
-    if name is not None and sd is not None and config_from_metadata(meta):
-        stored = config_from_metadata(meta)
-        # Our file knows its own size (classes, image size, ...): trust it over the zoo defaults.
-        cfg.update(stored)
-    cfg.update(overrides)
-    model = ConViT(ConViTConfig.from_dict(cfg))
-    if sd is None and pretrained:
-        info = model_spec(name).pretrained
-        if info is None:
-            raise ValueError(f"no published weights for {name!r}")
-        from .hub import resolve_pretrained  # only now: the hub stack is heavy, and rarely needed
-
-        path = resolve_pretrained(name, info, weights_dir())
-        sd, _ = read_checkpoint(path)
-        checkpoint_path = f"pretrained weights of {name} ({path})"
+    src = _resolve(name, pretrained, checkpoint_path)
+    sd = read_checkpoint(src.weights)[0] if src.weights is not None else None
+    if sd is not None and not src.described:  # a named foreign file: its classifier's rows are its classes
+        src.cfg["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    model = ConViT(ConViTConfig.from_dict({**src.cfg, **overrides}))
     if sd is not None:
-        load_into(model, sd, source=str(checkpoint_path))
-    model.pretrained_cfg = pretrained_cfg(name, model, meta)
+        what = str(checkpoint_path or src.weights)
+        if src.adapt:
+            sd, _ = adapt_state_dict(sd, model)
+            what = f"pretrained weights of {name} ({src.weights})"
+        load_into(model, sd, source=what)
+    model.pretrained_cfg = pretrained_cfg(src.name, model, src.meta, src.timm)
+    if src.hub_id:
+        model.pretrained_cfg["hf_hub_id"] = src.hub_id
+    if src.weights is not None:
+        model.pretrained_cfg["file"] = str(src.weights)
     if features_only:
         features = FeatureGetterNet(model, out_indices=out_indices, **(feature_cfg or {}))
         features.pretrained_cfg = features.default_cfg = model.pretrained_cfg  # as timm sets them
@@ -174,26 +288,42 @@ def load_model(checkpoint: os.PathLike, name: Optional[str] = None, img_size: Op
                device: str = "cpu") -> Tuple[ConViT, Dict[str, Any]]:
     """The eval-mode model in ``checkpoint`` and what the file says about its data.
 
+    checkpoint: a weight file, an export folder, or ``'hf-hub:org/repo'`` / ``'local-dir:PATH'``.
     Returns ``(model, info)`` with ``info`` = ``{"class_names": [...] or None, "data": {mean,
-    std, img_size, in_chans, native_size, dataset} or None, "model_name": ...}`` (only our
-    files carry the first two).  The code path of ``convit eval``, ``predict`` and ``export``.
+    std, img_size, in_chans, native_size, dataset} or None, "model_name": ..., "results":
+    {epoch, test_top1, val_top1} measured by the run that wrote the file, "file": the weights}``
+    (only our files carry data and results; class names also come from a ``config.json``).  The
+    code path of ``convit eval``, ``predict`` and ``export``.
     """
-    _, meta = read_checkpoint(checkpoint)
     overrides = {"img_size": img_size} if img_size else {}
+    repo = parse_model_name(str(checkpoint))[0] is not None
     try:
-        model = create_model(name, checkpoint_path=checkpoint, **overrides)
+        model = (create_model(str(checkpoint), pretrained=True, **overrides) if repo else
+                 create_model(name, checkpoint_path=checkpoint, **overrides))
     except CheckpointError as e:
         hint = ("\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
                 "--model, or omit --model for files written by `convit train`)" if name else "")
         raise CheckpointError(f"{e}{hint}") from None
-    info = {"class_names": read_metadata_json(meta, "class_names"), "data": read_metadata_json(meta, "data"),
-            "model_name": read_metadata_json(meta, "model_name") or name}
+    file = model.pretrained_cfg["file"]
+    meta = read_metadata(file)
+    info = {"class_names": read_metadata_json(meta, "class_names") or model.pretrained_cfg.get("label_names"),
+            "data": read_metadata_json(meta, "data"),
+            "model_name": read_metadata_json(meta, "model_name") or name,
+            "results": {k: read_metadata_json(meta, k) for k in ("epoch", "test_top1", "val_top1") if k in meta},
+            "file": file}
     return model.to(device).eval(), info
 
 
-def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = None) -> dict:
+#: pretrained_cfg keys a hub-repo config.json gives about the data, kept when the model is rebuilt.
+_DATA_KEYS = ("mean", "std", "crop_pct", "crop_mode", "interpolation", "tag", "license")
+
+
+def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = None,
+                   timm_cfg: Optional[dict] = None) -> dict:
     """timm's ``pretrained_cfg`` for ``model``: the architecture's defaults, the zoo entry's
-    weights and data, then (for our own files) the data the model was trained on."""
+    weights and data, a hub-repo ``config.json``'s data and label names (``timm_cfg``), then
+    (for our own files) the data the model was trained on.  Statistics for another number of
+    channels than the model's are left at the defaults."""
     cfg = architecture_cfg(model.cfg)
     if name is not None:
         spec = model_spec(name)
@@ -202,6 +332,13 @@ def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = No
             hub_id = spec.pretrained.hf_hub_id
             cfg.update(url=spec.pretrained.url or "", hf_hub_id=hub_id,
                        tag=hub_id.partition(".")[2] or None if hub_id else None)  # 'fb_in1k'
+    if timm_cfg:
+        source = timm_cfg.get("pretrained_cfg") or {}
+        cfg.update({k: source[k] for k in _DATA_KEYS if k in source})
+        cfg["architecture"] = cfg["architecture"] or timm_cfg.get("architecture")
+        labels = timm_cfg.get("label_names")
+        if labels and len(labels) == model.num_classes:
+            cfg["label_names"] = list(labels)
     data = read_metadata_json(meta, "data") if meta else None
     if data:  # written by `convit train`: normalise and size exactly as in training
         cfg.update(mean=tuple(data["mean"]), std=tuple(data["std"]))
@@ -209,4 +346,8 @@ def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = No
             cfg["crop_pct"] = 1.0
     if meta and "model_name" in meta and name is None:
         cfg["architecture"] = read_metadata_json(meta, "model_name")
+    for key in ("mean", "std"):
+        if len(cfg[key]) != model.cfg.in_chans:  # e.g. RGB weights adapted to grey input
+            cfg[key] = architecture_cfg(model.cfg)[key]
+        cfg[key] = tuple(cfg[key])
     return cfg

@@ -33,6 +33,12 @@ from real_image_files import ImageFile, write_image_files
 TINY: List[str] = ["--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2",
                    "--sampling-ratio", "0.2", "--batch-size", "32", "--threads", "1", "--warmup-epochs", "1"]
 
+#: ``convit train`` flags of the same tiny model on an ``imagefolder`` of 8x8 images (add
+#: ``--data-path`` and ``--output``): one epoch of the imagenet preset's recipe, no report.
+TINY_IMAGEFOLDER: List[str] = ["--dataset", "imagefolder", "--img-size", "8", "--augment", "none", "--model-kwargs",
+                               "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2", "--epochs", "1",
+                               "--batch-size", "4", "--threads", "1", "--no-report", "--num-workers", "0"]
+
 #: The same size as ConViTConfig fields, for APIs that take a model config (sweeps, fit).
 TINY_MODEL = dict(depth=2, local_up_to_layer=1, embed_dim=16, patch_size=2)
 
@@ -62,6 +68,20 @@ def train_tiny(tmp_path: Path) -> Callable[..., int]:
     def train(*extra: str, name: str = "run") -> int:
         return main(["train", *TINY, "--output", str(tmp_path / name), "--no-report", *extra])
     return train
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make ``convit train`` stop with Ctrl-C (KeyboardInterrupt) when epoch ``n`` starts."""
+    import convit.train as T
+
+    real = T.train_one_epoch
+
+    def flaky(*args, **kwargs):
+        if kwargs["epoch"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", flaky)
 
 
 @dataclass(frozen=True)
@@ -192,12 +212,17 @@ class NetworkUsed(BaseException):
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test at the first DNS look-up or socket connection."""
+    """Fail the test at the first DNS look-up, socket creation or connection."""
     def refuse(*args, **kwargs):
         raise NetworkUsed(f"network used: {args[:2]}")
 
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            raise NetworkUsed(f"socket opened: {args[:2]}")
+
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "socket", NoSocket)
 
 
 def hub_snapshot(hub_cache: Path, repo_id: str, commit: str) -> Path:

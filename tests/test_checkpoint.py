@@ -46,14 +46,33 @@ def test_foreign_files_load_unchanged(tmp_path, timm_tiny, layout):
     assert (_logits(ours) - _logits(timm_tiny)).abs().max() < 1e-5
 
 
-def test_architecture_inferred_from_a_convit_file(tmp_path, timm_tiny):
+def test_a_file_without_config_needs_its_name(tmp_path, timm_tiny):
+    """Shapes cannot tell global_pool (nor the input size): a file with no config and no name is
+    an error saying so, never a guess; with its name it loads."""
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in timm_tiny.state_dict().items()}, str(path))
-    cfg = infer_config(read_checkpoint(path)[0])
+    cfg = infer_config(read_checkpoint(path)[0])  # what the shapes do tell
     assert cfg["num_heads"] == 4 and cfg["embed_dim"] == 192 and cfg["local_up_to_layer"] == 2
-    assert cfg["depth"] == 3 and cfg["img_size"] == 32 and cfg["num_classes"] == 5
-    ours = create_model(checkpoint_path=path)
+    with pytest.raises(CheckpointError, match=r"global_pool \('token' or 'avg'\).*pass the model name"):
+        create_model(checkpoint_path=path)
+    ours = create_model("convit_tiny", checkpoint_path=path, **KW)
     assert (_logits(ours) - _logits(timm_tiny)).abs().max() < 1e-5
+    # An avg-pooled model's file, read as the token-pooled default, would load without error and
+    # give other logits: the reason no file is read without its config.
+    avg = timm.create_model("convit_tiny", global_pool="avg", **KW).eval()
+    save_file({k: v.contiguous() for k, v in avg.state_dict().items()}, str(path))
+    wrong = create_model("convit_tiny", checkpoint_path=path, **KW)
+    assert (_logits(wrong) - _logits(avg)).abs().max() > 1e-3
+    assert (_logits(create_model("convit_tiny", checkpoint_path=path, global_pool="avg", **KW))
+            - _logits(avg)).abs().max() < 1e-5
+
+
+def test_a_full_size_file_without_config_names_the_zoo_models_it_fits(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pth"
+    torch.save(timm.create_model("convit_tiny").state_dict(), path)
+    with pytest.raises(CheckpointError, match="Its shapes fit convit_tiny"):
+        create_model(checkpoint_path=path)
 
 
 def test_our_files_rebuild_the_architecture(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import write_image_folder
-from convit.checkpoint import save_model
+from convit.checkpoint import CheckpointError, save_model
 from convit.cli import main
 from convit.fileio import read_jsonl
 from convit.zoo import create_model
@@ -95,16 +95,19 @@ def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
     from convit.data import build_data
 
     ref, path = _timm_convit_tiny(tmp_path)
-    # Same logits as timm through the loader `convit eval` uses (architecture read off the file).
-    model, info = load_model(str(path))
+    # timm's file has no config: its name and size are needed (its shapes do not tell the pooling).
+    with pytest.raises(CheckpointError, match="pass the model name"):
+        load_model(str(path))
+    # Same logits as timm through the loader `convit eval` uses.
+    model, info = load_model(str(path), "convit_tiny", img_size=32)
     assert info["class_names"] is None
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
     # End to end: `convit eval` on a small image folder reports timm's accuracy on it.
     root = write_image_folder(tmp_path / "imgs", classes=[f"c{c}" for c in range(10)], per_class=2, size=40)
-    assert main(["eval", "--checkpoint", str(path), "--dataset", "imagefolder", "--data-path", str(root),
-                 "--json", "--device", "cpu"]) == 0
+    assert main(["eval", "--checkpoint", str(path), "--model", "convit_tiny", "--img-size", "32", "--dataset",
+                 "imagefolder", "--data-path", str(root), "--json", "--device", "cpu"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     test = build_data("imagefolder", str(root), img_size=32).test
     images = torch.stack([test[i][0] for i in range(len(test))])

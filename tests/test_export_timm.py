@@ -63,7 +63,7 @@ def test_every_zoo_model_loads_in_timm_with_our_logits(name, tmp_path):
     torch.manual_seed(0)
     model = randomise(create_model(name, **overrides))
     ours, out, config = _saved_and_exported(model, tmp_path, extra={"model_name": name})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     family = "convit_" if model.cfg.local_up_to_layer else "deit_"
     assert config["architecture"].startswith(family) and timm.is_model(config["architecture"])
     assert config["num_classes"] == model.num_classes and config["num_features"] == model.cfg.embed_dim
@@ -73,6 +73,11 @@ def test_every_zoo_model_loads_in_timm_with_our_logits(name, tmp_path):
     x = torch.randn(2, model.cfg.in_chans, *model.cfg.img_size)
     _assert_same_logits(ours, theirs, x)
     _assert_same_logits(ours, timm.create_model(f"local-dir:{out}", pretrained=True), x)
+    # ... and back in convit: the folder, its weight file alone, and local-dir:
+    for back in (create_model(checkpoint_path=out), create_model(checkpoint_path=out / "model.safetensors"),
+                 create_model(f"local-dir:{out}", pretrained=True)):
+        assert back.cfg == ours.cfg
+        _assert_same_logits(ours, back, x)
     if model.num_classes == 1000:  # timm's default head size: the file alone is enough
         _assert_same_logits(ours, _timm_from_overlay(out, config, dict(file=str(out / "model.safetensors"))), x)
 
@@ -84,8 +89,9 @@ def test_config_json_is_timms_layout_with_the_training_data(tmp_path):
                             "model_args", "pretrained_cfg"]
     assert config["architecture"] == "convit_tiny" and config["label_names"] == CLASS_NAMES
     # timm's ConVit takes the width per head: 48 in total over 4 heads.
+    # num_classes only at the top level (and in pretrained_cfg): transformers passes its own.
     assert config["model_args"] == dict(
-        img_size=8, patch_size=2, in_chans=1, num_classes=10, global_pool="avg", depth=4, num_heads=4,
+        img_size=8, patch_size=2, in_chans=1, global_pool="avg", depth=4, num_heads=4,
         mlp_ratio=2.0, qkv_bias=False, embed_dim=12, local_up_to_layer=3, locality_strength=1.0,
         use_pos_embed=True)
     pcfg = config["pretrained_cfg"]
@@ -111,10 +117,13 @@ def test_timm_loads_the_export_from_a_hugging_face_cache_offline(tmp_path, monke
         model = randomise(create_model(name), seed=i)
         ours, out, _ = _saved_and_exported(model, tmp_path / name)
         snap = hub_snapshot(hub, f"me/{name}", "%040x" % (i + 1))
-        for f in ("config.json", "model.safetensors"):
+        for f in ("config.json", "model.safetensors", "README.md"):
             shutil.copy(out / f, snap / f)
-        theirs = timm.create_model(f"hf-hub:me/{name}", pretrained=True)
-        _assert_same_logits(ours, theirs, torch.randn(3, 1, 8, 8))
+        x = torch.randn(3, 1, 8, 8)
+        _assert_same_logits(ours, timm.create_model(f"hf-hub:me/{name}", pretrained=True), x)
+        back = create_model(f"hf-hub:me/{name}", pretrained=True)  # convit reads the same cache
+        assert back.pretrained_cfg["hf_hub_id"] == f"me/{name}"
+        _assert_same_logits(ours, back, x)
 
 
 # Custom sizes timm's classes express.  The init-only fields (gate_init, use_local_init,

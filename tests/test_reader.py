@@ -352,6 +352,16 @@ def test_reduced_reading_equals_full_reading_for_ordinary_sizes(tmp_path):
     assert read_image(tmp_path / "big.png", target_size=256).size == (750, 525)  # 2100 // 512 = 4
 
 
+def test_eval_splits_read_large_files_as_predict_does(tmp_path):
+    from conftest import write_image_folder
+    from convit.data import build_data
+
+    b = build_data("imagefolder", str(write_image_folder(tmp_path)), img_size=224, val_fraction=0.34)
+    # training crops at random scales: it reads files whole
+    assert (b.train.target_size, b.val.target_size, b.test.target_size) == (None, 256, 256)
+    assert eval_input_size(224) == 256  # what convit predict passes
+
+
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from convit.data import eval_input_size, eval_transform, read_image

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import TINY_IMAGEFOLDER, interrupt_at_epoch, write_image_folder
 import convit.train as T
 from convit.checkpoint import read_checkpoint
 from convit.cli import main
@@ -71,23 +71,12 @@ def test_run_folder_log_and_summary(trained_run):
     assert state["epoch"] == 2 and state["best"]["epoch"] == best["epoch"]
 
 
-def _interrupt_at_epoch(monkeypatch, n: int) -> None:
-    real = T.train_one_epoch
-
-    def flaky(*args, **kwargs):
-        if kwargs["epoch"] == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "train_one_epoch", flaky)
-
-
 def test_resume_is_bit_identical(train_tiny, tmp_path, monkeypatch, capsys):
     # drop_path and mixup consume random numbers every step: the RNG state must be restored too.
     extra = ["--epochs", "3", "--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"]
     assert train_tiny(*extra, name="straight") == 0
     with monkeypatch.context() as m:
-        _interrupt_at_epoch(m, 2)
+        interrupt_at_epoch(m, 2)
         assert train_tiny(*extra, name="resumed") == 130
     assert "--resume" in capsys.readouterr().err
     assert load_training_state(tmp_path / "resumed" / "last.pt")["epoch"] == 1
@@ -262,10 +251,7 @@ def test_corrupt_image_is_skipped(tmp_path, capsys):
     root = write_image_folder(tmp_path / "imgs")
     (root / "train" / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.warns(UserWarning, match="broken.png"):
-        rc = main(["train", "--dataset", "imagefolder", "--data-path", str(root), "--img-size", "8",
-                   "--augment", "none", "--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16",
-                   "patch_size=2", "--epochs", "1", "--batch-size", "4", "--threads", "1",
-                   "--output", str(tmp_path / "r"), "--no-report", "--num-workers", "0"])
+        rc = main(["train", *TINY_IMAGEFOLDER, "--data-path", str(root), "--output", str(tmp_path / "r")])
     assert rc == 0
     assert "6 train / 0 val / 6 test images" in capsys.readouterr().out  # the broken file is not one
     # No val split: the test split is evaluated every epoch, and the logged number is what
@@ -318,6 +304,25 @@ def test_scale_epochs():
     cfg = build_config({"sampling_ratio": 0.25, "scale_epochs": True, "epochs": 10, "warmup_epochs": 2})
     assert cfg.run_epochs == 40 and cfg.run_warmup_epochs == 8
     assert build_config({"sampling_ratio": 0.25, "epochs": 10}).run_epochs == 10
+
+
+def test_warmup_fits_a_shortened_run():
+    # --epochs below the preset's warm-up: capped to 20% of the run, so the run reaches its lr.
+    cfg = build_config({"dataset": "imagefolder", "epochs": 3})
+    assert TRAIN_PRESETS["imagenet"].get("warmup_epochs", TrainConfig.warmup_epochs) == 5
+    assert cfg.warmup_epochs == pytest.approx(0.6) and cfg.run_warmup_epochs < cfg.run_epochs
+    assert build_config({"epochs": 5}).warmup_epochs == pytest.approx(1.0)  # digits preset: 2
+    assert build_config({"epochs": 10, "sampling_ratio": 0.5, "scale_epochs": True}).run_warmup_epochs == 4
+    # Untouched: warm-up given explicitly (flag or file), the run long enough, or epochs not given.
+    assert build_config({"dataset": "imagefolder", "epochs": 3, "warmup_epochs": 2}).warmup_epochs == 2
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--dataset", "imagefolder", "--epochs", "3", "--warmup-epochs", "0"])
+    assert config_from_args(args).warmup_epochs == 0
+    assert config_from_args(parser.parse_args(["--dataset", "imagefolder", "--epochs", "3"])).warmup_epochs == 0.6
+    assert build_config({"dataset": "imagefolder", "epochs": 300}).warmup_epochs == 5
+    assert build_config({"epochs": 10}).warmup_epochs == TRAIN_PRESETS["digits"]["warmup_epochs"]
+    assert build_config({}).warmup_epochs == TRAIN_PRESETS["digits"]["warmup_epochs"]
 
 
 _HINTS = typing.get_type_hints(TrainConfig)

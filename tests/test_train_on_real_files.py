@@ -41,13 +41,15 @@ def test_train_cli_on_real_files(image_files, tmp_path):
 
 
 def test_predict_with_a_foreign_one_channel_checkpoint(image_files, tmp_path, capsys):
-    """A raw state dict of a 1-channel model (no metadata): predict falls back on the model's
-    pretrained_cfg statistics, which have one channel (ImageNet's three would not fit)."""
+    """A raw state dict of a 1-channel model (no metadata, so its name is given): predict falls
+    back on the model's pretrained_cfg statistics, which have one channel (ImageNet's three
+    would not fit)."""
     root, _ = image_files
     model = convit.create_model("convit_digits")
     torch.save(model.state_dict(), tmp_path / "raw.pth")
     files = sorted((root / "val").rglob("*.*"))[:6]
-    assert main(["predict", "--checkpoint", str(tmp_path / "raw.pth"), "--json", *map(str, files)]) == 0
+    assert main(["predict", "--checkpoint", str(tmp_path / "raw.pth"), "--model", "convit_digits", "--json",
+                 *map(str, files)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["image"] for d in lines] == [str(f) for f in files]
     for d in lines:

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from ..checkpoint import read_metadata_json
-from ..data import build_data, eval_transform, load_image
+from ..data import build_data, eval_input_size, eval_transform, read_image
 from ..model import ConViTConfig
 
 __all__ = ["AnalysisInputs", "load_inputs", "read_metadata"]
@@ -80,8 +80,9 @@ def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
     if image is not None:
         if not data.get("mean"):
             raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
-        t = eval_transform(size[0], data["mean"], data["std"], in_chans, data.get("native_size"))
-        x = t(load_image(image)).float()
+        native = data.get("native_size")
+        t = eval_transform(size[0], data["mean"], data["std"], in_chans, native)
+        x = t(read_image(image, "L" if in_chans == 1 else "RGB", target_size=eval_input_size(size[0], native))).float()
         if tuple(x.shape[-2:]) != tuple(size):
             x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear")[0]
         if test_images is not None:

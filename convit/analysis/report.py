@@ -73,7 +73,7 @@ def analyze(checkpoint: Path, logs: Sequence[Path] = (), image: Optional[Path] =
     first and last GPSA and first MHSA block; all heads up to 8).  query: (row, col) of the
     query patch (default: the centre of the grid).  html_path: also write the HTML report there.
     masking: also evaluate test-time masking on the test split (HTML and ``masking.json``).
-    model_name: zoo name, for foreign checkpoints whose architecture cannot be inferred (DeiT).
+    model_name: zoo name, for checkpoints that carry no config (official files, timm's).
     Returns the paths written (PNGs, then the HTML).
     """
     checkpoint, output = Path(checkpoint), Path(output)

@@ -11,7 +11,7 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model file (ours, official .pth or timm)")
     p.add_argument("--model", default=None, metavar="NAME",
-                   help="zoo name, for checkpoints that do not store their config (official/timm DeiT)")
+                   help="zoo name, for checkpoints that do not store their config (official, timm's)")
     p.add_argument("--log", type=Path, action="append", default=None, metavar="LOG",
                    help="a run's log.jsonl; repeat to compare runs (e.g. ConViT vs DeiT). "
                         "Default: log.jsonl beside the checkpoint, if any")

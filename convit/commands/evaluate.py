@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from ..data import build_data
+from ..data import build_data, collate_skipping, set_max_image_pixels
 from ..engine import evaluate
 from ..runtime import resolve_amp, resolve_device
 from ..zoo import load_model
@@ -38,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
+    p.add_argument("--strict-images", "--strict", action="store_true",
+                   help="any unreadable image is an error, not skipped (skipped files are counted, and named "
+                        "on stderr)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="decompression-bomb limit in pixels (default: Pillow's; 0: none, trusted files only)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -48,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ValueError("--dataset is needed: this checkpoint does not say which dataset it was trained on")
     img_size = args.img_size or model.cfg.img_size[0]
+    set_max_image_pixels(args.max_image_pixels)
     data = build_data(dataset, args.data_path, img_size=img_size,
                       val_fraction=args.val_fraction if args.split == "val" else 0.0, seed=args.seed,
-                      augment="none", download=args.download)
+                      augment="none", download=args.download, strict=args.strict_images)
     if data.in_chans != model.cfg.in_chans:
         raise ValueError(f"the checkpoint takes {model.cfg.in_chans}-channel images but {dataset} has "
                          f"{data.in_chans} channel(s)")
@@ -59,14 +67,22 @@ def run(args: argparse.Namespace) -> int:
                          f"fine-tune it first, e.g. `convit train --finetune {args.checkpoint} --dataset {dataset}` "
                          f"(its head is replaced by a {data.num_classes}-class one)")
     ds = data.val if args.split == "val" else data.test
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
-                        pin_memory=device.type == "cuda")
-    metrics = evaluate(model, loader, device, resolve_amp(args.amp, device))
-    metrics = {"checkpoint": str(Path(args.checkpoint)), "dataset": dataset, "split": args.split, **metrics}
+    with tempfile.TemporaryDirectory() as tmp:
+        if hasattr(ds, "failed_log"):  # the DataLoader workers' unreadable files come back through it
+            ds.failed_log = Path(tmp) / "skipped.tsv"
+        loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
+                            pin_memory=device.type == "cuda", collate_fn=collate_skipping)
+        metrics = evaluate(model, loader, device, resolve_amp(args.amp, device))
+        skipped = ds.skipped() if hasattr(ds, "skipped") else {}
+    for path, reason in skipped.items():
+        print(f"convit eval: skipped {path}: {reason}", file=sys.stderr)
+    metrics = {"checkpoint": str(Path(args.checkpoint)), "dataset": dataset, "split": args.split, **metrics,
+               "skipped": len(skipped), "skipped_files": skipped}
     if args.json:
         print(json.dumps(metrics))
     else:
         print(f"{dataset} {args.split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
               f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['images_per_s']:.0f} images/s "
-              f"on {device})")
+              f"on {device})" + (f"; {len(skipped)} unreadable image file(s) skipped, never replaced: "
+                                 "listed on stderr" if skipped else ""))
     return 0

@@ -7,9 +7,13 @@ Examples::
     convit experiment sample-efficiency --preset cifar10-gpu --output runs/exp/cifar
     convit experiment sample-efficiency --preset digits-cpu --dry-run  # list the runs
     convit experiment sample-efficiency --preset digits-cpu --table-only  # re-tabulate
+    convit experiment sample-efficiency --preset digits-cpu --launcher local --jobs 2 --set threads=1
+    convit experiment ablation --preset cifar10-gpu --launcher slurm --jobs 8 --gpus-per-node 1 --time 2h
 
 Every run gets its own folder ``OUTPUT/<variant>/f<fraction>/seed<k>/``; running the same
-command again skips finished runs and resumes unfinished ones from their ``last.pt``.
+command again skips finished runs and resumes unfinished ones from their ``last.pt``.  Runs go
+through the launchers of :mod:`convit.launch` (as ``convit study``'s): each under its folder's
+lock, job logs in ``OUTPUT/logs/``, a Slurm job requeued on preemption resuming its run.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import yaml
 from ..experiments.grids import GRIDS
 from ..experiments.results import write_results
 from ..experiments.runner import load_results, plan_runs, run_status, run_sweep
+from ..launch import add_launcher_arguments, options_from_args
 from ..presets import EXPERIMENT_SCALES
 
 
@@ -49,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-only", action="store_true",
                    help="do not train: rebuild the tables and figure from the finished runs in --output")
     p.add_argument("--verbose", action="store_true", help="show each run's training output (else in train.log)")
+    add_launcher_arguments(p, jobs_help="runs trained at once: local processes or Slurm array tasks (give each one "
+                           "thread: --set threads=1)")
 
 
 def _kv(items) -> dict:
@@ -89,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
             "fractions": sorted({s.fraction for s in specs}), "seeds": sorted({s.seed for s in specs}),
             "variants": list(dict.fromkeys(s.variant.name for s in specs)),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    print(f"{args.grid} at {args.preset}: {len(specs)} runs into {output}", flush=True)
+    options = options_from_args(args)
+    print(f"{args.grid} at {args.preset}: {len(specs)} runs into {output} ({args.launcher} launcher)", flush=True)
     t0 = time.perf_counter()
-    run_sweep(specs, output, say=lambda s: print(s, flush=True), quiet=not args.verbose, meta=meta)
+    run_sweep(specs, output, say=lambda s: print(s, flush=True), quiet=not args.verbose, meta=meta, options=options)
     print((output / "results.md").read_text())
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s; tables: {output / 'results.md'}, "
           f"{output / 'results.csv'}")

@@ -3,29 +3,34 @@
 ``--format onnx`` (the default): one ONNX file (input ``images`` [B, C, H, W], output
 ``logits`` [B, classes], dynamic batch size), written by PyTorch's dynamo-based exporter;
 needs the ``onnx`` and ``onnxscript`` packages (``pip install 'convit[onnx]'``).
-``--format timm``: a folder in the layout of timm's hub repositories, ``model.safetensors`` +
-``config.json``, which ``timm.create_model('local-dir:FOLDER', pretrained=True)`` (or
-``'hf-hub:owner/name'`` once uploaded) rebuilds with timm's own classes; the mapping lives in
-:mod:`convit.hub`.
+``--format timm`` (alias ``hf``): a complete hub repo in a folder, ``model.safetensors`` +
+``config.json`` + ``README.md`` (the model card), which timm (``'local-dir:FOLDER'``, or
+``'hf-hub:owner/name'`` once uploaded), transformers (``AutoModelForImageClassification``,
+``pipeline('image-classification')``) and convit (``checkpoint_path=FOLDER``) load; the mapping
+lives in :mod:`convit.timm_format`, the writing in :mod:`convit.hub`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
 
-from ..hub import export_timm, timm_architecture
+from ..hub import export_timm
 from ..zoo import load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="FILE")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a weight file (in its run folder, config.yaml and log.jsonl go into the model card), "
+                        "an export folder, or hf-hub:org/repo / local-dir:PATH")
     p.add_argument("--output", required=True, metavar="PATH",
-                   help="the .onnx file to write (onnx), or the folder for model.safetensors + config.json (timm)")
-    p.add_argument("--format", choices=("onnx", "timm"), default="onnx",
-                   help="onnx (default): an ONNX graph; timm: timm's hub layout (model.safetensors + config.json)")
-    p.add_argument("--model", default=None, help="zoo name (needed for foreign DeiT files)")
+                   help="the .onnx file to write (onnx), or the folder of the hub repo (timm)")
+    p.add_argument("--format", choices=("onnx", "timm", "hf"), default="onnx",
+                   help="onnx (default): an ONNX graph; timm (or hf, the same): a hub repo folder, "
+                        "model.safetensors + config.json + README.md, for timm, transformers and convit")
+    p.add_argument("--model", default=None, help="zoo name (needed for files without a config: timm's, official)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18, the exporter's own)")
     p.add_argument("--fixed-size", action="store_true",
@@ -64,11 +69,15 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, args.model, args.img_size)
-    if args.format == "timm":
-        out = export_timm(model, args.output, label_names=info["class_names"], fixed_size=args.fixed_size)
-        arch = timm_architecture(model.cfg, model.pretrained_cfg.get("architecture"))
-        print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'} (timm architecture {arch}); "
-              f"load with timm.create_model('local-dir:{out}', pretrained=True)")
+    if args.format in ("timm", "hf"):
+        metadata = {k: info[k] for k in ("data", "model_name") if info[k] is not None}
+        out = export_timm(model, args.output, label_names=info["class_names"], fixed_size=args.fixed_size,
+                          metadata={**metadata, **info["results"]}, checkpoint=info["file"])
+        arch = json.loads((out / "config.json").read_text())["architecture"]
+        print(f"wrote {out / 'model.safetensors'}, {out / 'config.json'} and {out / 'README.md'} (timm "
+              f"architecture {arch}); load with timm.create_model('local-dir:{out}', pretrained=True), "
+              f"transformers.pipeline('image-classification', model='{out}') or "
+              f"convit.create_model(checkpoint_path='{out}'); upload with huggingface_hub.upload_folder")
         return 0
     path = export_onnx(model, Path(args.output), args.opset)
     print(f"wrote {path} (input images [batch, {model.cfg.in_chans}, {model.cfg.img_size[0]}, "

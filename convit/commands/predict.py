@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image files, folders (searched recursively for files with an extension "
                         "Pillow can open) or glob patterns such as 'photos/**/*.jpg'")
     p.add_argument("--checkpoint", required=True, metavar="FILE")
-    p.add_argument("--model", default=None, help="zoo name (needed for foreign DeiT files)")
+    p.add_argument("--model", default=None, help="zoo name (needed for files without a config: timm's, official)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="one JSON object per image")

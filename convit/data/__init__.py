@@ -41,7 +41,8 @@ The modules, from the bottom up (none imports the trainer, the analysis or the e
 * :mod:`.splits` -- the stratified hold-out and the per-class subsampling;
 * :mod:`.transforms` -- training / evaluation transforms, DeiT's recipe and its posterize cap;
 * :mod:`.datasets` -- :class:`TensorImageDataset`, :class:`ImageFileDataset`, the skipping
-  collates :func:`collate_skipping` / :func:`collate_skipping_even`, :func:`load_image`;
+  collates :func:`collate_skipping` / :func:`collate_skipping_even`, the lists of skipped files
+  (:func:`read_skipped`, :func:`add_skipped`), :func:`load_image`;
 * :mod:`.sources` and one reader per dataset: :mod:`.digits`, :mod:`.fashion_mnist`,
   :mod:`.cifar` (with the JPEG decode cache), :mod:`.imagefolder`;
 * :mod:`.build` -- :func:`build_data` and :class:`DataBundle`;
@@ -52,8 +53,8 @@ from __future__ import annotations
 
 from .build import DATASETS, DataBundle, build_data
 from .cifar import load_cifar10_npz
-from .datasets import (ImageFileDataset, TensorImageDataset, UnreadableSample, collate_skipping,
-                       collate_skipping_even, load_image)
+from .datasets import (ImageFileDataset, TensorImageDataset, UnreadableSample, WorkerImageReadError, add_skipped,
+                       collate_skipping, collate_skipping_even, load_image, read_skipped, set_max_image_pixels)
 from .device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .imagefolder import IMG_EXTENSIONS
 from .reader import ImageReadError, probe_image, read_image
@@ -65,7 +66,8 @@ __all__ = [
     "DATASETS", "AUGMENTS", "DataBundle", "build_data", "subsample_per_class",
     "train_transform", "eval_transform", "load_image", "load_cifar10_npz", "cache_dir",
     "TensorImageDataset", "ImageFileDataset", "IMG_EXTENSIONS", "read_image", "probe_image",
-    "ImageReadError", "UnreadableSample", "collate_skipping", "collate_skipping_even",
+    "ImageReadError", "UnreadableSample", "WorkerImageReadError", "collate_skipping", "collate_skipping_even",
+    "read_skipped", "add_skipped", "set_max_image_pixels",
     "eval_input_size",
     "DeviceImages", "TrainBatches", "EvalBatches", "device_splits",
 ]

@@ -21,7 +21,7 @@ from .fashion_mnist import load_fashion_mnist
 from .imagefolder import load_imagefolder
 from .sources import Source
 from .splits import check_ratio, holdout_per_class, subsample_per_class
-from .transforms import AUGMENTS, eval_transform, tensor_eval_transform, train_transform
+from .transforms import AUGMENTS, eval_input_size, eval_transform, tensor_eval_transform, train_transform
 
 __all__ = ["DATASETS", "DataBundle", "build_data"]
 
@@ -69,12 +69,22 @@ def _load_source(name: str, data_path: Optional[str], download: bool) -> Source:
 
 
 def _make_dataset(src: Source, images: Union[torch.Tensor, List[str]], labels: np.ndarray,
-                  indices: np.ndarray, transform: Callable, wants_pil: bool) -> Dataset:
-    """The view ``indices`` of one split: in memory for tensors, read from disk for paths."""
+                  indices: np.ndarray, transform: Callable, wants_pil: bool, **files) -> Dataset:
+    """The view ``indices`` of one split: in memory for tensors, read from disk for paths
+    (``files``: :class:`ImageFileDataset`'s options)."""
     if isinstance(images, torch.Tensor):
         return TensorImageDataset(images, labels, indices, transform, to_pil=wants_pil)
     samples = [(images[i], int(labels[i])) for i in indices]
-    return ImageFileDataset(samples, transform, src.in_chans)
+    return ImageFileDataset(samples, transform, src.in_chans, **files)
+
+
+def _refuse_skipped(src: Source) -> None:
+    """``strict``: a file left out at scan time is an error naming every such file."""
+    skipped = {**src.train_skipped, **src.test_skipped}
+    if skipped:
+        listed = "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:20])
+        raise ValueError(f"{len(skipped)} image file(s) cannot be read and reading is strict: {listed}"
+                         + (f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""))
 
 
 def _check_arguments(name: str, sampling_ratio: float, val_fraction: float, augment: str,
@@ -93,8 +103,8 @@ def _check_arguments(name: str, sampling_ratio: float, val_fraction: float, augm
 
 def build_data(name: str = "digits", data_path: Optional[str] = None,
                img_size: Optional[int] = None, sampling_ratio: float = 1.0, seed: int = 0,
-               val_fraction: float = 0.0, augment: str = "auto", download: bool = False
-               ) -> DataBundle:
+               val_fraction: float = 0.0, augment: str = "auto", download: bool = False,
+               strict: bool = False) -> DataBundle:
     """Load dataset ``name`` and return its train / val / test splits, transformed.
 
     ``val`` is a per-class ``val_fraction`` of the train split chosen with ``seed`` before
@@ -104,9 +114,15 @@ def build_data(name: str = "digits", data_path: Optional[str] = None,
     ``small`` (random crop + flip, no flip for digits) otherwise. ``download`` lets
     torchvision fetch Fashion-MNIST / CIFAR when they are not found locally; nothing is ever
     downloaded otherwise.
+
+    Image files (``imagefolder``) that cannot be read are left out and reported by each split's
+    ``skipped()``; ``strict=True`` makes any of them an error naming the file.  The val and
+    test splits read large files reduced to what their transform needs (as ``convit predict``).
     """
     _check_arguments(name, sampling_ratio, val_fraction, augment, img_size)
     src = _load_source(name, data_path, download)
+    if strict:
+        _refuse_skipped(src)
     size = int(img_size) if img_size is not None else (src.native_size or 224)
     aug = src.default_augment if augment == "auto" else augment
 
@@ -120,11 +136,14 @@ def build_data(name: str = "digits", data_path: Optional[str] = None,
     else:
         t_eval = eval_transform(size, src.mean, src.std, src.in_chans, None)
 
-    train = _make_dataset(src, src.train_images, src.train_labels, train_idx, t_train, wants_pil)
-    val = (_make_dataset(src, src.train_images, src.train_labels, val_idx, t_eval, False)
+    reading = dict(strict=strict)
+    evaluating = dict(reading, target_size=eval_input_size(size, src.native_size))
+    train = _make_dataset(src, src.train_images, src.train_labels, train_idx, t_train, wants_pil,
+                          rejected=src.train_skipped, **reading)
+    val = (_make_dataset(src, src.train_images, src.train_labels, val_idx, t_eval, False, **evaluating)
            if val_fraction > 0 else None)
     test = _make_dataset(src, src.test_images, src.test_labels,
-                         np.arange(len(src.test_labels)), t_eval, False)
+                         np.arange(len(src.test_labels)), t_eval, False, rejected=src.test_skipped, **evaluating)
     return DataBundle(train=train, val=val, test=test, class_names=list(src.class_names),
                       in_chans=src.in_chans, img_size=size, mean=tuple(src.mean),
                       std=tuple(src.std), train_labels=src.train_labels[train_idx].copy(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -19,12 +20,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from ..fileio import atomic_save
 from .reader import ImageReadError, read_image
 
-__all__ = ["TensorImageDataset", "ImageFileDataset", "UnreadableSample", "collate_skipping",
-           "collate_skipping_even", "load_image"]
+__all__ = ["TensorImageDataset", "ImageFileDataset", "UnreadableSample", "WorkerImageReadError",
+           "collate_skipping", "collate_skipping_even", "read_skipped", "add_skipped", "load_image"]
 
 
 class TensorImageDataset(Dataset):
@@ -109,6 +111,22 @@ def collate_skipping_even(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
     return default_collate(good) if good else _empty_batch(batch)
 
 
+class WorkerImageReadError(ImageReadError):
+    """The :class:`~convit.data.reader.ImageReadError` of a strict dataset read in a DataLoader
+    worker.  The DataLoader raises it again in the main process as ``type(text)``, ``text``
+    being the worker's whole traceback; this keeps only its last line, the error itself, so the
+    message names the file without a traceback."""
+
+    def __init__(self, path: str, reason: Optional[str] = None, format: Optional[str] = None):
+        if reason is not None:
+            super().__init__(path, reason, format)
+            return
+        message = (path.strip().splitlines() or [""])[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        ValueError.__init__(self, message)
+        named = re.match(r"cannot read image (.+?)(?: \(([^()]*)\))?: (.*)$", message)
+        self.path, self.format, self.reason = named.groups() if named else ("", None, message)
+
+
 class ImageFileDataset(Dataset):
     """Images read from disk on demand (``imagefolder``), converted to ``in_chans`` channels by
     :func:`~convit.data.reader.read_image`.
@@ -120,23 +138,25 @@ class ImageFileDataset(Dataset):
     ``failed`` (paths, in order) and ``reasons`` (path -> reason), and, when ``failed_log`` is
     set, appends ``path<TAB>reason`` to that file: DataLoader workers run in other processes,
     so the file is how their failures reach the caller (:meth:`skipped` reads both).
-    ``strict=True`` raises the :class:`~convit.data.reader.ImageReadError` instead.
+    ``strict=True`` raises the :class:`~convit.data.reader.ImageReadError` instead (in a
+    DataLoader worker as :class:`WorkerImageReadError`, which reaches the caller intact).
 
     ``target_size`` / ``max_pixels`` go to the reader (reduced decoding of large files; the
-    decompression-bomb limit, Pillow's by default).
+    decompression-bomb limit, Pillow's by default).  ``rejected``: files of this split already
+    left out when the folder was scanned (path -> reason), reported by :meth:`skipped` too.
     """
 
     collate_fn = staticmethod(collate_skipping)
 
     def __init__(self, samples: List[Tuple[str, int]], transform: Callable, in_chans: int = 3, *,
                  strict: bool = False, target_size: Optional[int] = None, max_pixels: Optional[int] = -1,
-                 failed_log: Optional[Union[str, os.PathLike]] = None):
+                 failed_log: Optional[Union[str, os.PathLike]] = None, rejected: Optional[Dict[str, str]] = None):
         self.samples = samples
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
         self.transform = transform
         self.mode = "L" if in_chans == 1 else "RGB"
         self.strict, self.target_size, self.max_pixels = strict, target_size, max_pixels
-        self.failed_log = failed_log
+        self.failed_log, self.rejected = failed_log, dict(rejected or {})
         self.failed: List[str] = []
         self.reasons: Dict[str, str] = {}
         self._shape: Optional[Tuple[int, ...]] = None
@@ -150,7 +170,7 @@ class ImageFileDataset(Dataset):
             img = read_image(path, self.mode, max_pixels=self.max_pixels, target_size=self.target_size)
         except ImageReadError as e:
             if self.strict:
-                raise
+                raise (e if get_worker_info() is None else WorkerImageReadError(e.path, e.reason, e.format)) from None
             return self._unreadable(path, e)
         x = self.transform(img)
         if self._shape is None:
@@ -166,7 +186,7 @@ class ImageFileDataset(Dataset):
                           f"by another): {e}", stacklevel=3)
             if self.failed_log is not None:
                 with open(self.failed_log, "a", encoding="utf-8") as f:
-                    f.write(f"{path}\t{' '.join(e.reason.split())}\n")
+                    f.write(_skipped_line(path, e.reason))
         return UnreadableSample(path, e.reason, self._item_shape())
 
     def _item_shape(self) -> Tuple[int, ...]:
@@ -181,11 +201,49 @@ class ImageFileDataset(Dataset):
         return self._shape
 
     def skipped(self) -> Dict[str, str]:
-        """Every file skipped so far, path -> reason: this process's and, with ``failed_log``,
-        those its DataLoader workers wrote there."""
-        out = dict(self.reasons)
-        if self.failed_log is not None and os.path.exists(self.failed_log):
-            for line in Path(self.failed_log).read_text(encoding="utf-8").splitlines():
-                path, _, reason = line.partition("\t")
-                out.setdefault(path, reason)
+        """Every file of this split left out so far, path -> reason: at scan time
+        (``rejected``), in this process, and, with ``failed_log``, in its DataLoader workers."""
+        out = {**self.rejected, **self.reasons}
+        for path, reason in read_skipped(self.failed_log).items():
+            out.setdefault(path, reason)
         return out
+
+
+def _skipped_line(path: str, reason: str) -> str:
+    return f"{path}\t{' '.join(reason.split())}\n"
+
+
+def read_skipped(path: Optional[Union[str, os.PathLike]]) -> Dict[str, str]:
+    """A list of skipped files (``path<TAB>reason`` lines, as ``failed_log`` holds them) as
+    path -> reason, each file once; {} when there is no such file."""
+    out: Dict[str, str] = {}
+    if path is not None and os.path.exists(path):
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            name, _, reason = line.partition("\t")
+            out.setdefault(name, reason)
+    return out
+
+
+def add_skipped(path: Union[str, os.PathLike], entries: Dict[str, str]) -> None:
+    """Add ``entries`` (path -> reason) to the list at ``path``, each file once (rewritten
+    whole, atomically); nothing is written while the list would be empty."""
+    merged = read_skipped(path)
+    for name, reason in entries.items():
+        merged.setdefault(name, reason)
+    if merged:
+        text = "".join(_skipped_line(p, r) for p, r in merged.items())
+        atomic_save(lambda tmp: tmp.write_text(text, encoding="utf-8"), Path(path), "list of skipped files")
+
+
+def set_max_image_pixels(limit: Optional[int]) -> None:
+    """The decompression-bomb limit every read of this process uses (``--max-image-pixels``):
+    None leaves Pillow's default, 0 removes the limit (trusted files only), N allows N pixels.
+
+    It sets Pillow's ``Image.MAX_IMAGE_PIXELS``, which the reader checks on the header before
+    decoding; DataLoader workers forked afterwards inherit it.
+    """
+    if limit is None:
+        return
+    if limit < 0:
+        raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit or None

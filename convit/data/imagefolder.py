@@ -99,4 +99,4 @@ def load_imagefolder(data_path: Optional[str]) -> Source:
                   [p for p, _ in val], np.array([y for _, y in val], dtype=np.int64),
                   class_names=train_classes, in_chans=3, native_size=None,
                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, hflip=True,
-                  default_augment="deit", skipped=[p for p, _ in skipped])
+                  default_augment="deit", train_skipped=dict(skip_tr), test_skipped=dict(skip_va))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ class Source:
     ``*_images`` is a tensor [N, C, H, W] for in-memory datasets or a list of file paths.
     ``native_size`` is the stored size of fixed-size datasets (``None`` for photos),
     ``hflip`` whether mirroring is a valid augmentation, ``default_augment`` what
-    ``augment="auto"`` means, ``skipped`` the unreadable files left out.
+    ``augment="auto"`` means; ``train_skipped`` / ``test_skipped`` the unreadable files left
+    out of each split (path -> reason), ``skipped`` all of them.
     """
 
     train_images: Union[torch.Tensor, List[str]]
@@ -39,7 +40,12 @@ class Source:
     std: Tuple[float, ...]
     hflip: bool
     default_augment: str
-    skipped: List[str] = field(default_factory=list)
+    train_skipped: Dict[str, str] = field(default_factory=dict)
+    test_skipped: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> List[str]:
+        return [*self.train_skipped, *self.test_skipped]
 
 
 def nhwc_to_tensor(x: np.ndarray) -> torch.Tensor:

@@ -29,13 +29,14 @@ from matplotlib.figure import Figure
 
 from .grids import PAPER_ABLATION, PAPER_SAMPLE_EFFICIENCY
 
-__all__ = ["mean_std", "relative_gain", "Cell", "summarize", "write_results", "FIGURE_NAMES"]
+__all__ = ["mean_std", "relative_gain", "Cell", "summarize", "locality_markdown", "write_results", "FIGURE_NAMES"]
 
 FIGURE_NAMES = {"sample-efficiency": "top1_vs_fraction.png", "ablation": "ablation.png",
                 "locality-strength": "locality_strength.png", "gpsa-layers": "gpsa_layers.png"}
 
-_RUN_COLUMNS = ["grid", "preset", "variant", "label", "fraction", "seed", "test_top1", "val_top1",
-                "best_val_top1", "best_epoch", "epochs", "train_images", "params", "wall_s", "resumed"]
+_RUN_COLUMNS = ["grid", "preset", "variant", "label", "fraction", "images_per_class", "seed", "test_top1",
+                "val_top1", "best_val_top1", "best_epoch", "epochs", "train_images", "params", "wall_s", "cpu_s",
+                "resumed"]
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -71,12 +72,19 @@ class Cell:
     gain_val: float = math.nan
     gain_val_sd: float = math.nan
     train_images: Optional[float] = None
+    images_per_class: Optional[float] = None
     wall_s: float = 0.0
+    cpu_s: float = 0.0
     params: Optional[int] = None
 
 
 def _num(v: Any) -> Optional[float]:
     return None if v is None else float(v)
+
+
+def _mean_of(records: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
+    vals = [float(r[key]) for r in records if r.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
 
 
 def summarize(records: Sequence[Dict[str, Any]]) -> List[Cell]:
@@ -99,7 +107,9 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[Cell]:
         imgs = [r["train_images"] for r in rs if r.get("train_images") is not None]
         cells[(v, f)] = Cell(v, rs[0].get("label", v), f, len(rs), tm, ts, vm, vs, bool(rs[0].get("baseline")),
                              train_images=statistics.fmean(imgs) if imgs else None,
+                             images_per_class=_mean_of(rs, "images_per_class"),
                              wall_s=sum(float(r.get("wall_s") or 0) for r in rs),
+                             cpu_s=sum(float(r.get("cpu_s") or 0) for r in rs),
                              params=next((int(r["params"]) for r in rs if r.get("params")), None))
     base_name = next((r["variant"] for r in records if r.get("baseline")), None)
     if base_name is not None:
@@ -143,11 +153,12 @@ def _table(header: List[str], rows: List[List[str]]) -> List[str]:
 
 def _footer(cells: Sequence[Cell]) -> List[str]:
     params = {c.label: c.params for c in cells if c.params}
-    wall = sum(c.wall_s for c in cells)
+    wall, cpu = sum(c.wall_s for c in cells), sum(c.cpu_s for c in cells)
     out = [""]
     if params:
         out.append("Parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".  ")
-    out.append(f"Training time, all runs: {wall:.0f} s ({wall / 60:.1f} min).")
+    out.append(f"Training time, all runs: {wall:.0f} s ({wall / 60:.1f} min)"
+               + (f"; process CPU time {cpu:.0f} s ({cpu / 3600:.2f} CPU-hours)." if cpu else "."))
     return out
 
 
@@ -166,7 +177,9 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
         for f, d in sorted(by_f.items()):
             cv, de = d.get("convit"), d.get("deit")
             paper = PAPER_SAMPLE_EFFICIENCY.get(f)
-            rows.append([f"{f:g}", f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
+            per_class = (cv or de).images_per_class
+            rows.append([f"{f:g}", f"{per_class:.0f}" if per_class else "-",
+                         f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
                          str((cv or de).n),
                          _pm(de.test_mean, de.test_std) if de else "-",
                          _pm(cv.test_mean, cv.test_std) if cv else "-",
@@ -176,13 +189,14 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
                          _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
                          (f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
                           if paper else "-")])
-        lines += _table(["fraction", "train images", "n", "DeiT test", "ConViT test", "gain (test)",
+        lines += _table(["fraction", "images/class", "train images", "n", "DeiT test", "ConViT test", "gain (test)",
                          "DeiT val", "ConViT val", "gain (val)", "paper ImageNet DeiT-S → ConViT-S (gain)"],
                         rows)
         return "\n".join(lines + _footer(cells)) + "\n"
     fractions = sorted({c.fraction for c in cells})
     for f in fractions:
-        lines += ["", f"### fraction {f:g}", ""]
+        per_class = next((c.images_per_class for c in cells if c.fraction == f and c.images_per_class), None)
+        lines += ["", f"### fraction {f:g}" + (f" ({per_class:.0f} images per class)" if per_class else ""), ""]
         rows = []
         for c in (c for c in cells if c.fraction == f):
             row = [c.label, str(c.n), _pm(c.test_mean, c.test_std), _gain(c.gain_test, c.gain_test_sd),
@@ -196,6 +210,46 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
             header.append("paper full / 10% ImageNet")
         lines += _table(header, rows)
     return "\n".join(lines + _footer(cells)) + "\n"
+
+
+def _layer_means(records: Sequence[Dict[str, Any]], key: str, which: int) -> List[float]:
+    """Per layer, the mean over heads and seeds of locality ``key`` at evaluated epoch ``which``
+    (0: the first evaluated epoch, -1: the last) of the runs' ``evals``."""
+    per_run = []
+    for r in records:
+        evals = [e for e in r.get("evals") or [] if isinstance(e.get("locality"), dict)]
+        if evals:
+            layers = evals[which]["locality"].get(key) or []
+            per_run.append([statistics.fmean(x for x in heads if x is not None) for heads in layers
+                            if heads and any(x is not None for x in heads)])
+    n_layers = min((len(x) for x in per_run), default=0)
+    return [statistics.fmean(run[i] for run in per_run) for i in range(n_layers)]
+
+
+def locality_markdown(records: Sequence[Dict[str, Any]]) -> str:
+    """Locality over training (the paper's Figs. 5-7) from the runs' logged evaluations: per
+    variant and fraction, each layer's nonlocality (eq. 8, mean over heads) and each GPSA
+    layer's gate sigma(lambda) (mean over heads), at the first and the last evaluated epoch,
+    averaged over seeds.  Empty when no run logged locality."""
+    groups: Dict[Tuple[str, float], List[Dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("label", r["variant"]), float(r["fraction"])), []).append(r)
+    rows = []
+    for (label, f), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for key in ("nonlocality", "gates"):
+            first, last = _layer_means(rs, key, 0), _layer_means(rs, key, -1)
+            cells.append(" ".join(f"{a:.2f}→{b:.2f}" for a, b in zip(first, last)) or "-")
+        if cells != ["-", "-"]:
+            per_class = _mean_of(rs, "images_per_class")
+            rows.append([label, f"{f:g}", f"{per_class:.0f}" if per_class else "-", str(len(rs)), *cells])
+    if not rows:
+        return ""
+    lines = ["", "### Locality over training (first → last evaluated epoch, mean over heads and seeds)", "",
+             "Nonlocality: mean distance (in patches) attended, per block; gates: sigma(lambda) of each "
+             "GPSA block (1 = positional attention only, 0 = content only).", ""]
+    return "\n".join(lines + _table(["variant", "fraction", "images/class", "n", "nonlocality per block",
+                                     "gate per GPSA block"], rows)) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +333,7 @@ def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "
         for c in cells:
             w.writerow(asdict(c))
     preset = records[0].get("preset", "") if records else ""
-    paths["md"].write_text(markdown(cells, grid, title or f"{grid} ({preset})"))
+    paths["md"].write_text(markdown(cells, grid, title or f"{grid} ({preset})") + locality_markdown(records))
     if cells:
         fig = output / FIGURE_NAMES.get(grid, "results.png")
         if grid == "sample-efficiency":

@@ -36,7 +36,8 @@ from safetensors import safe_open
 
 from ..analysis import training_hooks
 from ..config import TrainConfig, build_config
-from ..fileio import atomic_save
+from ..fileio import atomic_save, read_jsonl
+from ..launch import LaunchOptions, Outcome, launch, run_lock
 from ..model import DATA_DERIVED_FIELDS, ConViTConfig
 from ..presets import ExperimentScale, experiment_scale
 from ..train import fit
@@ -44,8 +45,8 @@ from ..zoo import model_spec
 from .grids import Variant, epochs_for_fraction, grid_variants
 from .results import write_results
 
-__all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "execute_run", "run_sweep", "load_results",
-           "RESULT_FILE"]
+__all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "settings_diff", "execute_run", "run_sweep",
+           "locked_run", "SweepError", "load_results", "RESULT_FILE"]
 
 RESULT_FILE = "result.json"
 #: TrainConfig fields that differ between a fresh run and its resumption; not "settings".
@@ -184,15 +185,30 @@ def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def settings_diff(stored: Optional[Dict[str, Any]], planned: Dict[str, Any]) -> List[str]:
+    """The settings in which a stored run differs from the plan (empty: the same run).
+
+    A TrainConfig field added since the run was stored counts as the same when the plan leaves
+    it at its default (the run trained as that default does); a field since removed is
+    ignored.  So a sweep stays resumable across versions of the code that add knobs.
+    """
+    if stored is None:
+        return sorted(planned)
+    defaults = _plain(TrainConfig().to_dict())
+    return sorted(k for k in set(planned) | set(stored)
+                  if (k in stored and k in planned and stored[k] != planned[k])
+                  or (k not in stored and planned[k] != defaults.get(k)))
+
+
 def run_status(spec: RunSpec) -> str:
     """``done`` (finished, same settings), ``stale`` (finished with other settings: the sweep
     would refuse it), ``partial`` (a last.pt to resume from) or ``todo``."""
     result_path = spec.folder / RESULT_FILE
     planned = _plain(_settings(build_config(spec.overrides).to_dict()))
     if result_path.is_file():
-        return "done" if json.loads(result_path.read_text()).get("settings") == planned else "stale"
+        return "done" if not settings_diff(json.loads(result_path.read_text()).get("settings"), planned) else "stale"
     stored = _stored_settings(spec.folder)
-    return "partial" if stored is not None and _plain(stored) == planned else "todo"
+    return "partial" if stored is not None and not settings_diff(_plain(stored), planned) else "todo"
 
 
 def _default_fit(backend: str) -> Callable[[TrainConfig], Dict[str, Any]]:
@@ -214,9 +230,8 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
     planned = _plain(_settings(build_config(spec.overrides).to_dict()))
     if result_path.is_file():
         record = json.loads(result_path.read_text())
-        if record.get("settings") != planned:
-            diff = sorted(k for k in set(planned) | set(record.get("settings", {}))
-                          if planned.get(k) != record.get("settings", {}).get(k))
+        diff = settings_diff(record.get("settings"), planned)
+        if diff:
             raise ValueError(f"{folder} holds a finished run with different settings ({', '.join(diff)}); "
                              "use another --output, or delete that folder to redo it")
         record["skipped"] = True
@@ -224,7 +239,7 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
 
     cfg_over = dict(spec.overrides, output=str(folder))
     stored = _stored_settings(folder)
-    resumed = stored is not None and _plain(stored) == planned
+    resumed = stored is not None and not settings_diff(_plain(stored), planned)
     if resumed:
         cfg_over["resume"] = str(folder / "last.pt")
     else:
@@ -232,13 +247,14 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
     cfg = build_config(cfg_over)
     folder.mkdir(parents=True, exist_ok=True)
     fit_fn = fit_fn or _default_fit(spec.backend)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with contextlib.ExitStack() as stack:
         if quiet:
             log = stack.enter_context(open(folder / "train.log", "a"))
             stack.enter_context(contextlib.redirect_stdout(log))
         summary = fit_fn(cfg)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    facts = _model_facts(folder)
     record = {
         "grid": spec.grid, "preset": spec.preset, "variant": spec.variant.name, "label": spec.variant.label,
         "role": spec.variant.role, "baseline": spec.variant.baseline, "fraction": spec.fraction,
@@ -246,28 +262,43 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
         "test_top1": summary.get("test_top1"), "test_top5": summary.get("test_top5"),
         "val_top1": summary.get("val_top1"), "best_val_top1": summary.get("best_val_top1"),
         "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
-        "train_images": summary.get("train_images"), "params": _count_params(folder),
-        "wall_s": wall, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "train_images": summary.get("train_images"), "params": facts["params"],
+        "images_per_class": (summary["train_images"] / facts["classes"]
+                             if facts["classes"] and summary.get("train_images") else None),
+        "wall_s": wall, "cpu_s": cpu, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "evals": _evaluated_epochs(folder),
     }
     _atomic_write_json(result_path, record)
     record["skipped"] = False
     return record
 
 
-def _count_params(folder: Path) -> Optional[int]:
-    """Parameter count of the run's final model (from model.safetensors), if present."""
+def _evaluated_epochs(folder: Path) -> List[Dict[str, Any]]:
+    """The log entries of the evaluated epochs (metrics, and locality where logged), so that
+    ``result.json`` alone holds a run's curves and a sweep folder can keep it and drop the
+    per-epoch ``log.jsonl``."""
+    path = folder / "log.jsonl"
+    return [e for e in read_jsonl(path) if "val_top1" in e or "test_top1" in e] if path.is_file() else []
+
+
+def _model_facts(folder: Path) -> Dict[str, Optional[int]]:
+    """Parameter count and number of classes of the run's final model (model.safetensors)."""
     path = folder / "model.safetensors"
+    facts: Dict[str, Optional[int]] = {"params": None, "classes": None}
     if not path.is_file():
-        return None
+        return facts
     try:
         with safe_open(str(path), "pt") as f:
             n = 0
             for k in f.keys():
                 shape = f.get_slice(k).get_shape()
                 n += math.prod(shape) if shape else 1
-            return n
-    except Exception:  # a count is nice to have; never fail a finished run over it
-        return None
+            facts["params"] = n
+            names = json.loads((f.metadata() or {}).get("class_names", "null"))
+            facts["classes"] = len(names) if names else None
+    except Exception:  # nice to have; never fail a finished run over it
+        pass
+    return facts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,28 +306,73 @@ def _count_params(folder: Path) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 
 def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Callable] = None,
-              say: Callable[[str], None] = print, quiet: bool = True,
-              meta: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+              say: Callable[[str], None] = print, quiet: bool = True, meta: Optional[Dict[str, Any]] = None,
+              jobs: int = 1, options: Optional[LaunchOptions] = None) -> List[Dict[str, Any]]:
     """Run every spec (skipping finished ones), then write the tables and the figure.
 
-    Returns the result records in plan order.  An exception in a run propagates after the
-    runs before it have been recorded, so the same call later continues where it stopped.
+    Returns the records in plan order.  With ``options`` (``jobs`` > 1: local), each run is a
+    task of :func:`convit.launch.launch` (:func:`locked_run`, logs in ``output/logs``); failed
+    runs raise a :class:`SweepError` naming their logs once the rest and the tables are done.
+    Else runs train here with ``fit_fn`` and an exception propagates at once; either way the
+    same call later continues where it stopped.
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:
         _atomic_write_json(out / "sweep.json", meta)
-    records: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
-    for i, spec in enumerate(specs, 1):
-        t = time.perf_counter()
-        r = execute_run(spec, fit_fn=fit_fn, quiet=quiet)
-        records.append(r)
+
+    def report(i: int, spec: RunSpec, r: Dict[str, Any], seconds: float) -> None:
         state = "done before, skipped" if r["skipped"] else ("resumed" if r["resumed"] else "trained")
         say(f"[{i}/{len(specs)}] {spec.key}: test {_fmt(r['test_top1'])}  val {_fmt(r['val_top1'])}  "
-            f"({state}, {time.perf_counter() - t:.0f} s; sweep {time.perf_counter() - t0:.0f} s)")
+            f"({state}, {seconds:.0f} s; sweep {time.perf_counter() - t0:.0f} s)")
+
+    options = options or (LaunchOptions("local", jobs) if jobs > 1 else None)
+    failed: List[Outcome] = []
+    if options is not None:
+        if fit_fn is not None:
+            raise ValueError("launched runs use the default trainer in their own processes; fit_fn must be None")
+        records = _launched(specs, out, options, quiet, say, report, failed)
+    else:
+        records = []
+        for i, spec in enumerate(specs, 1):
+            t = time.perf_counter()
+            records.append(execute_run(spec, fit_fn=fit_fn, quiet=quiet))
+            report(i, spec, records[-1], time.perf_counter() - t)
     write_results(records, out, grid=specs[0].grid if specs else "")
+    if failed:
+        raise SweepError(f"{len(failed)} run(s) failed: " + "; ".join(f"{o.name} (log: {o.log})" for o in failed))
     return records
+
+
+class SweepError(ValueError):
+    """Runs of a launched sweep failed (the others finished; their results are written)."""
+
+
+def locked_run(spec: RunSpec, quiet: bool = True) -> Dict[str, Any]:
+    """:func:`execute_run` under ``<folder>/lock`` (a launcher's task; module level, pickled):
+    waits while another process or job holds the run, then finds it finished (skipped) or
+    resumes it, so two never train the same run."""
+    with run_lock(spec.folder, wait=True):
+        return execute_run(spec, quiet=quiet)
+
+
+def _launched(specs: Sequence[RunSpec], out: Path, options: LaunchOptions, quiet: bool,
+              say: Callable[[str], None], report: Callable[[int, RunSpec, Dict[str, Any], float], None],
+              failed: List[Outcome]) -> List[Dict[str, Any]]:
+    """Every spec as a task of ``options``' launcher; the finished runs' records in plan order
+    (failed runs' outcomes appended to ``failed``)."""
+    index = {spec.key.replace("/", "-"): i for i, spec in enumerate(specs)}
+
+    def told(o: Outcome) -> None:
+        if o.ok:
+            report(index[o.name] + 1, specs[index[o.name]], o.value, o.value.get("wall_s") or 0.0)
+        else:
+            say(f"run {o.name} FAILED: {o.error}; log: {o.log}")
+            failed.append(o)
+
+    tasks = [(name, locked_run, (specs[i], quiet)) for name, i in index.items()]
+    return [o.value for o in launch(tasks, options, out / "logs", say, told) if o.ok]
 
 
 def load_results(output: os.PathLike, grid: Optional[str] = None) -> List[Dict[str, Any]]:

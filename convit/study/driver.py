@@ -1,0 +1,134 @@
+"""A whole study, from a folder to a verdict: plan (or reuse one), run what is not done, write
+results.csv, report.html and the sentence.  :mod:`convit.commands.study` parses the flags and
+calls :func:`plan_study`, :func:`run_study` and :func:`finish_study` in turn."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..launch import LaunchOptions, Outcome, launch
+from .inspect import inspect_data
+from .plan import make_plan
+from .report import write_report
+from .runs import PLAN_FILE, RESULT_FILE, execute_run, load_plan, plan_runs, prepare_data, run_state, save_plan
+from .verdict import compare, sentence, write_csv
+
+__all__ = ["plan_study", "run_study", "finish_study", "describe_plan", "timeout_minutes"]
+
+_OUTPUTS = ("runs", "data", "logs", "results.csv", "report.html", "verdict.txt")
+
+
+def _clear(study: Path) -> None:
+    """Remove another plan's runs and results from ``study`` (``--overwrite``)."""
+    for name in _OUTPUTS:
+        p = study / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _refuse(study: Path, why: str) -> None:
+    raise ValueError(f"{study} holds another study ({why}); pass --overwrite to replace it, or another --output")
+
+
+def plan_study(study: Path, request: Optional[Dict[str, Any]], *, plan_file: Optional[str] = None,
+               data_root: Optional[str] = None, overwrite: bool = False, t_start: Optional[float] = None,
+               say: Callable[[str], None] = print) -> Dict[str, Any]:
+    """The study's plan: ``plan_file``'s, the one already in ``study`` when it was asked for with
+    the same ``request``, or a new one (data inspected, models timed, sized to the budget).
+    A different plan already in ``study`` is refused unless ``overwrite``."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    old = load_plan(study) if (study / PLAN_FILE).is_file() else None
+    if plan_file is not None:
+        plan = load_plan(plan_file)
+        if old is not None and old != plan:
+            if not overwrite:
+                _refuse(study, f"its plan.json differs from {plan_file}")
+            _clear(study)
+    elif old is not None and old.get("request") == request:
+        say(f"reusing the plan in {study / PLAN_FILE} (same data, budget and options)")
+        plan = old
+    else:
+        if old is not None and not overwrite:
+            _refuse(study, "a plan made for other data, budget or options")
+        summary = inspect_data(request["data"], request.get("data_path"))
+        say(summary.describe())
+        plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say)
+        if old is not None:
+            _clear(study)
+    save_plan(study, plan)
+    prepare_data(study, plan, data_root)
+    return plan
+
+
+def describe_plan(plan: Dict[str, Any]) -> str:
+    """The plan's size and estimated time, in two lines."""
+    m, runs = plan["model"], len(plan["levels"]) * len(plan["seeds"]) * 2
+    sizes = ", ".join(f"{lv['images_per_class']} ({lv['epochs']} epochs)" for lv in plan["levels"])
+    return (f"plan: {runs} runs = 2 models x {len(plan['levels'])} sizes x {len(plan['seeds'])} seeds; images per "
+            f"class (epochs): {sizes}\n      ConViT {m['params']['convit']:,} / DeiT {m['params']['deit']:,} "
+            f"parameters, {m['resolution']}px input, {m['patch_size']}px patches ({m['grid']}x{m['grid']}); "
+            f"{plan['threads']} thread(s) per run; estimated {plan['estimate_s'] / 60:.1f} min "
+            f"(budget {plan['request']['budget_s'] / 60:.1f} min)")
+
+
+def timeout_minutes(plan: Dict[str, Any]) -> int:
+    """A job's time limit: three times the estimated study (a run is shorter), at least 11 min
+    (submitit counts any interruption of a shorter job as a timeout, never as a preemption)."""
+    return max(11, int(3 * plan["estimate_s"] / 60) + 5)
+
+
+def _say_outcome(say: Callable[[str], None], done: List[int], total: int, t0: float) -> Callable[[Outcome], None]:
+    def tell(o: Outcome) -> None:
+        if not o.ok:
+            say(f"run {o.name} FAILED: {o.error}; log: {o.log}")
+            return
+        r = o.value or {}
+        if r.get("status") == "busy":
+            return
+        done[0] += 1
+        top1 = "-" if r.get("top1") is None else f"{r['top1']:.2f}%"
+        say(f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.get('status')}, {time.perf_counter() - t0:.0f} s)")
+    return tell
+
+
+def run_study(study: Path, plan: Dict[str, Any], options: LaunchOptions,
+              say: Callable[[str], None] = print) -> Tuple[List[Dict[str, Any]], Dict[str, Outcome]]:
+    """Run every unfinished run of ``plan`` (resuming partial ones) under ``options``; runs held
+    by another process are waited for and picked up if they end unfinished.  Returns the
+    finished runs' records and the failed runs' outcomes."""
+    names = [r["name"] for r in plan_runs(study, plan)]
+    failed: Dict[str, Outcome] = {}
+    done = [sum(run_state(study, n) == "done" for n in names)]
+    if done[0]:
+        say(f"{done[0]} of {len(names)} runs already finished (kept)")
+    t0 = time.perf_counter()
+    while True:
+        states = {n: run_state(study, n) for n in names if n not in failed}
+        todo = [n for n, s in states.items() if s in ("todo", "partial")]
+        if not todo and "busy" not in states.values():
+            break
+        if not todo:
+            time.sleep(1.0)
+            continue
+        tasks = [(n, execute_run, (str(study), n)) for n in todo]
+        for o in launch(tasks, options, study / "logs", say, _say_outcome(say, done, len(names), t0)):
+            if not o.ok:
+                failed[o.name] = o
+    records = [json.loads((study / "runs" / n / RESULT_FILE).read_text()) for n in names
+               if (study / "runs" / n / RESULT_FILE).is_file()]
+    return records, failed
+
+
+def finish_study(study: Path, plan: Dict[str, Any], records: List[Dict[str, Any]]) -> str:
+    """Write results.csv, report.html and verdict.txt; returns the verdict sentence."""
+    comparisons = compare(records)
+    verdict = sentence(comparisons)
+    write_csv(records, study / "results.csv")
+    write_report(study / "report.html", records, comparisons, verdict, plan)
+    (study / "verdict.txt").write_text(verdict + "\n")
+    return verdict

@@ -1,0 +1,152 @@
+"""A study folder: its plan, its data view, and its runs (one :func:`convit.train.fit` each).
+
+Layout::
+
+    DIR/plan.json               the plan (convit.study.plan): what every run does
+    DIR/data/train|val/<class>/ links to the data's files as the plan splits them (image folders;
+                                ``val`` is the test split the verdict is on)
+    DIR/runs/<variant>-f<fraction>-s<seed>/
+        lock                    held (fcntl.flock) by the process running it
+        attempts.log            one line per start or resume of the run
+        train.log               the trainer's output; config.yaml, log.jsonl, last.pt, ... (fit's)
+        result.json             written atomically when the run has finished
+    DIR/logs/                   the launchers' job logs
+    DIR/results.csv, report.html
+
+A run is started by :func:`execute_run` (under any launcher): it takes the run's lock without
+waiting (a run locked by another process is left to it: ``busy``), skips a finished run, and
+otherwise trains, resuming from ``last.pt`` when there is one, so a stopped or preempted run
+loses at most its current epoch and ends with the result of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..analysis import log_locality
+from ..config import TrainConfig
+from ..fileio import atomic_save, read_jsonl
+from ..launch import run_lock as _lock
+from ..train import fit
+from .plan import study_runs
+
+__all__ = ["PLAN_FILE", "RESULT_FILE", "save_plan", "load_plan", "plan_runs", "prepare_data", "execute_run",
+           "run_state", "is_locked"]
+
+PLAN_FILE, RESULT_FILE = "plan.json", "result.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically."""
+    atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1)), path, "json")
+
+
+def save_plan(study: Path, plan: Dict[str, Any]) -> Path:
+    study.mkdir(parents=True, exist_ok=True)
+    write_json(study / PLAN_FILE, plan)
+    return study / PLAN_FILE
+
+
+def load_plan(path: os.PathLike) -> Dict[str, Any]:
+    """The plan in ``path`` (a plan.json, or a study folder holding one)."""
+    path = Path(path)
+    path = path / PLAN_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no plan at {path}")
+    return json.loads(path.read_text())
+
+
+def plan_runs(study: Path, plan: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The plan's runs, reading the data from ``study``'s data view."""
+    return study_runs(plan, str(study / "data"))
+
+
+def prepare_data(study: Path, plan: Dict[str, Any], root: Optional[str] = None) -> None:
+    """Link the plan's training and test files into ``study/data/{train,val}/<class>/`` (image
+    folders only; ``root`` replaces the plan's data folder, for a plan moved to another machine).
+    Links are numbered in the plan's order, so every process sees the same sorted samples."""
+    data = plan["data"]
+    if data["kind"] != "folder" or (study / "data" / ".complete").is_file():
+        return
+    src = Path(root or data["root"])
+    tmp = study / f".data.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split, files in (("train", data["train_files"]), ("val", data["test_files"])):
+        for c, rels in files.items():
+            d = tmp / split / c
+            d.mkdir(parents=True)
+            for i, rel in enumerate(rels):
+                if not (src / rel).is_file():
+                    raise FileNotFoundError(f"the plan's file {src / rel} is missing")
+                os.symlink(src / rel, d / f"{i:07d}{Path(rel).suffix.lower()}")
+    (tmp / ".complete").write_text("")
+    try:
+        os.rename(tmp, study / "data")
+    except OSError as e:  # another process made it first
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether another process holds the run's lock now."""
+    if not (folder / "lock").exists():
+        return False
+    with _lock(folder) as got:
+        return not got
+
+
+def run_state(study: Path, name: str) -> str:
+    """``done``, ``busy`` (locked by a process), ``partial`` (a last.pt to resume) or ``todo``."""
+    folder = study / "runs" / name
+    if (folder / RESULT_FILE).is_file():
+        return "done"
+    if is_locked(folder):
+        return "busy"
+    return "partial" if (folder / "last.pt").is_file() else "todo"
+
+
+def execute_run(study: str, name: str) -> Dict[str, Any]:
+    """Run ``name`` of the study in ``study`` (a module-level function: launchers pickle it);
+    returns its result record, ``{"status": "busy"}`` when another process holds it."""
+    study_dir = Path(study)
+    plan = load_plan(study_dir)
+    runs = {r["name"]: r for r in plan_runs(study_dir, plan)}
+    if name not in runs:
+        raise ValueError(f"{name} is not a run of the plan in {study_dir}")
+    folder = study_dir / "runs" / name
+    with _lock(folder) as got:
+        if not got:
+            return {"name": name, "status": "busy"}
+        if (folder / RESULT_FILE).is_file():
+            return dict(json.loads((folder / RESULT_FILE).read_text()), status="done")
+        return _train(runs[name], folder)
+
+
+def _train(run: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    """Train (or resume) one run in ``folder`` (its lock held) and write result.json."""
+    last = folder / "last.pt"
+    resumed = last.is_file()
+    cfg = TrainConfig(**run["settings"], output=str(folder), resume=str(last) if resumed else None,
+                      overwrite=True).validate()
+    with open(folder / "attempts.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resumed else 'start'} pid {os.getpid()} "
+                f"on {socket.gethostname()} job {os.environ.get('SLURM_JOB_ID', '-')}\n")
+    t0 = time.perf_counter()
+    with open(folder / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        summary = fit(cfg, on_eval=log_locality)
+    entries = [e for e in read_jsonl(folder / "log.jsonl") if "locality" in e]
+    attempts = (folder / "attempts.log").read_text().count("\n")
+    record = {k: run[k] for k in ("name", "variant", "fraction", "images_per_class", "seed", "epochs")}
+    record.update(top1=summary.get("test_top1"), top5=summary.get("test_top5"), test_loss=summary.get("test_loss"),
+                  seconds=time.perf_counter() - t0, train_images=summary.get("train_images"), attempts=attempts,
+                  resumed=resumed, locality=entries[-1]["locality"] if entries else None, status="trained")
+    write_json(folder / RESULT_FILE, record)
+    return record

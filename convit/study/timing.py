@@ -1,0 +1,101 @@
+"""How long a study's runs take on this machine: a few timed training steps, and the cost model.
+
+:func:`measure` times a few optimizer steps of each model on random images (in the threads a
+run will use) and decoding a few of the data's files; :func:`run_seconds` turns that into the
+wall time of one run (start-up, epochs, per-epoch checkpoint, final evaluation).  The plan is
+sized with these (:mod:`convit.study.plan`); they are estimates, printed as such.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..data import eval_transform, read_image
+from ..model import ConViT, ConViTConfig, count_params
+
+__all__ = ["Timing", "measure", "run_seconds", "STARTUP_S", "EPOCH_OVERHEAD_S"]
+
+#: Seconds of a run outside its training steps: process, data scan, model build, files.
+STARTUP_S = 3.0
+#: Seconds per epoch outside its steps: last.pt, log line, loader start.
+EPOCH_OVERHEAD_S = 0.04
+
+
+@dataclass
+class Timing:
+    """Seconds per training image (step + data), per evaluated image, and start-up per run."""
+
+    train_s: Dict[str, float]  # per variant, a training image (forward, backward, step)
+    eval_s: Dict[str, float]  # per variant, an evaluated image
+    load_s: float  # per image read from disk and transformed (0 for in-memory data)
+    startup_s: float  # per run
+    params: Dict[str, int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _time_model(model: ConViT, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4) -> Dict[str, float]:
+    """Seconds per image of a training step and of an evaluation, after one warm-up step."""
+    x = torch.randn(batch, in_chans, res, res)
+    y = torch.randint(0, num_classes, (batch,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    train = (time.perf_counter() - t0) / (steps * batch)
+    model.eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(x)
+    return {"train": train, "eval": (time.perf_counter() - t0) / (steps * batch)}
+
+
+def _time_loading(root: Optional[str], files: List[str], res: int) -> float:
+    """Seconds to read and transform one of ``files`` (the first few), 0 without files."""
+    if root is None or not files:
+        return 0.0
+    t = eval_transform(res, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 3, None)
+    picked = files[:: max(1, len(files) // 16)][:16]
+    t0 = time.perf_counter()
+    for rel in picked:
+        t(read_image(Path(root) / rel, "RGB"))
+    return (time.perf_counter() - t0) / len(picked)
+
+
+def measure(architectures: Dict[str, Dict[str, Any]], *, res: int, in_chans: int, num_classes: int, batch: int,
+            threads: int, root: Optional[str] = None, files: Optional[List[str]] = None,
+            probe_s_per_file: float = 0.0, n_files: int = 0) -> Timing:
+    """Time both models and the data on this machine, in ``threads`` threads (then restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train, evals, params = {}, {}, {}
+        for name, arch in architectures.items():
+            torch.manual_seed(0)
+            model = ConViT(ConViTConfig(**arch["model_kwargs"], img_size=res, in_chans=in_chans,
+                                        num_classes=num_classes))
+            params[name] = count_params(model)
+            t = _time_model(model, batch, res, in_chans, num_classes)
+            train[name], evals[name] = t["train"], t["eval"]
+        load = _time_loading(root, files or [], res)
+    finally:
+        torch.set_num_threads(before)
+    return Timing(train, evals, load, STARTUP_S + probe_s_per_file * n_files, params)
+
+
+def run_seconds(timing: Timing, variant: str, *, train_images: int, epochs: int, test_images: int) -> float:
+    """Estimated wall time of one run: start-up, ``epochs`` over ``train_images``, one evaluation."""
+    per_train = timing.train_s[variant] + timing.load_s
+    per_eval = timing.eval_s[variant] + timing.load_s
+    return (timing.startup_s + epochs * (train_images * per_train + EPOCH_OVERHEAD_S)
+            + test_images * per_eval)

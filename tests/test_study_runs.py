@@ -1,0 +1,139 @@
+"""convit study's runs: a whole study end to end, the same plan under every launcher gives the same
+numbers, two processes on one folder run each run once, a stopped study resumes to the result
+of an uninterrupted one, and a study fits its budget."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from conftest import write_image_folder
+
+from convit.cli import main
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
+    """plan.json of a tiny study (2 classes with spaces in a name, a held-out split, 10 images
+    per class, 2 seeds: 4 runs) with ``epochs`` epochs per run."""
+    data = write_image_folder(root / "data", classes=("cat a", "dog"), per_class=13, size=8, splits=("train",))
+    assert main(["study", str(data), "--output", str(root / "planned"), "--sizes", "10", "--budget", "60m",
+                 "--seeds", str(seeds), "--dry-run"]) == 0
+    path = root / "planned" / "plan.json"
+    plan = json.loads(path.read_text())
+    for lv in plan["levels"]:
+        lv["epochs"], lv["warmup_epochs"] = epochs, 1
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def top1(study: Path) -> Dict[str, float]:
+    """name -> top-1 of results.csv."""
+    with open(study / "results.csv") as f:
+        return {r["name"]: float(r["top1"]) for r in csv.DictReader(f)}
+
+
+def attempts(study: Path) -> Dict[str, List[str]]:
+    return {p.parent.name: p.read_text().splitlines() for p in sorted(study.glob("runs/*/attempts.log"))}
+
+
+def study_cmd(*args) -> List[str]:
+    return [sys.executable, "-m", "convit.cli", "study", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def plan_file(tmp_path_factory) -> Path:
+    return make_plan(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def serial_top1(plan_file: Path) -> Dict[str, float]:
+    """The plan run serially in this process: the reference numbers."""
+    out = plan_file.parent.parent / "serial"
+    assert main(["study", "--plan", str(plan_file), "--output", str(out)]) == 0
+    return top1(out)
+
+
+@pytest.mark.slow
+def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
+    study = plan_file.parent.parent / "serial"
+    assert len(serial_top1) == 4 and all(0 <= v <= 100 for v in serial_top1.values())
+    assert {n: len(a) for n, a in attempts(study).items()} == {n: 1 for n in serial_top1}
+    assert (study / "report.html").is_file() and (study / "verdict.txt").read_text().strip()
+    assert sorted(os.listdir(study / "data" / "val")) == ["cat a", "dog"]
+    # again: everything is done, nothing is trained, the same verdict is printed
+    capsys.readouterr()
+    assert main(["study", "--plan", str(plan_file), "--output", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 runs already finished" in out and "(trained," not in out
+    assert out.strip().endswith((study / "verdict.txt").read_text().strip())
+    assert {n: len(a) for n, a in attempts(study).items()} == {n: 1 for n in serial_top1}
+
+
+@pytest.mark.slow
+def test_local_launcher_gives_the_serial_numbers(plan_file, serial_top1, tmp_path):
+    out = tmp_path / "local"
+    proc = subprocess.run(study_cmd("--plan", plan_file, "--output", out, "--launcher", "local", "--jobs", "2"),
+                          capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert top1(out) == serial_top1
+    assert list((out / "logs").iterdir()), "the jobs' logs land in the study folder"
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_folder_run_each_run_once(plan_file, serial_top1, tmp_path):
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen(study_cmd("--plan", plan_file, "--output", out), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=ENV) for _ in range(2)]
+    texts = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], texts
+    assert {n: len(a) for n, a in attempts(out).items()} == {n: 1 for n in serial_top1}, attempts(out)
+    assert sum(t.count("(trained,") for t in texts) == 4, texts
+    assert top1(out) == serial_top1
+    assert texts[0].strip().splitlines()[-1] == texts[1].strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
+    plan = make_plan(tmp_path / "a", epochs=12)
+    ref = tmp_path / "ref"
+    assert main(["study", "--plan", str(plan), "--output", str(ref)]) == 0
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(study_cmd("--plan", plan, "--output", out), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    first = None
+    deadline = time.time() + 300
+    while first is None and time.time() < deadline and proc.poll() is None:
+        logs = [p for p in out.glob("runs/*/log.jsonl") if len(p.read_text().splitlines()) >= 3
+                and not (p.parent / "result.json").exists()]
+        first = logs[0].parent if logs else None
+        time.sleep(0.05)
+    assert first is not None, "no run got to its third epoch"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, text
+    assert not (first / "result.json").exists() and (first / "last.pt").exists()
+    assert main(["study", "--plan", str(plan), "--output", str(out)]) == 0
+    assert [ln.split()[2] for ln in attempts(out)[first.name]] == ["start", "resume"]
+    assert top1(out) == top1(ref)
+
+
+@pytest.mark.slow
+def test_a_small_folder_study_fits_its_budget(tmp_path):
+    data = write_image_folder(tmp_path / "flat", classes=("x", "y", "z"), per_class=40, size=16, splits=("",))
+    t0 = time.perf_counter()
+    proc = subprocess.run(study_cmd(data / "", "--budget", "2m", "--output", tmp_path / "o"),
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert wall <= 1.3 * 120, f"a 2-minute study took {wall:.0f} s:\n{proc.stdout}"
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "images per class" in last and last == (tmp_path / "o" / "verdict.txt").read_text().strip()
