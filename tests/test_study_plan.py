@@ -4,7 +4,6 @@ study folder holding another plan is refused unless --overwrite."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from conftest import write_image_folder
