@@ -205,10 +205,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, n
     start = time.perf_counter()
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, targets = _to_device(images, targets, device, channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
