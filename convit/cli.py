@@ -44,6 +44,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    whole_process = argv is None  # the process's own command line: its start-up is this command's
     argv = sys.argv[1:] if argv is None else list(argv)
     # The command is the first argument (the only top-level options, --help and --version, end
     # the program): only its module is imported.  Without a known command (none, or a typo that
@@ -54,6 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args._whole_process = whole_process
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback

@@ -4,6 +4,7 @@ study folder holding another plan is refused unless --overwrite."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import write_image_folder
@@ -84,6 +85,17 @@ def test_resolution_gives_a_grid_of_about_8x8():
     assert choose_resolution((500, 375), 600, native=False) == (32, 4)
     assert choose_resolution((500, 375), 3600, native=False) == (48, 6)
     assert choose_resolution((8, 8), 600, native=True) == (8, 1)
+
+
+def test_an_in_process_call_counts_its_budget_from_the_call(tmp_path, capsys, monkeypatch):
+    # ``convit study`` as a program counts its process's start-up in the budget; main([...]) called
+    # from a long-lived process (a notebook, this test session) must not count the caller's age
+    import convit.commands.study as study_command
+    monkeypatch.setattr(study_command, "_process_start", lambda: time.perf_counter() - 3600.0)
+    data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=40, size=8, splits=("train", "test"))
+    rc, out, err = _study(capsys, data, "--output", tmp_path / "o", "--budget", "3m", "--dry-run")
+    assert rc == 0, err
+    assert json.loads((tmp_path / "o" / "plan.json").read_text())["estimate_s"] <= 180
 
 
 def test_plan_pins_the_recipe_and_matched_models(tmp_path, capsys):

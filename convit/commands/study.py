@@ -25,8 +25,8 @@ from ..study.plan import plan_request
 
 
 def _process_start() -> float:
-    """``time.perf_counter()`` at this process's start (the budget counts Python's start-up too);
-    now where /proc cannot tell."""
+    """``time.perf_counter()`` at this process's start (the budget of ``convit study`` run as a
+    program counts Python's start-up too); now where /proc cannot tell."""
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -56,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    t_start = _process_start()
+    # called in-process (``main([...])`` from a notebook or a test), the budget starts now, not
+    # when the caller's process started
+    t_start = _process_start() if getattr(args, "_whole_process", False) else time.perf_counter()
     if args.data is None and args.plan is None:
         raise ValueError("give DATA (an image folder or a built-in dataset) or --plan plan.json")
     if args.seeds < 1 or args.threads < 1 or args.jobs < 1:
