@@ -113,8 +113,11 @@ def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
     ref = tmp_path / "ref"
     assert main(["study", "--plan", str(plan), "--output", str(ref)]) == 0
     out = tmp_path / "stopped"
+    # Ctrl-C's default action, whatever pytest inherited: a background job of a non-interactive
+    # shell starts with SIGINT ignored, and its children would then ignore this one
     proc = subprocess.Popen(study_cmd("--plan", plan, "--output", out), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+                            stderr=subprocess.STDOUT, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = None
     deadline = time.time() + 300
     while first is None and time.time() < deadline and proc.poll() is None:

@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..fileio import atomic_save
+from .batched import batched
 from .reader import ImageReadError, read_image
 
 __all__ = ["TensorImageDataset", "ImageFileDataset", "UnreadableSample", "WorkerImageReadError",
@@ -44,9 +45,18 @@ class TensorImageDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)[self.indices]
         self.transform = transform
         self.to_pil = to_pil
+        self._batched = None if to_pil else batched(transform)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __getitems__(self, items: List[int]) -> List[Tuple[torch.Tensor, int]]:
+        """A DataLoader batch: the per-image results of ``__getitem__``, made in one batched pass
+        when :func:`~convit.data.batched.batched` reproduces the transform (same draws, same values)."""
+        if self._batched is None:
+            return [self[i] for i in items]
+        x = self._batched(self.images[torch.as_tensor(self.indices[items])])
+        return list(zip(x.unbind(0), self.labels[items].tolist()))
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         x = self.images[self.indices[i]]

@@ -1,0 +1,91 @@
+"""The batched in-memory transforms (convit/data/batched.py) are torchvision's per-image v2
+pipelines computed a batch at a time: the same draws in the same order and the same values, bit
+for bit, through a DataLoader as training uses it; anything they do not reproduce stays per image."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from convit.data.batched import batched
+from convit.data.datasets import TensorImageDataset
+from convit.data.transforms import tensor_eval_transform, train_transform
+
+
+class PerImage(TensorImageDataset):
+    """The same dataset without the batched path: torchvision's pipeline image by image."""
+
+    __getitems__ = None  # the DataLoader then calls __getitem__ per index
+
+
+def _images(n: int, c: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(n + c + size)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8)
+    return torch.rand(n, c, size, size, generator=g, dtype=dtype)
+
+
+def _epoch(cls, images, transform, seed: int) -> list:
+    labels = np.arange(len(images)) % 3
+    ds = cls(images, labels, np.arange(len(images))[::-1].copy(), transform)
+    torch.manual_seed(seed)
+    return list(DataLoader(ds, batch_size=7, shuffle=True))
+
+
+@pytest.mark.parametrize("c,size,hflip,dtype", [(1, 8, False, torch.float32),  # digits
+                                                (1, 28, True, torch.uint8),  # Fashion-MNIST's shape
+                                                (3, 32, True, torch.uint8),  # CIFAR-10
+                                                (3, 12, True, torch.float64)])
+def test_a_batch_equals_the_per_image_pipeline_bit_for_bit(c, size, hflip, dtype):
+    mean, std = [0.3, 0.5, 0.7][:c], [0.2, 0.25, 0.3][:c]
+    transform, wants_pil = train_transform("small", size, mean, std, c, native_size=size, hflip=hflip)
+    assert not wants_pil and batched(transform) is not None
+    images = _images(23, c, size, dtype)
+    ours, theirs = _epoch(TensorImageDataset, images, transform, 5), _epoch(PerImage, images, transform, 5)
+    assert len(ours) == len(theirs) == 4
+    for (x, y), (x_ref, y_ref) in zip(ours, theirs):
+        assert x.dtype == x_ref.dtype == torch.float32 and torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    # the draws really vary: another seed gives other crops
+    assert not torch.equal(_epoch(TensorImageDataset, images, transform, 6)[0][0], ours[0][0])
+    # and the global stream is left where the per-image path leaves it
+    torch.manual_seed(1)
+    _epoch(TensorImageDataset, images, transform, 5)
+    after_ours = torch.rand(1)
+    _epoch(PerImage, images, transform, 5)
+    assert torch.equal(torch.rand(1), after_ours)
+
+
+def test_the_one_call_draw_is_what_this_torch_does():
+    # square crops without a flip (digits, the main job) draw the whole batch in one randint call;
+    # a torch whose vector randint drew another stream would silently take the per-image loop
+    from convit.data.batched import _vector_randint_is_serial
+    assert _vector_randint_is_serial()
+
+
+def test_the_eval_transform_is_batched_too():
+    transform = tensor_eval_transform(8, 8, [0.5], [0.25])
+    images = _images(10, 1, 8, torch.uint8)
+    ours, theirs = _epoch(TensorImageDataset, images, transform, 0), _epoch(PerImage, images, transform, 0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("transform", [
+    v2.Compose([v2.RandomCrop(8, padding=1, fill=1.0), v2.Normalize([0.5], [0.5])]),  # a non-zero fill
+    v2.Compose([v2.RandomCrop(8, padding=1, padding_mode="reflect")]),
+    v2.Compose([v2.RandomCrop(8, padding=(1, 2))]),  # uneven padding
+    v2.Compose([v2.Resize(6), v2.Normalize([0.5], [0.5])]),
+    v2.RandomHorizontalFlip(), lambda x: x])
+def test_steps_it_does_not_reproduce_stay_per_image(transform):
+    assert batched(transform) is None
+    ds = TensorImageDataset(_images(4, 1, 8, torch.float32), np.zeros(4), np.arange(4), transform)
+    x, y = ds.__getitems__([2, 0])[0]
+    assert torch.is_tensor(x) and y == 0
+
+
+def test_the_pil_path_is_never_batched():
+    transform, wants_pil = train_transform("deit", 32, [0.5] * 3, [0.5] * 3, 3, native_size=32)
+    assert wants_pil
+    ds = TensorImageDataset(_images(2, 3, 32, torch.uint8), np.zeros(2), np.arange(2), transform, to_pil=True)
+    assert ds._batched is None
