@@ -86,14 +86,14 @@ def fit(cfg: TrainConfig, *, on_device: bool = False, on_eval: Optional[EvalHook
         # -- loop over epochs: train, evaluate, log, save last.pt ----------------------------------
         entry: Dict[str, Any] = {}
         for epoch in range(start_epoch + 1, epochs + 1):
-            t_epoch = time.perf_counter()
+            t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             entry = {"epoch": epoch, **_train_epoch(model, data, step, epoch, device=device, cfg=cfg, folder=folder,
                                                     say=say, main=main)}
             if epoch % cfg.eval_every == 0 or epoch == epochs:
                 entry.update(_evaluate(bare, step, data, device, final=epoch == epochs))
                 if probe is not None:
                     entry.update(on_eval(bare, probe))
-            entry["epoch_time_s"] = time.perf_counter() - t_epoch
+            entry.update(epoch_time_s=time.perf_counter() - t_epoch, epoch_cpu_time_s=time.process_time() - cpu_epoch)
             improved = entry.get("val_top1", -math.inf) > best["val_top1"]
             best = {"val_top1": entry["val_top1"], "epoch": epoch} if improved else best
             rngs = distributed.all_gather_object(rng_state())  # every rank's, so DDP runs resume exactly

@@ -237,7 +237,11 @@ def test_unfinished_run_resumes_from_last_pt(tmp_path, monkeypatch):
     assert resumes[0] is not None and resumes[0].endswith("last.pt")
     assert epochs_trained == [1, "resumed", 2]  # epoch 1 was not trained again
     assert recs[0]["resumed"] is True and recs[0]["epochs"] == 2 and recs[0]["test_top1"] is not None
-    assert [e["epoch"] for e in read_jsonl(spec.folder / "log.jsonl")] == [1, 2]
+    log = read_jsonl(spec.folder / "log.jsonl")
+    assert [e["epoch"] for e in log] == [1, 2]
+    # cpu_s is this attempt's; epochs_cpu_s adds every attempt's logged epochs (both epochs here)
+    assert recs[0]["epochs_cpu_s"] == pytest.approx(sum(e["epoch_cpu_time_s"] for e in log)) and \
+        recs[0]["epochs_cpu_s"] > log[1]["epoch_cpu_time_s"] > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,8 +42,9 @@ def test_run_folder_log_and_summary(trained_run):
     assert [e["epoch"] for e in log] == [1, 2]
     for e in log:
         for key in ("epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss", "images_per_s",
-                    "epoch_time_s", "locality"):
+                    "epoch_time_s", "epoch_cpu_time_s", "locality"):
             assert key in e, key
+        assert 0 < e["epoch_cpu_time_s"] < 60, "this process's CPU seconds of a tiny epoch"
         assert {"nonlocality", "gates"} <= set(e["locality"])
         assert len(e["locality"]["nonlocality"]) == 2 and len(e["locality"]["gates"]) == 1
     assert "test_top1" not in log[0]  # the test split is evaluated on the final model only

@@ -266,6 +266,7 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
         "images_per_class": (summary["train_images"] / facts["classes"]
                              if facts["classes"] and summary.get("train_images") else None),
         "wall_s": wall, "cpu_s": cpu, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "epochs_cpu_s": sum(e.get("epoch_cpu_time_s", 0.0) for e in read_jsonl(folder / "log.jsonl")),  # every attempt's
         "evals": _evaluated_epochs(folder),
     }
     _atomic_write_json(result_path, record)
