@@ -27,11 +27,11 @@ def _images(n: int, c: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.rand(n, c, size, size, generator=g, dtype=dtype)
 
 
-def _epoch(cls, images, transform, seed: int) -> list:
+def _epoch(cls, images, transform, seed: int, workers: int = 0) -> list:
     labels = np.arange(len(images)) % 3
     ds = cls(images, labels, np.arange(len(images))[::-1].copy(), transform)
     torch.manual_seed(seed)
-    return list(DataLoader(ds, batch_size=7, shuffle=True))
+    return list(DataLoader(ds, batch_size=7, shuffle=True, num_workers=workers))
 
 
 @pytest.mark.parametrize("c,size,hflip,dtype", [(1, 8, False, torch.float32),  # digits
@@ -55,6 +55,14 @@ def test_a_batch_equals_the_per_image_pipeline_bit_for_bit(c, size, hflip, dtype
     after_ours = torch.rand(1)
     _epoch(PerImage, images, transform, 5)
     assert torch.equal(torch.rand(1), after_ours)
+
+
+def test_dataloader_workers_draw_the_same_batches():
+    # each worker process draws from its own seeded stream, batch by batch, as the per-image path
+    transform, _ = train_transform("small", 32, [0.5] * 3, [0.25] * 3, 3, native_size=32, hflip=True)
+    images = _images(30, 3, 32, torch.uint8)
+    ours, theirs = _epoch(TensorImageDataset, images, transform, 3, 2), _epoch(PerImage, images, transform, 3, 2)
+    assert len(ours) == 5 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ours, theirs))
 
 
 def test_the_one_call_draw_is_what_this_torch_does():

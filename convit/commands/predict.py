@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import ImageReadError, eval_input_size, eval_transform, read_image
+from ..data import ImageReadError, eval_input_size, eval_transform, pixel_limit, read_image
 from ..data.reader import ImageReadWarning
 from ..runtime import resolve_device
 from ..zoo import load_model
@@ -185,7 +185,7 @@ def _batches(args: argparse.Namespace, paths: List[str], model, info) -> Iterato
     native = data.get("native_size")
     transform = eval_transform(img_size, data.get("mean", pcfg["mean"]), data.get("std", pcfg["std"]),
                                in_chans, native)
-    limit = -1 if args.max_image_pixels is None else (args.max_image_pixels or None)
+    limit = pixel_limit(args.max_image_pixels)
     files = _Files(paths, transform, "L" if in_chans == 1 else "RGB", eval_input_size(img_size, native), limit)
     return iter(DataLoader(files, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_collate))
 
@@ -195,8 +195,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_image_pixels is not None and args.max_image_pixels < 0:
-        raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, got {args.max_image_pixels}")
+    pixel_limit(args.max_image_pixels)  # a bad value is refused before the model is read
     if args.output is not None and Path(args.output).suffix.lower() not in _OUTPUTS:
         raise ValueError(f"--output must end in {' or '.join(_OUTPUTS)}, got {args.output}")
 

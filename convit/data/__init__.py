@@ -54,7 +54,8 @@ from __future__ import annotations
 from .build import DATASETS, DataBundle, build_data
 from .cifar import load_cifar10_npz
 from .datasets import (ImageFileDataset, TensorImageDataset, UnreadableSample, WorkerImageReadError, add_skipped,
-                       collate_skipping, collate_skipping_even, load_image, read_skipped, set_max_image_pixels)
+                       collate_skipping, collate_skipping_even, load_image, pixel_limit, read_skipped,
+                       set_max_image_pixels)
 from .device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .imagefolder import IMG_EXTENSIONS
 from .reader import ImageReadError, probe_image, read_image
@@ -67,7 +68,7 @@ __all__ = [
     "train_transform", "eval_transform", "load_image", "load_cifar10_npz", "cache_dir",
     "TensorImageDataset", "ImageFileDataset", "IMG_EXTENSIONS", "read_image", "probe_image",
     "ImageReadError", "UnreadableSample", "WorkerImageReadError", "collate_skipping", "collate_skipping_even",
-    "read_skipped", "add_skipped", "set_max_image_pixels",
+    "read_skipped", "add_skipped", "set_max_image_pixels", "pixel_limit",
     "eval_input_size",
     "DeviceImages", "TrainBatches", "EvalBatches", "device_splits",
 ]

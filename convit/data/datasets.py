@@ -245,15 +245,21 @@ def add_skipped(path: Union[str, os.PathLike], entries: Dict[str, str]) -> None:
         atomic_save(lambda tmp: tmp.write_text(text, encoding="utf-8"), Path(path), "list of skipped files")
 
 
+def pixel_limit(flag: Optional[int]) -> Optional[int]:
+    """``--max-image-pixels`` as the reader's ``max_pixels``: not given (None) is -1, Pillow's
+    limit; 0 is None, no limit (trusted files only); N allows N pixels.  Negative: ValueError."""
+    if flag is not None and flag < 0:
+        raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, got {flag}")
+    return -1 if flag is None else (flag or None)
+
+
 def set_max_image_pixels(limit: Optional[int]) -> None:
-    """The decompression-bomb limit every read of this process uses (``--max-image-pixels``):
-    None leaves Pillow's default, 0 removes the limit (trusted files only), N allows N pixels.
+    """The decompression-bomb limit every read of this process uses (``--max-image-pixels`` of
+    train and eval, read as :func:`pixel_limit` reads it; predict passes it to each read instead).
 
     It sets Pillow's ``Image.MAX_IMAGE_PIXELS``, which the reader checks on the header before
     decoding; DataLoader workers forked afterwards inherit it.
     """
-    if limit is None:
-        return
-    if limit < 0:
-        raise ValueError(f"--max-image-pixels must be 0 (no limit) or more, got {limit}")
-    Image.MAX_IMAGE_PIXELS = limit or None
+    value = pixel_limit(limit)
+    if value != -1:
+        Image.MAX_IMAGE_PIXELS = value
