@@ -144,6 +144,8 @@ def test_summarize_hand_computed(tmp_path):
     assert paths["figure"].is_file() and paths["figure"].stat().st_size > 1000
     rows = list(csv.DictReader(open(paths["summary"])))
     assert len(rows) == 4 and float(rows[0]["gain_test"]) == pytest.approx(0.3)
+    assert "locality_figure" not in paths  # no run logged locality: no empty figure
+
 
 
 # ---------------------------------------------------------------------------------------------

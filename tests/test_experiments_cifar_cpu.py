@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from convit.experiments.results import write_results
 from convit.experiments.runner import load_results, plan_runs, run_sweep
 from convit.presets import experiment_scale
@@ -72,3 +74,29 @@ def test_settings_diff_tolerates_knobs_added_since(tmp_path):
     assert settings_diff({**stored, "removed_knob": 3}, planned) == []  # a field since removed
     assert settings_diff({**stored, "lr": 1.0}, planned) == ["lr"]
     assert settings_diff(None, planned) == sorted(planned)
+
+
+def _record(variant: str, seed: int) -> dict:
+    return {"grid": "sample-efficiency", "preset": "cifar10-cpu", "variant": variant, "label": variant,
+            "fraction": 0.1, "seed": seed, "test_top1": 50.0, "val_top1": 50.0, "baseline": variant == "deit",
+            "train_images": 100, "wall_s": 1.0}
+
+
+def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_path):
+    from convit.experiments.results import _curves
+
+    def rec(seed, last_gate):
+        r = dict(_record("convit", seed), epochs=10)
+        r["evals"] = [{"epoch": 5, "locality": {"nonlocality": [[1.0, 3.0], [2.0, None]], "gates": [[0.7, 0.9]]}},
+                      {"epoch": 10, "val_top1": 50.0},  # an evaluation without locality is left out
+                      {"epoch": 10, "locality": {"nonlocality": [[2.0, 4.0], [5.0, None]],
+                                                 "gates": [[last_gate, last_gate]]}}]
+        return r
+    recs = [rec(0, 0.5), rec(1, 0.3), _record("deit", 0)]
+    assert _curves(recs[:2], "nonlocality") == ([0.5, 1.0], [[2.0, 2.0], [3.0, 5.0]])
+    xs, ys = _curves(recs[:2], "gates")
+    assert xs == [0.5, 1.0] and ys[0] == [pytest.approx(0.8)] and ys[1] == [pytest.approx(0.4)]
+    assert _curves(recs[2:], "gates") == ([], [])
+    paths = write_results(recs, tmp_path, grid="sample-efficiency")
+    assert paths["locality_figure"].name == "locality_over_training.png"
+    assert paths["locality_figure"].stat().st_size > 1000

@@ -14,7 +14,9 @@ Files written by :func:`write_results`:
 * ``summary.csv``  one row per (variant, fraction): n, means, stds, gains;
 * ``results.md``   the summary as Markdown tables, with the paper's numbers where it has some;
 * a figure: ``top1_vs_fraction.png`` (sample efficiency, like the paper's Fig. 2),
-  ``ablation.png``, ``locality_strength.png`` or ``gpsa_layers.png``.
+  ``ablation.png``, ``locality_strength.png`` or ``gpsa_layers.png``;
+* ``locality_over_training.png`` when the runs logged locality: nonlocality per block and gate
+  per GPSA block over training, per variant and fraction (the paper's Figs. 5-6).
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .grids import PAPER_ABLATION, PAPER_SAMPLE_EFFICIENCY
 
 __all__ = ["mean_std", "relative_gain", "Cell", "summarize", "locality_markdown", "write_results", "FIGURE_NAMES"]
 
+_BLOCK_COLOURS = colormaps["viridis"]  # early blocks dark, late blocks light
 FIGURE_NAMES = {"sample-efficiency": "top1_vs_fraction.png", "ablation": "ablation.png",
                 "locality-strength": "locality_strength.png", "gpsa-layers": "gpsa_layers.png"}
 
@@ -314,6 +318,55 @@ def _grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
+    """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
+    [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
+    runs = []
+    for r in records:
+        evals = [e for e in r.get("evals") or [] if (e.get("locality") or {}).get(key)]
+        total = r.get("epochs") or (evals[-1]["epoch"] if evals else 1)
+        if evals:
+            runs.append([(e["epoch"] / total, [statistics.fmean(x for x in heads if x is not None)
+                                               if heads and any(x is not None for x in heads) else math.nan
+                                               for heads in e["locality"][key]]) for e in evals])
+    n = min((len(run) for run in runs), default=0)
+    return ([runs[0][i][0] for i in range(n)],
+            [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
+
+
+def _locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
+    """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6), one
+    column per fraction, one row per variant and measure; False (nothing written) without locality."""
+    groups: Dict[Tuple[str, float], List[Dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("label", r["variant"]), float(r["fraction"])), []).append(r)
+    fractions = sorted({f for _, f in groups})
+    labels = list(dict.fromkeys(label for label, _ in groups))
+    panels = [(label, key) for key in ("nonlocality", "gates") for label in labels
+              if any(_curves(groups.get((label, f), []), key)[0] for f in fractions)]
+    if not panels:
+        return False
+    fig = Figure(figsize=(3.2 * len(fractions), 2.3 * len(panels)), layout="tight")
+    axes = fig.subplots(len(panels), len(fractions), squeeze=False)
+    for row, (label, key) in enumerate(panels):
+        for col, f in enumerate(fractions):
+            ax, (xs, ys) = axes[row][col], _curves(groups.get((label, f), []), key)
+            blocks = len(ys[0]) if ys else 0
+            for b in range(blocks):
+                ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
+                        label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}")
+            per_class = _mean_of(groups.get((label, f), []), "images_per_class")
+            ax.set_title(f"{label}, {per_class:.0f}/class" if per_class else f"{label}, f = {f:g}", fontsize=8)
+            ax.set_ylabel("gate sigma(lambda)" if key == "gates" else "nonlocality (patches)", fontsize=7)
+            ax.set_xlabel("training progress (epoch / epochs)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if blocks and col == len(fractions) - 1:
+                ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "",
                   title: str = "") -> Dict[str, Path]:
     """Write results.csv, summary.csv, results.md and the grid's figure into ``output``."""
@@ -341,4 +394,6 @@ def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "
         else:
             _grouped_figure(cells, fig, f"{grid} ({preset}): test top-1, mean ± std over seeds")
         paths["figure"] = fig
+    if _locality_figure(records, output / "locality_over_training.png"):
+        paths["locality_figure"] = output / "locality_over_training.png"
     return paths
