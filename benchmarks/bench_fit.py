@@ -134,7 +134,8 @@ def bench_case(name: str, cfg: TrainConfig, on_device: bool, repeats: int) -> fl
     ours, bare, ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
-            run = {"ours": lambda: run_ours(cfg, on_device, Path(tmp) / f"run{rep}"), "bare": lambda: run_bare(cfg, batches)}
+            run = {"ours": lambda: run_ours(cfg, on_device, Path(tmp) / f"run{rep}"),
+                   "bare": lambda: run_bare(cfg, batches)}
             order = ("ours", "bare") if rep % 2 == 0 else ("bare", "ours")
             took = {k: run[k]() for k in order}
             ours.append(took["ours"])
@@ -144,7 +145,8 @@ def bench_case(name: str, cfg: TrainConfig, on_device: bool, repeats: int) -> fl
                   f"CPU-s, ours/bare throughput {ratios[-1]:.3f}", flush=True)
     ratio = statistics.median(ratios)
     o, b = statistics.median(ours), statistics.median(bare)
-    print(f"{name}: {cfg.model} {cfg.run_epochs} epochs, {images} training images; median CPU-s ours {o:.2f} "
+    model = f"{cfg.model} with {cfg.model_kwargs}" if cfg.model_kwargs else cfg.model  # the scale resizes it
+    print(f"{name}: {model} {cfg.run_epochs} epochs, {images} training images; median CPU-s ours {o:.2f} "
           f"({images / o:.0f} img/CPU-s), bare {b:.2f} ({images / b:.0f} img/CPU-s); ours/bare throughput: "
           f"median {ratio:.3f} of {repeats} (range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return ratio
