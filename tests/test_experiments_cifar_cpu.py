@@ -100,3 +100,11 @@ def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_p
     paths = write_results(recs, tmp_path, grid="sample-efficiency")
     assert paths["locality_figure"].name == "locality_over_training.png"
     assert paths["locality_figure"].stat().st_size > 1000
+
+
+def test_cpu_time_of_a_resumed_run_counts_every_attempt():
+    from convit.experiments.results import summarize
+    whole = dict(_record("convit", 0), cpu_s=100.0, epochs_cpu_s=95.0)  # one attempt: its process time
+    resumed = dict(_record("convit", 1), cpu_s=40.0, epochs_cpu_s=90.0)  # resumed: every attempt's epochs
+    older = dict(_record("convit", 2), cpu_s=30.0)  # from before epochs_cpu_s: what it has
+    assert summarize([whole, resumed, older])[0].cpu_s == pytest.approx(100.0 + 90.0 + 30.0)

@@ -78,7 +78,7 @@ class Cell:
     train_images: Optional[float] = None
     images_per_class: Optional[float] = None
     wall_s: float = 0.0
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # per run the larger of cpu_s (its last attempt) and epochs_cpu_s (every attempt's epochs)
     params: Optional[int] = None
 
 
@@ -113,7 +113,7 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[Cell]:
                              train_images=statistics.fmean(imgs) if imgs else None,
                              images_per_class=_mean_of(rs, "images_per_class"),
                              wall_s=sum(float(r.get("wall_s") or 0) for r in rs),
-                             cpu_s=sum(float(r.get("cpu_s") or 0) for r in rs),
+                             cpu_s=sum(max(float(r.get("cpu_s") or 0), float(r.get("epochs_cpu_s") or 0)) for r in rs),
                              params=next((int(r["params"]) for r in rs if r.get("params")), None))
     base_name = next((r["variant"] for r in records if r.get("baseline")), None)
     if base_name is not None:
