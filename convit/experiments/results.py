@@ -342,15 +342,16 @@ def _locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
         groups.setdefault((r.get("label", r["variant"]), float(r["fraction"])), []).append(r)
     fractions = sorted({f for _, f in groups})
     labels = list(dict.fromkeys(label for label, _ in groups))
-    panels = [(label, key) for key in ("nonlocality", "gates") for label in labels
-              if any(_curves(groups.get((label, f), []), key)[0] for f in fractions)]
+    curves = {(label, key, f): _curves(groups.get((label, f), []), key)  # each computed once
+              for key in ("nonlocality", "gates") for label in labels for f in fractions}
+    panels = list(dict.fromkeys((label, key) for label, key, f in curves if curves[label, key, f][0]))
     if not panels:
         return False
     fig = Figure(figsize=(3.2 * len(fractions), 2.3 * len(panels)), layout="tight")
     axes = fig.subplots(len(panels), len(fractions), squeeze=False)
     for row, (label, key) in enumerate(panels):
         for col, f in enumerate(fractions):
-            ax, (xs, ys) = axes[row][col], _curves(groups.get((label, f), []), key)
+            ax, (xs, ys) = axes[row][col], curves[label, key, f]
             blocks = len(ys[0]) if ys else 0
             for b in range(blocks):
                 ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),

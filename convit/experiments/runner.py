@@ -254,7 +254,7 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
             stack.enter_context(contextlib.redirect_stdout(log))
         summary = fit_fn(cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    facts = _model_facts(folder)
+    facts, log = _model_facts(folder), _log_entries(folder)
     record = {
         "grid": spec.grid, "preset": spec.preset, "variant": spec.variant.name, "label": spec.variant.label,
         "role": spec.variant.role, "baseline": spec.variant.baseline, "fraction": spec.fraction,
@@ -266,20 +266,19 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
         "images_per_class": (summary["train_images"] / facts["classes"]
                              if facts["classes"] and summary.get("train_images") else None),
         "wall_s": wall, "cpu_s": cpu, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "epochs_cpu_s": sum(e.get("epoch_cpu_time_s", 0.0) for e in read_jsonl(folder / "log.jsonl")),  # every attempt's
-        "evals": _evaluated_epochs(folder),
+        "epochs_cpu_s": sum(e.get("epoch_cpu_time_s", 0.0) for e in log),  # every attempt's epochs
+        "evals": [e for e in log if "val_top1" in e or "test_top1" in e],  # metrics and locality
     }
     _atomic_write_json(result_path, record)
     record["skipped"] = False
     return record
 
 
-def _evaluated_epochs(folder: Path) -> List[Dict[str, Any]]:
-    """The log entries of the evaluated epochs (metrics, and locality where logged), so that
-    ``result.json`` alone holds a run's curves and a sweep folder can keep it and drop the
-    per-epoch ``log.jsonl``."""
+def _log_entries(folder: Path) -> List[Dict[str, Any]]:
+    """The run's log.jsonl, read once (none when the fit wrote no log): result.json keeps its evaluated
+    epochs and CPU time, so a sweep folder can keep result.json alone and drop the per-epoch log."""
     path = folder / "log.jsonl"
-    return [e for e in read_jsonl(path) if "val_top1" in e or "test_top1" in e] if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _model_facts(folder: Path) -> Dict[str, Optional[int]]:
