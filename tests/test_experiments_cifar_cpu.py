@@ -83,7 +83,7 @@ def _record(variant: str, seed: int) -> dict:
 
 
 def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_path):
-    from convit.experiments.results import _curves
+    from convit.experiments.figures import locality_curves as _curves
 
     def rec(seed, last_gate):
         r = dict(_record("convit", seed), epochs=10)

@@ -3,7 +3,9 @@
 * :mod:`.grids`   -- the comparisons (variants); the scales they run at (``--preset``) are
   :data:`convit.presets.EXPERIMENT_SCALES`;
 * :mod:`.runner`  -- a resumable sweep of training runs, one folder per run;
-* :mod:`.results` -- mean +- std tables, relative gains over DeiT, figures.
+* :mod:`.summary` -- mean +- std over seeds, relative gains over DeiT, locality curves;
+* :mod:`.figures` -- the sweep's figures;
+* :mod:`.results` -- its tables, and the files a sweep writes.
 
 The ``cifar10-gpu`` scale keeps its data on the GPU (:mod:`convit.data.device`) and trains with
 the same :func:`convit.train.fit` (``on_device=True``).

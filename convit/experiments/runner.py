@@ -7,7 +7,7 @@ Layout of a sweep folder::
                                             log.jsonl, last.pt, model.safetensors, ...)
         train.log                           the run's console output
         result.json                         written atomically when the run has finished
-    DIR/results.csv, results.md, *.png      written by convit.experiments.results
+    DIR/results.csv, results.md, *.png      written by convit.experiments.results (.figures)
 
 Resuming: a run whose ``result.json`` exists is skipped (and its settings checked against the
 plan, so a changed recipe is never silently mixed into a table); a run with a ``last.pt`` of

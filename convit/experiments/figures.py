@@ -1,0 +1,129 @@
+"""The figures of a sweep (matplotlib's object API: no pyplot, no global state).
+
+* :func:`sample_efficiency_figure` -- top-1 and the relative gain against the training
+  fraction, beside the paper's ImageNet gains (like the paper's Fig. 2);
+* :func:`grouped_figure`  -- bars per variant and fraction (ablation, locality strength, GPSA layers);
+* :func:`locality_figure` -- nonlocality per block and gate per GPSA block over training, per
+  variant and fraction (the paper's Figs. 5-6).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from .grids import PAPER_SAMPLE_EFFICIENCY
+from .summary import Cell, by_label_and_fraction, locality_series, mean_of, relative_gain
+
+__all__ = ["sample_efficiency_figure", "grouped_figure", "locality_curves", "locality_figure"]
+
+_BLOCK_COLOURS = colormaps["viridis"]  # early blocks dark, late blocks light
+
+
+
+def sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
+    fig = Figure(figsize=(10, 4), layout="tight")  # no pyplot: no global backend or figure state
+    ax, ax2 = fig.subplots(1, 2)
+    variants = list(dict.fromkeys(c.variant for c in cells))
+    base_label = next((c.label for c in cells if c.baseline), "baseline")
+    for i, v in enumerate(variants):
+        cs = sorted((c for c in cells if c.variant == v), key=lambda c: c.fraction)
+        fx = [c.fraction for c in cs]
+        color = f"C{i}"
+        ax.errorbar(fx, [c.test_mean for c in cs], yerr=[0 if math.isnan(c.test_std) else c.test_std for c in cs],
+                    marker="o", capsize=3, color=color, label=f"{cs[0].label} (test)")
+        ax.errorbar(fx, [c.val_mean for c in cs], yerr=[0 if math.isnan(c.val_std) else c.val_std for c in cs],
+                    marker="s", capsize=3, color=color, ls="--", alpha=0.6, label=f"{cs[0].label} (val)")
+        if not cs[0].baseline and any(not math.isnan(c.gain_test) for c in cs):
+            ax2.errorbar(fx, [100 * c.gain_test for c in cs],
+                         yerr=[0 if math.isnan(c.gain_test_sd) else 100 * c.gain_test_sd for c in cs],
+                         marker="o", capsize=3, color=color, label=f"{cs[0].label} vs {base_label} (ours, test)")
+    pf = sorted(PAPER_SAMPLE_EFFICIENCY)
+    ax2.plot(pf, [100 * relative_gain(PAPER_SAMPLE_EFFICIENCY[f][1], PAPER_SAMPLE_EFFICIENCY[f][0]) for f in pf],
+             "k:", marker="^", label="paper, ImageNet ConViT-S vs DeiT-S")
+    ax2.axhline(0, color="grey", lw=0.8)
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_xlabel("fraction of training images per class")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("top-1 vs training fraction (mean ± std over seeds)")
+    ax2.set_ylabel("relative gain (%)")
+    ax2.set_title(f"relative gain over {base_label}")
+    fig.savefig(path, dpi=120)
+
+
+def grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
+    """Bars per variant, one colour per fraction, error bars = std over seeds."""
+    variants = list(dict.fromkeys(c.variant for c in cells))
+    labels = {c.variant: c.label for c in cells}
+    fractions = sorted({c.fraction for c in cells})
+    fig = Figure(figsize=(max(6, 1.3 * len(variants)), 4), layout="tight")
+    ax = fig.subplots()
+    width = 0.8 / len(fractions)
+    for j, f in enumerate(fractions):
+        d = {c.variant: c for c in cells if c.fraction == f}
+        xs = [i + (j - (len(fractions) - 1) / 2) * width for i, v in enumerate(variants) if v in d]
+        ys = [d[v].test_mean for v in variants if v in d]
+        es = [0 if math.isnan(d[v].test_std) else d[v].test_std for v in variants if v in d]
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"f = {f:g} (test)")
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels([labels[v] for v in variants], rotation=25, ha="right", fontsize=8)
+    lo = min((c.test_mean for c in cells if not math.isnan(c.test_mean)), default=0)
+    ax.set_ylim(max(0, lo - 10), None)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
+    """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
+    [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
+    runs = []
+    for r in records:
+        series = locality_series(r, key)
+        if series:
+            total = r.get("epochs") or series[-1][0]
+            runs.append([(epoch / total, values) for epoch, values in series])
+    n = min((len(run) for run in runs), default=0)
+    return ([runs[0][i][0] for i in range(n)],
+            [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
+
+
+def locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
+    """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6), one
+    column per fraction, one row per variant and measure; False (nothing written) without locality."""
+    groups = by_label_and_fraction(records)
+    fractions = sorted({f for _, f in groups})
+    labels = list(dict.fromkeys(label for label, _ in groups))
+    curves = {(label, key, f): locality_curves(groups.get((label, f), []), key)  # each computed once
+              for key in ("nonlocality", "gates") for label in labels for f in fractions}
+    panels = list(dict.fromkeys((label, key) for label, key, f in curves if curves[label, key, f][0]))
+    if not panels:
+        return False
+    fig = Figure(figsize=(3.2 * len(fractions), 2.3 * len(panels)), layout="tight")
+    axes = fig.subplots(len(panels), len(fractions), squeeze=False)
+    for row, (label, key) in enumerate(panels):
+        for col, f in enumerate(fractions):
+            ax, (xs, ys) = axes[row][col], curves[label, key, f]
+            blocks = len(ys[0]) if ys else 0
+            for b in range(blocks):
+                ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
+                        label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}")
+            per_class = mean_of(groups.get((label, f), []), "images_per_class")
+            ax.set_title(f"{label}, {per_class:.0f}/class" if per_class else f"{label}, f = {f:g}", fontsize=8)
+            ax.set_ylabel("gate sigma(lambda)" if key == "gates" else "nonlocality (patches)", fontsize=7)
+            ax.set_xlabel("training progress (epoch / epochs)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if blocks and col == len(fractions) - 1:
+                ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
+    fig.savefig(path, dpi=110)
+    return True
