@@ -71,7 +71,9 @@ def grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
         xs = [i + (j - (len(fractions) - 1) / 2) * width for i, v in enumerate(variants) if v in d]
         ys = [d[v].test_mean for v in variants if v in d]
         es = [0 if math.isnan(d[v].test_std) else d[v].test_std for v in variants if v in d]
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"f = {f:g} (test)")
+        per_class = next((c.images_per_class for c in d.values() if c.images_per_class), None)
+        ax.bar(xs, ys, width, yerr=es, capsize=3,
+               label=f"{per_class:.0f} images per class (test)" if per_class else f"f = {f:g} (test)")
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels([labels[v] for v in variants], rotation=25, ha="right", fontsize=8)
     lo = min((c.test_mean for c in cells if not math.isnan(c.test_mean)), default=0)
@@ -97,33 +99,49 @@ def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[f
             [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
 
 
+def _locality_panel(ax: Any, xs: List[float], ys: List[List[float]], key: str, title: str, legend: bool) -> None:
+    blocks = len(ys[0]) if ys else 0
+    if not blocks:
+        ax.set_axis_off()  # e.g. DeiT has no gates
+        return
+    for b in range(blocks):
+        ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
+                label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}")
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel("gate sigma(lambda)" if key == "gates" else "nonlocality (patches)", fontsize=7)
+    ax.set_xlabel("training progress (epoch / epochs)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
+
+
 def locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
-    """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6), one
-    column per fraction, one row per variant and measure; False (nothing written) without locality."""
+    """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6): one
+    column per fraction and one row per variant and measure, or, for a single fraction, one row
+    per variant and one column per measure; False (nothing written) without locality."""
     groups = by_label_and_fraction(records)
     fractions = sorted({f for _, f in groups})
     labels = list(dict.fromkeys(label for label, _ in groups))
     curves = {(label, key, f): locality_curves(groups.get((label, f), []), key)  # each computed once
               for key in ("nonlocality", "gates") for label in labels for f in fractions}
-    panels = list(dict.fromkeys((label, key) for label, key, f in curves if curves[label, key, f][0]))
-    if not panels:
+    drawn = [k for k in curves if curves[k][0]]
+    if not drawn:
         return False
-    fig = Figure(figsize=(3.2 * len(fractions), 2.3 * len(panels)), layout="tight")
-    axes = fig.subplots(len(panels), len(fractions), squeeze=False)
-    for row, (label, key) in enumerate(panels):
-        for col, f in enumerate(fractions):
-            ax, (xs, ys) = axes[row][col], curves[label, key, f]
-            blocks = len(ys[0]) if ys else 0
-            for b in range(blocks):
-                ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
-                        label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}")
+    if len(fractions) == 1:
+        rows = list(dict.fromkeys((label,) for label, _, _ in drawn))
+        cols = list(dict.fromkeys((key, fractions[0]) for _, key, _ in drawn))
+    else:
+        rows = list(dict.fromkeys((label, key) for label, key, _ in drawn))
+        cols = [(f,) for f in fractions]
+    fig = Figure(figsize=(3.2 * len(cols), 2.3 * len(rows)), layout="tight")
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            label, key, f = row + col
             per_class = mean_of(groups.get((label, f), []), "images_per_class")
-            ax.set_title(f"{label}, {per_class:.0f}/class" if per_class else f"{label}, f = {f:g}", fontsize=8)
-            ax.set_ylabel("gate sigma(lambda)" if key == "gates" else "nonlocality (patches)", fontsize=7)
-            ax.set_xlabel("training progress (epoch / epochs)", fontsize=7)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-            if blocks and col == len(fractions) - 1:
-                ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
+            title = f"{label}, {per_class:.0f}/class" if per_class else f"{label}, f = {f:g}"
+            _locality_panel(axes[i][j], *curves[label, key, f], key, title,
+                            legend=i == 0 if len(fractions) == 1 else j == len(cols) - 1)
     fig.savefig(path, dpi=110)
     return True

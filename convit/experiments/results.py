@@ -180,7 +180,8 @@ def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "
         if grid == "sample-efficiency":
             sample_efficiency_figure(cells, fig)
         else:
-            grouped_figure(cells, fig, f"{grid} ({preset}): test top-1, mean ± std over seeds")
+            spread = "mean ± std over seeds" if max(c.n for c in cells) > 1 else "one seed"
+            grouped_figure(cells, fig, f"{grid} ({preset}): test top-1, {spread}")
         paths["figure"] = fig
     if locality_figure(records, output / "locality_over_training.png"):
         paths["locality_figure"] = output / "locality_over_training.png"
