@@ -83,7 +83,7 @@ def _record(variant: str, seed: int) -> dict:
 
 
 def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_path):
-    from convit.experiments.figures import locality_curves as _curves
+    from convit.experiments.summary import locality_curves
 
     def rec(seed, last_gate):
         r = dict(_record("convit", seed), epochs=10)
@@ -93,10 +93,10 @@ def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_p
                                                  "gates": [[last_gate, last_gate]]}}]
         return r
     recs = [rec(0, 0.5), rec(1, 0.3), _record("deit", 0)]
-    assert _curves(recs[:2], "nonlocality") == ([0.5, 1.0], [[2.0, 2.0], [3.0, 5.0]])
-    xs, ys = _curves(recs[:2], "gates")
+    assert locality_curves(recs[:2], "nonlocality") == ([0.5, 1.0], [[2.0, 2.0], [3.0, 5.0]])
+    xs, ys = locality_curves(recs[:2], "gates")
     assert xs == [0.5, 1.0] and ys[0] == [pytest.approx(0.8)] and ys[1] == [pytest.approx(0.4)]
-    assert _curves(recs[2:], "gates") == ([], [])
+    assert locality_curves(recs[2:], "gates") == ([], [])
     paths = write_results(recs, tmp_path, grid="sample-efficiency")
     assert paths["locality_figure"].name == "locality_over_training.png"
     assert paths["locality_figure"].stat().st_size > 1000

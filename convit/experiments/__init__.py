@@ -3,7 +3,7 @@
 * :mod:`.grids`   -- the comparisons (variants); the scales they run at (``--preset``) are
   :data:`convit.presets.EXPERIMENT_SCALES`;
 * :mod:`.runner`  -- a resumable sweep of training runs, one folder per run;
-* :mod:`.summary` -- mean +- std over seeds, relative gains over DeiT, locality curves;
+* :mod:`.summary` -- mean +- std over seeds, relative gains over DeiT, locality series and curves;
 * :mod:`.figures` -- the sweep's figures;
 * :mod:`.results` -- its tables, and the files a sweep writes.
 

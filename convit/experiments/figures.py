@@ -9,20 +9,18 @@
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .grids import PAPER_SAMPLE_EFFICIENCY
-from .summary import Cell, by_label_and_fraction, locality_series, mean_of, relative_gain
+from .summary import Cell, by_label_and_fraction, locality_curves, mean_of, relative_gain
 
-__all__ = ["sample_efficiency_figure", "grouped_figure", "locality_curves", "locality_figure"]
+__all__ = ["sample_efficiency_figure", "grouped_figure", "locality_figure"]
 
 _BLOCK_COLOURS = colormaps["viridis"]  # early blocks dark, late blocks light
-
 
 
 def sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
@@ -83,20 +81,6 @@ def grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
-
-
-def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
-    """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
-    [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
-    runs = []
-    for r in records:
-        series = locality_series(r, key)
-        if series:
-            total = r.get("epochs") or series[-1][0]
-            runs.append([(epoch / total, values) for epoch, values in series])
-    n = min((len(run) for run in runs), default=0)
-    return ([runs[0][i][0] for i in range(n)],
-            [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
 
 
 def _locality_panel(ax: Any, xs: List[float], ys: List[List[float]], key: str, title: str, legend: bool) -> None:

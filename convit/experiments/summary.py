@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["mean_std", "relative_gain", "Cell", "summarize", "mean_of", "by_label_and_fraction",
-           "locality_series"]
+           "locality_series", "locality_curves"]
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -128,3 +128,17 @@ def locality_series(record: Dict[str, Any], key: str) -> List[Tuple[float, List[
     training: ``[(epoch, [mean over heads per block]), ...]`` for each evaluation that logged it."""
     return [(e["epoch"], [_head_mean(heads) for heads in e["locality"][key]])
             for e in record.get("evals") or [] if (e.get("locality") or {}).get(key)]
+
+
+def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
+    """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
+    [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
+    runs = []
+    for r in records:
+        series = locality_series(r, key)
+        if series:
+            total = r.get("epochs") or series[-1][0]
+            runs.append([(epoch / total, values) for epoch, values in series])
+    n = min((len(run) for run in runs), default=0)
+    return ([runs[0][i][0] for i in range(n)],
+            [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
