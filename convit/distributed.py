@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "process_group", "all_reduce_sum", "broadcast_object",
+__all__ = ["DistInfo", "init_distributed", "cleanup", "process_group", "all_reduce_sum", "any_process", "broadcast_object",
            "all_gather_object", "on_main", "barrier", "ShardSampler"]
 
 
@@ -82,6 +82,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any process (one all-reduce under DDP; in a single process,
+    ``flag`` itself, without making a tensor: the training loop asks this every step)."""
+    if not _active():
+        return flag
+    return all_reduce_sum(torch.tensor(float(flag), device=device)).item() > 0
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

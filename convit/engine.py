@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, any_process
 
 __all__ = ["NonFiniteLossError", "TrainStep", "autocast", "train_one_epoch", "evaluate"]
 
@@ -107,23 +107,25 @@ def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device:
     steps = len(loader)
     # A disabled GradScaler passes loss and step through unchanged (same numbers, no branches).
     scaler = step.scaler if step.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, images
+    loss_sum, count = 0.0, 0  # loss x images and images, in float64 like the evaluation's sums
     start, lr = time.perf_counter(), step.lr
     bar = _progress(loader, steps, f"epoch {epoch}", progress)
     for i, (images, targets) in enumerate(bar, start=1):
         images, targets = _to_device(images, targets, device, step.channels_last)
         loss, lr = _update(model, images, targets, step, scaler, at=(epoch, i, steps))
-        sums += torch.stack([loss.double() * images.shape[0], sums.new_tensor(images.shape[0])])
+        loss_sum, count = loss_sum + loss * images.shape[0], count + images.shape[0]
         if bar is not loader:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         elif log_every and i % log_every == 0:
-            print_fn(f"  epoch {epoch} step {i}/{steps}  loss {loss.item():.4f}  lr {lr:.3e}")
+            print_fn(f"  epoch {epoch} step {i}/{steps}  loss {loss:.4f}  lr {lr:.3e}")
     if bar is not loader:
         bar.close()
-    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # a finite loss overflowed
+    # A finite loss may still have overflowed the weights: their largest |w| (NaN if any is
+    # NaN), one fused reduction over all of them, says so.
+    if not torch.nn.utils.get_total_norm(list(model.parameters()), math.inf).isfinite():
         raise NonFiniteLossError(epoch, steps, steps, math.nan, lr, what="the weights became NaN/inf")
 
-    n, loss_sum = all_reduce_sum(sums)[1].item(), sums[0].item()
+    loss_sum, n = all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64, device=device)).tolist()
     return {"train_loss": loss_sum / max(n, 1.0), "lr": lr,
             "images_per_s": n / max(time.perf_counter() - start, 1e-9), "train_images": int(n)}
 
@@ -138,10 +140,10 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
 
 
 def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step: TrainStep,
-            scaler: torch.amp.GradScaler, at: Tuple[int, int, int]) -> Tuple[torch.Tensor, float]:
+            scaler: torch.amp.GradScaler, at: Tuple[int, int, int]) -> Tuple[float, float]:
     """One batch: forward and backward, then, at the last batch of an update (every
     ``step.accum_steps`` batches, and the epoch's last), the optimizer step, the EMA and the
-    schedule.  Returns the (detached) loss and the rate the update uses.
+    schedule.  Returns the batch's loss (a float) and the rate the update uses.
 
     at: (epoch, batch, batches), 1-based: where the batch is, which update it belongs to (the
     schedule and the EMA are functions of the update count) and where a NaN/inf loss happened.
@@ -160,16 +162,17 @@ def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step:
         with autocast(images.device, step.amp_dtype):
             loss = step.loss_fn(model(images).float(), targets)
 
-        # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.
-        bad = all_reduce_sum(torch.tensor(float(not torch.isfinite(loss.detach())), device=images.device))
-        if bad.item() > 0:
-            raise NonFiniteLossError(epoch, i, steps, loss.item(), step.lr)
+        # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.  The
+        # check reads the loss (one device sync per step), which the epoch's mean loss then sums.
+        value = loss.item()
+        if any_process(not math.isfinite(value), images.device):
+            raise NonFiniteLossError(epoch, i, steps, value, step.lr)
         if i == first:
             step.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss / (last - first + 1)).backward()
     lr = step.lr  # the rate this update uses
     if i < last:
-        return loss.detach(), lr
+        return value, lr
     if step.clip_grad is not None:
         scaler.unscale_(step.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), step.clip_grad)
@@ -179,7 +182,7 @@ def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step:
         step.ema.update(model, step=updates)
     if step.lr_scheduler is not None:
         step.lr_scheduler.step_update(num_updates=updates)
-    return loss.detach(), lr
+    return value, lr
 
 
 @torch.no_grad()

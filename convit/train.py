@@ -36,6 +36,7 @@ from . import distributed, memory, unreadable
 from .config import TrainConfig
 from .data import (DataBundle, ImageFileDataset, build_data, collate_skipping, collate_skipping_even,
                    set_max_image_pixels)
+from .data.batched import SampledBatches
 from .data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
 from .fileio import CheckpointSaveError
@@ -166,9 +167,11 @@ def _mixing(cfg: TrainConfig) -> bool:
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, cfg: TrainConfig, device: torch.device,
-            drop_last: bool = False, collate: Callable = collate_skipping) -> DataLoader:
+            drop_last: bool = False, collate: Callable = collate_skipping) -> Iterable:
     # More workers than CPUs only adds process switching (the presets ask for DeiT's 8).
     workers = min(cfg.num_workers, cpu_count())
+    if workers == 0 and getattr(dataset, "batchable", False):  # the same batches, without per-image work
+        return SampledBatches(dataset, batch_size, sampler, drop_last, even=collate is collate_skipping_even)
     # Its own generator seeds the worker processes (reseeded per epoch by _Epochs), leaving
     # the global RNG to the model.  The collate leaves unreadable files out (never replaced).
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
@@ -177,13 +180,13 @@ def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, cfg: TrainConfi
 
 
 class _Epochs:
-    """A training DataLoader whose shuffle and worker seeds are set per epoch (as
-    :class:`~convit.data.device.TrainBatches` does), so an epoch, resumed or not, draws the
-    same batches.  A batch whose every image was unreadable is left out; with ``sync`` (the
+    """A training DataLoader (or :class:`~convit.data.batched.SampledBatches`) whose shuffle and
+    worker seeds are set per epoch (as :class:`~convit.data.device.TrainBatches` does), so an
+    epoch, resumed or not, draws the same batches.  A batch whose every image was unreadable is left out; with ``sync`` (the
     device of DDP's processes, when their files may be unreadable) a step is left out by every
     process when any one's batch is empty, as they must all take the same steps."""
 
-    def __init__(self, loader: DataLoader, sampler: Any, seed: int, rank: int, repeated_aug: bool,
+    def __init__(self, loader: Iterable, sampler: Any, seed: int, rank: int, repeated_aug: bool,
                  sync: Optional[torch.device] = None) -> None:
         self.loader, self.sampler, self.seed, self.rank, self.repeated_aug = loader, sampler, seed, rank, repeated_aug
         self.sync = sync
@@ -191,7 +194,8 @@ class _Epochs:
     def set_epoch(self, epoch: int) -> None:
         # RepeatAugSampler shuffles with the epoch alone: the run's seed is folded into it.
         self.sampler.set_epoch(self.seed * 100_003 + epoch if self.repeated_aug else epoch)
-        self.loader.generator.manual_seed(self.seed * 100_003 + epoch * 1_009 + self.rank)
+        if isinstance(self.loader, DataLoader):
+            self.loader.generator.manual_seed(self.seed * 100_003 + epoch * 1_009 + self.rank)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -97,3 +97,41 @@ def test_the_pil_path_is_never_batched():
     assert wants_pil
     ds = TensorImageDataset(_images(2, 3, 32, torch.uint8), np.zeros(2), np.arange(2), transform, to_pil=True)
     assert ds._batched is None
+
+
+@pytest.mark.parametrize("n,batch,drop_last,even", [(23, 7, False, False), (23, 7, True, False),
+                                                    (23, 4, False, True), (22, 5, False, True)])
+def test_sampled_batches_are_the_dataloaders_batches(n, batch, drop_last, even):
+    # what `convit train` iterates for in-memory data without workers: the DataLoader's batches
+    # (shuffled by a DistributedSampler, ragged or dropped last batch, mixup's even batches) and
+    # the global stream left where the DataLoader leaves it
+    from torch.utils.data import DistributedSampler
+    from convit.data import collate_skipping, collate_skipping_even
+    from convit.data.batched import SampledBatches
+    transform, _ = train_transform("small", 12, [0.5] * 3, [0.25] * 3, 3, native_size=12, hflip=True)
+    ds = TensorImageDataset(_images(n, 3, 12, torch.uint8), np.arange(n) % 4, np.arange(n)[::-1].copy(), transform)
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    # its own generator, as convit.train gives it (without one, each epoch's iterator would take a
+    # draw from the global stream, which SampledBatches does not)
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
+                        collate_fn=collate_skipping_even if even else collate_skipping,
+                        generator=torch.Generator().manual_seed(0))
+    ours = SampledBatches(ds, batch, sampler, drop_last, even)
+    torch.manual_seed(9)
+    theirs, after_theirs = list(loader), torch.rand(1)
+    torch.manual_seed(9)
+    mine, after_mine = list(ours), torch.rand(1)
+    assert len(ours) == len(loader) == len(mine) == len(theirs)
+    for (x, y), (x_ref, y_ref) in zip(mine, theirs):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and y.dtype == y_ref.dtype
+    assert torch.equal(after_mine, after_theirs)
+    assert not even or all(len(y) % 2 == 0 for _, y in mine)
+
+
+def test_only_batchable_datasets_take_whole_batches():
+    transform, _ = train_transform("deit", 32, [0.5] * 3, [0.5] * 3, 3, native_size=32)
+    ds = TensorImageDataset(_images(2, 3, 32, torch.uint8), np.zeros(2), np.arange(2), transform, to_pil=True)
+    assert not ds.batchable
+    with pytest.raises(ValueError, match="per image"):
+        ds.batch(torch.tensor([0]))

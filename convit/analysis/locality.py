@@ -23,6 +23,7 @@ Conventions used everywhere in this module (and in ``docs/analysis.md``):
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -53,7 +54,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def pairwise_distances(grid: Grid, device=None) -> torch.Tensor:
     """||delta_ij|| in patches for every pair of patches of an (H, W) grid, as [N, N] (eq. 8)."""
-    return relative_offsets(tuple(grid), device=device)[..., 2].sqrt()
+    return _distances(tuple(grid), None if device is None else torch.device(device)).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _distances(grid: Grid, device: Optional[torch.device]) -> torch.Tensor:
+    """:func:`pairwise_distances`, made once per grid and device for the measures below, which
+    read it once per block and term (read only: shared between calls)."""
+    return relative_offsets(grid, device=device)[..., 2].sqrt()
 
 
 def patch_attention(attn: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -81,7 +89,7 @@ def attention_nonlocality(attn: torch.Tensor, grid: Grid) -> torch.Tensor:
     """
     n = grid[0] * grid[1]
     a = patch_attention(attn.detach().float(), n)  # a measurement: no gradient
-    d = pairwise_distances(grid, device=a.device)
+    d = _distances(tuple(grid), a.device)
     per_query = (a * d).sum(dim=-1)  # [..., heads, L]: expected distance of each query
     per_head = per_query.mean(dim=-1)  # (1/L) sum_i
     while per_head.ndim > 1:  # average over the batch

@@ -46,6 +46,7 @@ class TensorImageDataset(Dataset):
         self.transform = transform
         self.to_pil = to_pil
         self._batched = None if to_pil else batched(transform)
+        self._indices_t, self._labels_t = torch.from_numpy(self.indices), torch.from_numpy(self.labels)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -55,8 +56,21 @@ class TensorImageDataset(Dataset):
         when :func:`~convit.data.batched.batched` reproduces the transform (same draws, same values)."""
         if self._batched is None:
             return [self[i] for i in items]
-        x = self._batched(self.images[torch.as_tensor(self.indices[items])])
-        return list(zip(x.unbind(0), self.labels[items].tolist()))
+        x, y = self.batch(torch.as_tensor(items, dtype=torch.long))
+        return list(zip(x.unbind(0), y.tolist()))
+
+    @property
+    def batchable(self) -> bool:
+        """Whether :meth:`batch` can transform whole batches at once (see ``batched``)."""
+        return self._batched is not None
+
+    def batch(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, C, h, w] and labels [B] at ``positions`` (a 1-D long tensor) of this view,
+        the images transformed in one batched pass: the stacked ``__getitem__`` results."""
+        if self._batched is None:
+            raise ValueError("this dataset's transform is applied per image (see convit.data.batched)")
+        x = self._batched(self.images[self._indices_t[positions]])
+        return x, self._labels_t[positions]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         x = self.images[self.indices[i]]
