@@ -7,9 +7,10 @@ process, which contention on a shared machine inflates far less than wall time):
 * ``cifar10-cpu``: the model and data pipeline of the ``cifar10-cpu`` experiment scale (its
   ConViT, 50 images per class, batches cut, cropped and flipped from the uint8 split in memory
   by :mod:`convit.data.device`), ``--cifar-epochs`` epochs, evaluated at the last one;
-* ``main``: the main job, ``convit train``'s defaults (convit_digits on digits, DataLoaders whose
-  in-memory transforms run a batch at a time, :mod:`convit.data.batched`; evaluation and
-  locality every epoch), all its 40 epochs unless ``--digits-epochs`` says otherwise.
+* ``main``: the main job, ``convit train``'s defaults (convit_digits on digits, its in-memory
+  batches cut and transformed a batch at a time without a DataLoader, :mod:`convit.data.batched`;
+  evaluation and locality every epoch), all its 40 epochs unless ``--digits-epochs`` says
+  otherwise.
 
 **ours** is one whole :func:`convit.train.fit` call with ``convit train``'s hooks: data built
 (decoded CIFAR-10 comes from the cache), model and recipe built, every epoch trained (lr
@@ -30,9 +31,10 @@ epochs one epoch of bare (with its evaluations), in the same process; bare's CPU
 on its own and subtracted from the fit's.  The two sides thus alternate every second or so, and
 a slow spell of this shared machine (the same 40 epochs take 24-38 CPU-s from one minute to the
 next) falls on both rather than on one: whole runs back to back gave per-repeat ratios spread
-over 0.78-1.11, interleaved ones 0.91-0.96 (docs/speed.md).  Bare leaves the global random
+over 0.78-1.11, interleaved ones 0.89-0.99 (docs/speed.md).  Bare leaves the global random
 streams as it found them, so ours trains exactly as alone (its test top-1 is printed: the main
-job's is 95.56%).  A case's ratio ours / bare (bare CPU time / ours CPU time for the same
+job's is 95.56% on an AVX512 CPU and 95.83% on an AVX2 one, whose float kernels round
+differently).  A case's ratio ours / bare (bare CPU time / ours CPU time for the same
 images) is the median of its repeats, printed with their range.  The last line is ``ratio R``
 with R the worse of the two cases.
 
