@@ -26,6 +26,7 @@ from PIL import Image
 
 from convit import ConViT, ConViTConfig, list_models, model_spec
 from convit.cli import main
+from convit.fast_gpsa import FastGPSA
 from real_image_files import ImageFile, write_image_files
 
 #: ``convit train`` flags of a 2-block ConViT (1 GPSA) on a 4x4 grid of 2x2 patches, trained on a
@@ -166,6 +167,32 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             scale = 0.5 if "gating_param" in name or "pos_proj" in name else 0.02
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return model.eval()
+
+
+def sharp_gpsa(heads: int = 4, dim: int = 32, grid: Tuple[int, int] = (4, 5), seed: int = 0, qkv_bias: bool = False,
+               gates: Optional[Sequence[float]] = None) -> FastGPSA:
+    """A FastGPSA with the convolutional init, then perturbed so that every term of eq. 6
+    matters: random gates (or ``gates``), moved pos_proj, v and biases, and content attention
+    sharpened (qk x 10) far beyond the 0.02 init."""
+    torch.manual_seed(seed)
+    layer = FastGPSA(dim, heads, qkv_bias=qkv_bias, grid=grid)
+    layer.local_init()
+    with torch.no_grad():
+        layer.gating_param.copy_(torch.randn(heads) * 2 if gates is None else torch.tensor(gates))
+        layer.pos_proj.weight.add_(torch.randn_like(layer.pos_proj.weight) * 0.3)
+        layer.pos_proj.bias.normal_()
+        layer.v.weight.add_(torch.randn_like(layer.v.weight) * 0.1)
+        layer.qk.weight.mul_(10)
+        if qkv_bias:
+            layer.qk.bias.normal_()
+            layer.v.bias.normal_()
+        layer.proj.bias.normal_()
+    return layer
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| (b the reference)."""
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture

@@ -15,24 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, interrupt_at_epoch, rel_error, sharp_gpsa
 from convit import create_model
 from convit.cli import main
-from convit.fast_gpsa import FastGPSA
 from convit.fileio import read_jsonl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (CI has none; benchmarks/gpu_check.sh runs these on one)")
 
 CUDA = torch.device("cuda")
-#: One of each zoo family, at the size the zoo builds (224x224, 16x16 patches).
+#: One of each zoo family, at the size the zoo builds (224x224 with 16x16 patches; convit_digits 8x8).
 FAMILIES = ["convit_tiny", "convit_tiny_plus", "deit_tiny", "convit_digits"]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -60,19 +53,6 @@ def test_bf16_training_step_of_every_family(name):
     assert losses[-1] < losses[0], losses
 
 
-def _gpsa_layer(heads: int, dim: int, grid, seed: int = 0) -> FastGPSA:
-    """A FastGPSA with conv init, perturbed so that every term of eq. 6 matters."""
-    torch.manual_seed(seed)
-    layer = FastGPSA(dim, heads, qkv_bias=True, grid=grid)
-    layer.local_init()
-    with torch.no_grad():
-        layer.gating_param.copy_(torch.randn(heads) * 2)
-        layer.pos_proj.weight.add_(torch.randn_like(layer.pos_proj.weight) * 0.3)
-        layer.qk.weight.mul_(10)
-        layer.v.weight.add_(torch.randn_like(layer.v.weight) * 0.1)
-    return layer
-
-
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_fast_gpsa_equals_eq6_on_cuda(dtype, train):
@@ -82,15 +62,15 @@ def test_fast_gpsa_equals_eq6_on_cuda(dtype, train):
     on this sharp attention (logits x10), no more than eq. 6 itself computed on CUDA under the
     same autocast (+50%)."""
     heads, dim, grid = 9, 9 * 48, (14, 14)  # ConViT-S's layer at 224x224
-    layer = _gpsa_layer(heads, dim, grid).train(train)
+    layer = sharp_gpsa(heads, dim, grid, qkv_bias=True).train(train)
     x, w = torch.randn(4, grid[0] * grid[1], dim), torch.randn(4, grid[0] * grid[1], dim)
 
     def run(fn, device, dtype64=False):
-        xi = (x.double() if dtype64 else x).to(device).requires_grad_(True)
+        wide = torch.float64 if dtype64 else torch.float32
+        xi = x.to(device, wide).requires_grad_(True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16" and device == CUDA):
             out = fn(xi)
-        (gx,) = torch.autograd.grad((out.to(w.dtype if not dtype64 else torch.float64)
-                                     * w.to(device, out.dtype if dtype64 else torch.float32)).sum(), [xi])
+        (gx,) = torch.autograd.grad((out.to(wide) * w.to(device, wide)).sum(), [xi])
         return out.detach().cpu(), gx.cpu()
 
     out_ref, gx_ref = run(layer.double().forward_reference, torch.device("cpu"), dtype64=True)
@@ -100,15 +80,15 @@ def test_fast_gpsa_equals_eq6_on_cuda(dtype, train):
         bound_out = bound_gx = 1e-4
     else:
         eq6_out, eq6_gx = run(fast.forward_reference, CUDA)
-        bound_out, bound_gx = 1.5 * _rel(eq6_out, out_ref) + 1e-3, 1.5 * _rel(eq6_gx, gx_ref) + 1e-3
-        print(f"bf16 relative error: fast {_rel(out, out_ref):.2e} / eq. 6 {_rel(eq6_out, out_ref):.2e} (output), "
-              f"fast {_rel(gx, gx_ref):.2e} / eq. 6 {_rel(eq6_gx, gx_ref):.2e} (input gradient)")
-    assert _rel(out, out_ref) < bound_out
-    assert _rel(gx, gx_ref) < bound_gx
+        bound_out, bound_gx = 1.5 * rel_error(eq6_out, out_ref) + 1e-3, 1.5 * rel_error(eq6_gx, gx_ref) + 1e-3
+        print(f"bf16 relative error: fast {rel_error(out, out_ref):.2e} / eq. 6 {rel_error(eq6_out, out_ref):.2e} (output), "
+              f"fast {rel_error(gx, gx_ref):.2e} / eq. 6 {rel_error(eq6_gx, gx_ref):.2e} (input gradient)")
+    assert rel_error(out, out_ref) < bound_out
+    assert rel_error(gx, gx_ref) < bound_gx
     if not train:
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
             cached = fast(x.to(CUDA))  # the eval path that caches P
-        assert _rel(cached.float().cpu(), out_ref) < bound_out
+        assert rel_error(cached.float().cpu(), out_ref) < bound_out
 
 
 def test_compile_training_follows_eager():
@@ -147,8 +127,6 @@ def test_resume_on_cuda(tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed on CUDA logs each epoch once and continues the
     straight run: same lr schedule, and (bf16 kernels need not be bitwise deterministic) its
     losses within 1% of the straight run's."""
-    from conftest import interrupt_at_epoch
-
     assert _train_on_cuda(tmp_path / "straight", "--epochs", "3") == 0
     with monkeypatch.context() as m:
         interrupt_at_epoch(m, 2)
@@ -162,7 +140,7 @@ def test_resume_on_cuda(tmp_path, monkeypatch):
 
 
 NCCL_SCRIPT = """
-import os, torch, torch.distributed as dist
+import torch, torch.distributed as dist
 from convit import distributed as D
 dist.init_process_group("nccl", rank=0, world_size=1)
 torch.cuda.set_device(0)

@@ -7,27 +7,10 @@ gradients, for random weights and gates (not the init), in train and eval.
 import pytest
 import torch
 
-from conftest import small_convit
+from conftest import rel_error, sharp_gpsa, small_convit
 from convit import ConViT
 from convit.attention import GPSA
 from convit.fast_gpsa import FastGPSA, gated_positional_mix
-
-
-def _layer(heads=4, dim=32, grid=(4, 5), seed=0, qkv_bias=False, gates=None) -> FastGPSA:
-    torch.manual_seed(seed)
-    layer = FastGPSA(dim, heads, qkv_bias=qkv_bias, grid=grid)
-    layer.local_init()
-    with torch.no_grad():
-        layer.gating_param.copy_(torch.randn(heads) * 2 if gates is None else torch.tensor(gates))
-        layer.pos_proj.weight.add_(torch.randn_like(layer.pos_proj.weight) * 0.3)
-        layer.pos_proj.bias.normal_()
-        layer.v.weight.add_(torch.randn_like(layer.v.weight) * 0.1)
-        layer.qk.weight.mul_(10)  # sharper content attention than the 0.02 init
-        if qkv_bias:
-            layer.qk.bias.normal_()
-            layer.v.bias.normal_()
-        layer.proj.bias.normal_()
-    return layer
 
 
 def _grads(layer, x, fn):
@@ -37,10 +20,6 @@ def _grads(layer, x, fn):
     params = [p for p in layer.parameters() if p.requires_grad]
     grads = torch.autograd.grad((out * w).sum(), [x] + params, allow_unused=True)
     return out.detach(), grads
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _assert_grads_close(names, fast, slow, tol=1e-4):
@@ -59,7 +38,7 @@ def _assert_grads_close(names, fast, slow, tol=1e-4):
         elif (a == 0).all() or (b == 0).all():
             assert (a == 0).all() and (b == 0).all(), name
         else:
-            assert _rel(a, b) < tol, (name, _rel(a, b))
+            assert rel_error(a, b) < tol, (name, rel_error(a, b))
 
 
 # -- the fast path computes the reference's function -----------------------------------
@@ -79,7 +58,7 @@ def test_fast_path_equals_reference(heads, dim, grid, qkv_bias, gate_override, t
     """Values and gradients (input and every parameter) of FastGPSA.forward equal GPSA's
     eq. 6; in eval also the no-grad path that caches P, called twice (the cache is read)."""
     out_tol, grad_tol = TOL[dtype]
-    layer = _layer(heads, dim, grid, qkv_bias=qkv_bias).to(dtype).train(train)
+    layer = sharp_gpsa(heads, dim, grid, qkv_bias=qkv_bias).to(dtype).train(train)
     layer.gate_override = gate_override
     x = torch.randn(3, grid[0] * grid[1], dim, dtype=dtype)
     out_f, g_f = _grads(layer, x, layer)
@@ -96,7 +75,7 @@ def test_fast_path_equals_reference(heads, dim, grid, qkv_bias, gate_override, t
 
 def test_fast_layer_is_a_gpsa_with_the_same_state_dict():
     """Checkpoints and analysis code see a GPSA: same keys, loadable both ways, isinstance."""
-    ref, fast = GPSA(32, 4, qkv_bias=True, grid=(4, 5)), _layer(qkv_bias=True)
+    ref, fast = GPSA(32, 4, qkv_bias=True, grid=(4, 5)), sharp_gpsa(qkv_bias=True)
     assert isinstance(fast, GPSA)
     assert ref.state_dict().keys() == fast.state_dict().keys()
     ref.load_state_dict(fast.state_dict())
@@ -132,7 +111,7 @@ def test_bf16_autocast_as_accurate_as_explicit_path(heads, dim, grid, grads):
     further from float64 than those of the explicit formula under the same autocast (sharp
     content attention: qk x 10).  With 9 heads the pos_proj gradient is within 0.1 of float64
     but not within 1.25x the explicit path's error, so only the output is compared there."""
-    layer = _layer(heads=heads, dim=dim, grid=grid).train()
+    layer = sharp_gpsa(heads=heads, dim=dim, grid=grid).train()
     x = torch.randn(3, grid[0] * grid[1], dim)
     out64, g64 = _grads(layer.double(), x.double(), layer)
     layer.float()
@@ -144,14 +123,14 @@ def test_bf16_autocast_as_accurate_as_explicit_path(heads, dim, grid, grads):
     compared = list(zip(names, (out,) + g_fast, (out_expl,) + g_expl, (out64,) + g64))
     for name, a, e, b in compared if grads else compared[:1]:
         if not name.endswith("pos_proj.bias"):  # exactly 0 in exact arithmetic
-            err_fast, err_expl = _rel(a.double(), b), _rel(e.double(), b)
+            err_fast, err_expl = rel_error(a.double(), b), rel_error(e.double(), b)
             assert err_fast <= 1.25 * err_expl + 1e-3 and err_fast < 0.1, (name, err_fast, err_expl)
 
 
 def test_partial_gradients_constant_gate_and_frozen_positions():
     """Only some inputs of the mix need a gradient: a constant gate (gate_override) and a
     frozen pos_proj.  The gradients that remain still equal the explicit path's."""
-    layer = _layer().train()
+    layer = sharp_gpsa().train()
     layer.gate_override = 0.3
     layer.pos_proj.requires_grad_(False)
     x = torch.randn(2, 20, 32)
@@ -163,12 +142,12 @@ def test_partial_gradients_constant_gate_and_frozen_positions():
     for name, a, b in zip(names, g_f, g_e):
         assert (a is None) == (b is None), name
         if a is not None:
-            assert _rel(a, b) < 1e-4, name
+            assert rel_error(a, b) < 1e-4, name
 
 
 def test_fused_projection_equals_separate_linears():
     for bias in (False, True):
-        layer = _layer(qkv_bias=bias)
+        layer = sharp_gpsa(qkv_bias=bias)
         x = torch.randn(2, 20, 32)
         assert torch.allclose(layer._qkv(x), torch.cat([layer.qk(x), layer.v(x)], -1), atol=1e-6)
     assert {n for n, _ in layer.named_parameters()} == {
@@ -208,7 +187,7 @@ def _cached_pos(layer: FastGPSA) -> torch.Tensor:
 
 
 def test_cache_is_used_only_without_grad():
-    layer = _layer().eval()
+    layer = sharp_gpsa().eval()
     with torch.no_grad():
         a = layer.positional_attention()
         assert layer.positional_attention() is a
@@ -217,7 +196,7 @@ def test_cache_is_used_only_without_grad():
 
 
 def test_cache_invalidates_after_optimizer_step():
-    layer = _layer()
+    layer = sharp_gpsa()
     x = torch.randn(2, 20, 32)
     before = _cached_pos(layer)
     opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
@@ -231,7 +210,7 @@ def test_cache_invalidates_after_optimizer_step():
 
 
 def test_cache_invalidates_after_load_state_dict_and_copy():
-    layer, other = _layer(seed=0), _layer(seed=1)
+    layer, other = sharp_gpsa(seed=0), sharp_gpsa(seed=1)
     before = _cached_pos(layer)
     layer.load_state_dict(other.state_dict())
     after = _cached_pos(layer)
@@ -242,7 +221,7 @@ def test_cache_invalidates_after_load_state_dict_and_copy():
 
 
 def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
-    layer = _layer()
+    layer = sharp_gpsa()
     before = _cached_pos(layer)
     layer.to(torch.bfloat16).to(torch.float32)  # weights rounded to bf16 and back
     after = _cached_pos(layer)
@@ -263,7 +242,7 @@ def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
 def test_gate_override_skips_a_branch_exactly(monkeypatch):
     """gate_override 0 runs only SDPA, 1 only P @ v, anything else both; outputs equal eq. 6."""
     import convit.fast_gpsa as A
-    layer = _layer().eval()
+    layer = sharp_gpsa().eval()
     x = torch.randn(2, 20, 32)
     calls = []
     sdpa, pv = A.F.scaled_dot_product_attention, A._positional_values
