@@ -24,6 +24,7 @@ with and without subnormals, the lerp, proj) and the SDPA head shape question
 
 --model-level also times whole convit_tiny forwards with the v0 / v1 / current layers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import convit
-from convit.attention import GPSA
+from convit.nn.attention import GPSA
 
 
 def positional_unflushed(layer: GPSA) -> torch.Tensor:
@@ -99,7 +100,7 @@ def interleaved(fns: dict, repeats: int) -> dict:
         f()
     names = list(fns)
     for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
@@ -125,23 +126,29 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def inference_section(layer: GPSA, deit_attn: torch.nn.Module, x: torch.Tensor, x197: torch.Tensor,
-                      cache: dict, repeats: int) -> None:
+def inference_section(
+    layer: GPSA, deit_attn: torch.nn.Module, x: torch.Tensor, x197: torch.Tensor, cache: dict, repeats: int
+) -> None:
     """The variants' agreement with the current path, then their inference times."""
     B = x.shape[0]
     with torch.inference_mode():
         ref = layer(x)
-        for name, f in (("explicit", lambda: layer.forward_reference(x)),
-                        ("v0", lambda: forward_v0(layer, x, False, cache)),
-                        ("v1", lambda: forward_v0(layer, x, True, cache))):
+        for name, f in (
+            ("explicit", lambda: layer.forward_reference(x)),
+            ("v0", lambda: forward_v0(layer, x, False, cache)),
+            ("v1", lambda: forward_v0(layer, x, True, cache)),
+        ):
             print(f"  max |{name} - current| = {(f() - ref).abs().max().item():.2e}")
-        layer_times = interleaved({
-            "explicit": lambda: layer.forward_reference(x),
-            "v0_initial": lambda: forward_v0(layer, x, False, cache),
-            "v1_flush": lambda: forward_v0(layer, x, True, cache),
-            "current": lambda: layer(x),
-            "mhsa_deit": lambda: deit_attn(x197),
-        }, repeats)
+        layer_times = interleaved(
+            {
+                "explicit": lambda: layer.forward_reference(x),
+                "v0_initial": lambda: forward_v0(layer, x, False, cache),
+                "v1_flush": lambda: forward_v0(layer, x, True, cache),
+                "current": lambda: layer(x),
+                "mhsa_deit": lambda: deit_attn(x197),
+            },
+            repeats,
+        )
         report(f"GPSA layer forward, inference, [{B}, 196, 192], convit_tiny block 0", layer_times, "current")
 
 
@@ -161,16 +168,23 @@ def training_section(layer: GPSA, x: torch.Tensor, repeats: int) -> None:
     ref_grad = None
     for name, f in train_fns.items():
         nbytes, out = saved_bytes(f)
-        nbytes -= xg.untyped_storage().nbytes() + sum(p.untyped_storage().nbytes() for p in layer.parameters())
+        nbytes -= xg.untyped_storage().nbytes() + sum(
+            p.untyped_storage().nbytes() for p in layer.parameters()
+        )
         (g,) = torch.autograd.grad(out, [xg], grad_out)
         ref_grad = g if ref_grad is None else ref_grad
-        print(f"  {name:<12} {nbytes / 2 ** 20:7.1f} MB   (= {nbytes / (B * 196 * 192 * 4):.1f} x B*N*C floats)"
-              f"   max |dx - dx_explicit| = {(g - ref_grad).abs().max().item():.1e}")
+        print(
+            f"  {name:<12} {nbytes / 2**20:7.1f} MB   (= {nbytes / (B * 196 * 192 * 4):.1f} x B*N*C floats)"
+            f"   max |dx - dx_explicit| = {(g - ref_grad).abs().max().item():.1e}"
+        )
     wrt = [xg] + list(layer.parameters())  # a training step needs all of them
     train_times = interleaved(
-        {k: (lambda f=f: torch.autograd.grad(f(), wrt, grad_out, allow_unused=True))
-         for k, f in train_fns.items()},
-        max(3, repeats // 2))
+        {
+            k: (lambda f=f: torch.autograd.grad(f(), wrt, grad_out, allow_unused=True))
+            for k, f in train_fns.items()
+        },
+        max(3, repeats // 2),
+    )
     report(f"GPSA layer forward + backward, [{B}, 196, 192]", train_times, "current")
 
 
@@ -189,19 +203,22 @@ def pieces_section(layer: GPSA, x: torch.Tensor, pos_raw: torch.Tensor, repeats:
         out = torch.lerp(content, positional, g)
         q3, k3, v3 = torch.randn(3, B, 197, 3, 64).permute(0, 1, 3, 2, 4).unbind(0)
         q4, k4, v4 = torch.randn(3, B, 197, 4, 48).permute(0, 1, 3, 2, 4).unbind(0)
-        parts = interleaved({
-            "qk+v two matmuls": lambda: (layer.qk(x), layer.v(x)),
-            "fused qkv matmul": lambda: layer._qkv(x),
-            "sdpa 4x48 N196 (GPSA)": lambda: F.scaled_dot_product_attention(q, k, v),
-            "sdpa 4x48 N197": lambda: F.scaled_dot_product_attention(q4, k4, v4),
-            "sdpa 3x64 N197 (DeiT)": lambda: F.scaled_dot_product_attention(q3, k3, v3),
-            "v copy to [h,N,B*d]": lambda: qkv[:, :, 2].permute(2, 1, 0, 3).reshape(h, N, B * d),
-            "bmm P@v flushed": lambda: torch.bmm(pos, v_cols),
-            "bmm P@v subnormals": lambda: torch.bmm(pos_raw, v_cols),
-            "lerp mix": lambda: torch.lerp(content, positional, g),
-            "proj": lambda: layer.proj(out.reshape(B, N, 192)),
-            "P (no cache)": lambda: (layer.clear_cache(), layer.positional_attention()),
-        }, repeats)
+        parts = interleaved(
+            {
+                "qk+v two matmuls": lambda: (layer.qk(x), layer.v(x)),
+                "fused qkv matmul": lambda: layer._qkv(x),
+                "sdpa 4x48 N196 (GPSA)": lambda: F.scaled_dot_product_attention(q, k, v),
+                "sdpa 4x48 N197": lambda: F.scaled_dot_product_attention(q4, k4, v4),
+                "sdpa 3x64 N197 (DeiT)": lambda: F.scaled_dot_product_attention(q3, k3, v3),
+                "v copy to [h,N,B*d]": lambda: qkv[:, :, 2].permute(2, 1, 0, 3).reshape(h, N, B * d),
+                "bmm P@v flushed": lambda: torch.bmm(pos, v_cols),
+                "bmm P@v subnormals": lambda: torch.bmm(pos_raw, v_cols),
+                "lerp mix": lambda: torch.lerp(content, positional, g),
+                "proj": lambda: layer.proj(out.reshape(B, N, 192)),
+                "P (no cache)": lambda: (layer.clear_cache(), layer.positional_attention()),
+            },
+            repeats,
+        )
         report("pieces of the current path", parts)
 
 
@@ -217,13 +234,21 @@ def model_level_section(model: torch.nn.Module, cache: dict, batch: int, repeats
                     if kind == "current":
                         a.forward = GPSA.forward.__get__(a)
                     else:
-                        a.forward = (lambda t, a=a, fl=(kind == "v1"): forward_v0(a, t, fl, cache))
+                        a.forward = lambda t, a=a, fl=(kind == "v1"): forward_v0(a, t, fl, cache)
                 model(xi)
+
             return run
+
         deit = convit.create_model("deit_tiny").eval()
-        mt = interleaved({"v0_initial": with_forward("v0"), "v1_flush": with_forward("v1"),
-                          "current": with_forward("current"), "deit_tiny": lambda: deit(xi)},
-                         max(3, repeats // 5))
+        mt = interleaved(
+            {
+                "v0_initial": with_forward("v0"),
+                "v1_flush": with_forward("v1"),
+                "current": with_forward("current"),
+                "deit_tiny": lambda: deit(xi),
+            },
+            max(3, repeats // 5),
+        )
         report(f"convit_tiny forward, inference, batch {batch}", mt, "current")
 
 
@@ -241,8 +266,10 @@ def main() -> None:
     with torch.inference_mode():
         pos_raw = positional_unflushed(layer)
     tiny = torch.finfo(torch.float32).tiny
-    print(f"P of block 0 at init: {int(((pos_raw > 0) & (pos_raw < tiny)).sum())} subnormal entries "
-          f"of {pos_raw.numel()}")
+    print(
+        f"P of block 0 at init: {int(((pos_raw > 0) & (pos_raw < tiny)).sum())} subnormal entries "
+        f"of {pos_raw.numel()}"
+    )
     if not args.train_only:
         inference_section(layer, deit_attn, x, x197, cache, args.repeats)
     training_section(layer, x, args.repeats)

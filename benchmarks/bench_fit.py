@@ -12,7 +12,7 @@ process, which contention on a shared machine inflates far less than wall time):
   evaluation and locality every epoch), all its 40 epochs unless ``--digits-epochs`` says
   otherwise.
 
-**ours** is one whole :func:`convit.train.fit` call with ``convit train``'s hooks: data built
+**ours** is one whole :func:`convit.training.fit.fit` call with ``convit train``'s hooks: data built
 (decoded CIFAR-10 comes from the cache), model and recipe built, every epoch trained (lr
 schedule per step, NaN checks), evaluated as the config says (validation, test at the end),
 locality logged at evaluated epochs, the log line and ``last.pt`` written every epoch,
@@ -40,6 +40,7 @@ with R the worse of the two cases.
 
     python benchmarks/bench_fit.py [--repeats 5] [--cifar-epochs 24] [--digits-epochs 40]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,22 +48,22 @@ import resource
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 from unittest import mock
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 
-import convit.train
+import convit.training.fit
 from convit.analysis import training_hooks
-from convit.config import TrainConfig, build_config
+from convit.core.runtime import seed_everything, set_threads
 from convit.experiments.runner import plan_runs
-from convit.recipe import build_model
-from convit.runtime import seed_everything, set_threads
-from convit.train import data_loaders, device_batches, fit
+from convit.training.config import TrainConfig, build_config
+from convit.training.fit import data_loaders, device_batches, fit
+from convit.training.recipe import build_model
 
-Batches = List[Tuple[torch.Tensor, torch.Tensor]]
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def cpu_seconds() -> float:
@@ -71,22 +72,27 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cifar_config(epochs: int) -> Tuple[TrainConfig, bool]:
+def cifar_config(epochs: int) -> tuple[TrainConfig, bool]:
     """The cifar10-cpu scale's ConViT run at 50 images per class, shortened to ``epochs``."""
-    spec = plan_runs("sample-efficiency", "cifar10-cpu", "unused", fractions=[50 / 4500], seeds=1,
-                     variants=["convit"])[0]
-    over = dict(spec.overrides, epochs=epochs, warmup_epochs=min(spec.overrides["warmup_epochs"], epochs / 5),
-                eval_every=epochs)
+    spec = plan_runs(
+        "sample-efficiency", "cifar10-cpu", "unused", fractions=[50 / 4500], seeds=1, variants=["convit"]
+    )[0]
+    over = dict(
+        spec.overrides,
+        epochs=epochs,
+        warmup_epochs=min(spec.overrides["warmup_epochs"], epochs / 5),
+        eval_every=epochs,
+    )
     return build_config(over), spec.backend == "device"
 
 
-def main_job_config(epochs: int) -> Tuple[TrainConfig, bool]:
+def main_job_config(epochs: int) -> tuple[TrainConfig, bool]:
     """``convit train``'s defaults (the digits preset), ``epochs`` epochs, no final report."""
     base = build_config({})
     return build_config({"epochs": epochs, "warmup_epochs": base.warmup_epochs, "report": False}), False
 
 
-def materialise(cfg: TrainConfig, on_device: bool) -> Tuple[Batches, Batches, Batches, Any]:
+def materialise(cfg: TrainConfig, on_device: bool) -> tuple[Batches, Batches, Batches, Any]:
     """One epoch of training batches and the val / test batches, as tensors in memory."""
     device = torch.device("cpu")
     data = device_batches(cfg, device) if on_device else data_loaders(cfg, device)
@@ -109,12 +115,13 @@ class BareLoop:
     """The hand-written loop, one epoch (and the evaluations due after it) per call; ``cpu``
     sums the CPU seconds of its calls alone."""
 
-    def __init__(self, cfg: TrainConfig, batches: Tuple[Batches, Batches, Batches, Any]) -> None:
+    def __init__(self, cfg: TrainConfig, batches: tuple[Batches, Batches, Batches, Any]) -> None:
         self.train, self.val, self.test, bundle = batches
         seed_everything(cfg.seed)
         self.model = build_model(cfg, bundle.num_classes, bundle.in_chans, bundle.img_size, lambda s: None)
-        self.optimizer = create_optimizer_v2(self.model, opt=cfg.opt, lr=cfg.resolved_lr(1),
-                                             weight_decay=cfg.weight_decay)
+        self.optimizer = create_optimizer_v2(
+            self.model, opt=cfg.opt, lr=cfg.resolved_lr(1), weight_decay=cfg.weight_decay
+        )
         self.loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
         self.cfg, self.epoch, self.cpu = cfg, 0, 0.0
 
@@ -136,22 +143,26 @@ class BareLoop:
         torch.set_rng_state(rng)
 
 
-def run_interleaved(cfg: TrainConfig, on_device: bool, folder: Path,
-                    batches: Tuple[Batches, Batches, Batches, Any]) -> Tuple[float, float, Optional[float]]:
+def run_interleaved(
+    cfg: TrainConfig, on_device: bool, folder: Path, batches: tuple[Batches, Batches, Batches, Any]
+) -> tuple[float, float, Optional[float]]:
     """One whole fit with a bare epoch after each of its training epochs: (ours' CPU seconds,
     bare's CPU seconds, ours' final test top-1)."""
     bare = BareLoop(cfg, batches)
-    train_one_epoch = convit.train.train_one_epoch
+    train_one_epoch = convit.training.fit.train_one_epoch
 
-    def ours_then_bare(*args: Any, **kwargs: Any) -> Dict[str, Any]:
+    def ours_then_bare(*args: Any, **kwargs: Any) -> dict[str, Any]:
         stats = train_one_epoch(*args, **kwargs)
         bare.run_epoch()
         return stats
 
     start = cpu_seconds()
-    with mock.patch.object(convit.train, "train_one_epoch", ours_then_bare):
-        summary = fit(build_config({**cfg.to_dict(), "output": str(folder), "overwrite": True}),
-                      on_device=on_device, **training_hooks())
+    with mock.patch.object(convit.training.fit, "train_one_epoch", ours_then_bare):
+        summary = fit(
+            build_config({**cfg.to_dict(), "output": str(folder), "overwrite": True}),
+            on_device=on_device,
+            **training_hooks(),
+        )
     total = cpu_seconds() - start
     if bare.epoch != cfg.run_epochs:
         raise RuntimeError(f"bare ran {bare.epoch} epochs, the fit {cfg.run_epochs}")
@@ -170,14 +181,20 @@ def bench_case(name: str, cfg: TrainConfig, on_device: bool, repeats: int) -> fl
             ours.append(o)
             bare.append(b)
             ratios.append(b / o)
-            print(f"  {name} repeat {rep + 1} (interleaved): ours {o:.2f} CPU-s, bare {b:.2f} CPU-s, ours/bare "
-                  f"throughput {ratios[-1]:.3f} (ours' test top-1 {top1:.2f}%)", flush=True)
+            print(
+                f"  {name} repeat {rep + 1} (interleaved): ours {o:.2f} CPU-s, bare {b:.2f} CPU-s, ours/bare "
+                f"throughput {ratios[-1]:.3f} (ours' test top-1 {top1:.2f}%)",
+                flush=True,
+            )
     ratio = statistics.median(ratios)
     o, b = statistics.median(ours), statistics.median(bare)
     model = f"{cfg.model} with {cfg.model_kwargs}" if cfg.model_kwargs else cfg.model  # the scale resizes it
-    print(f"{name}: {model} {cfg.run_epochs} epochs, {images} training images; median CPU-s ours {o:.2f} "
-          f"({images / o:.0f} img/CPU-s), bare {b:.2f} ({images / b:.0f} img/CPU-s); ours/bare throughput: "
-          f"median {ratio:.3f} of {repeats} (range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
+    print(
+        f"{name}: {model} {cfg.run_epochs} epochs, {images} training images; median CPU-s ours {o:.2f} "
+        f"({images / o:.0f} img/CPU-s), bare {b:.2f} ({images / b:.0f} img/CPU-s); ours/bare throughput: "
+        f"median {ratio:.3f} of {repeats} (range {min(ratios):.3f}-{max(ratios):.3f})",
+        flush=True,
+    )
     return ratio
 
 
@@ -189,7 +206,7 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["cifar10-cpu", "main"], choices=["cifar10-cpu", "main"])
     args = p.parse_args()
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
-    ratios: Dict[str, float] = {}
+    ratios: dict[str, float] = {}
     if "cifar10-cpu" in args.cases:
         ratios["cifar10-cpu"] = bench_case("cifar10-cpu", *cifar_config(args.cifar_epochs), args.repeats)
     if "main" in args.cases:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training memory: :mod:`convit.memory`'s estimate against the measured peak of real runs.
+"""Training memory: :mod:`convit.nn.memory`'s estimate against the measured peak of real runs.
 
 Each config is one epoch of ``convit train`` on digits (``fit`` with the locality hook, no
 report), in a fresh process on one thread.  Measured: the peak resident memory (``VmHWM``,
@@ -10,6 +10,7 @@ docs/images.md ("Runs too large for the machine").
     python benchmarks/bench_memory.py                # every config
     python benchmarks/bench_memory.py digits-64px    # some
 """
+
 from __future__ import annotations
 
 import json
@@ -17,21 +18,34 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 #: name -> TrainConfig overrides (on the digits preset, one epoch, one thread).
-CONFIGS: Dict[str, Dict[str, Any]] = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "digits": {},
     "digits-32px": {"img_size": 32, "sampling_ratio": 0.2},
     "digits-64px": {"img_size": 64, "sampling_ratio": 0.1},
     "digits-64px-no-locality": {"img_size": 64, "sampling_ratio": 0.1, "locality": False},
-    "digits-64px-batch128-no-locality": {"img_size": 64, "sampling_ratio": 0.2, "batch_size": 128,
-                                         "locality": False},
+    "digits-64px-batch128-no-locality": {
+        "img_size": 64,
+        "sampling_ratio": 0.2,
+        "batch_size": 128,
+        "locality": False,
+    },
     "digits-96px-no-locality": {"img_size": 96, "sampling_ratio": 0.05, "locality": False},
-    "digits-32px-attn-drop": {"img_size": 32, "sampling_ratio": 0.2, "locality": False,
-                              "model_kwargs": {"attn_drop_rate": 0.1}},
-    "tiny-32px-patch4": {"model": "convit_tiny", "model_kwargs": {"patch_size": 4}, "img_size": 32,
-                         "batch_size": 64, "sampling_ratio": 0.2},
+    "digits-32px-attn-drop": {
+        "img_size": 32,
+        "sampling_ratio": 0.2,
+        "locality": False,
+        "model_kwargs": {"attn_drop_rate": 0.1},
+    },
+    "tiny-32px-patch4": {
+        "model": "convit_tiny",
+        "model_kwargs": {"patch_size": 4},
+        "img_size": 32,
+        "batch_size": 64,
+        "sampling_ratio": 0.2,
+    },
 }
 
 
@@ -43,14 +57,14 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def measure(name: str) -> Dict[str, Any]:
+def measure(name: str) -> dict[str, Any]:
     """One config in this process: estimate, resident memory at the check, peak after it."""
-    import convit.memory as memory
+    import convit.nn.memory as memory
     from convit.analysis import training_hooks
-    from convit.config import build_config
-    from convit.train import fit
+    from convit.training.config import build_config
+    from convit.training.fit import fit
 
-    record: Dict[str, Any] = {"name": name}
+    record: dict[str, Any] = {"name": name}
     real = memory.check_training_memory
 
     def spy(*args: Any, **kwargs: Any) -> memory.MemoryEstimate:
@@ -68,7 +82,7 @@ def measure(name: str) -> Dict[str, Any]:
     return record
 
 
-def main(names: List[str]) -> None:
+def main(names: list[str]) -> None:
     rows = []
     for name in names or list(CONFIGS):
         out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True)
@@ -77,8 +91,11 @@ def main(names: List[str]) -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"| {name} | {r['tokens']:,} | {r['estimate'] / 1e6:,.0f} MB | {r['measured'] / 1e6:,.0f} MB | "
-              f"{r['estimate'] / max(r['measured'], 1):.2f} | {max(r['phases'], key=r['phases'].get)} |", flush=True)
+        print(
+            f"| {name} | {r['tokens']:,} | {r['estimate'] / 1e6:,.0f} MB | {r['measured'] / 1e6:,.0f} MB | "
+            f"{r['estimate'] / max(r['measured'], 1):.2f} | {max(r['phases'], key=r['phases'].get)} |",
+            flush=True,
+        )
     Path(__file__).with_name("results").joinpath("memory.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -43,6 +43,7 @@ Examples:
     python benchmarks/bench_speed.py --device cuda --models tiny,small,base --json gpu.json
     python benchmarks/bench_speed.py --device cuda --models base --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,30 +52,41 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 from measure import MMAP_ENV, MemoryMeter, Timer, environment, measured_bf16_peak
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--models", default="tiny", help="comma-separated sizes: tiny,small,base")
     p.add_argument("--modes", default="infer,train", help="comma-separated: infer,train")
     p.add_argument("--batch", type=int, default=None, help="inference batch (cpu 32, cuda 256)")
     p.add_argument("--train-batch", type=int, default=None, help="training batch (cpu 32, cuda 128)")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (cpu: 5 infer / 3 train; cuda: 20)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds (cpu: 5 infer / 3 train; cuda: 20)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per competitor (cpu 1, cuda 5)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
-                   help="fp32 = no autocast, bf16 = bf16 autocast (default: cpu fp32, cuda bf16)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "bf16"],
+        help="fp32 = no autocast, bf16 = bf16 autocast (default: cpu fp32, cuda bf16)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile every model (same ratios reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated subset of ours_convit,timm_convit,ours_deit,timm_deit")
-    p.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True) for the whole run (x86 CPU; informational)")
+    p.add_argument(
+        "--only", default=None, help="comma-separated subset of ours_convit,timm_convit,ours_deit,timm_deit"
+    )
+    p.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="torch.set_flush_denormal(True) for the whole run (x86 CPU; informational)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-timm logits check")
     p.add_argument("--peak-matmul", type=int, default=8192, help="size of the bf16 peak matmul (cuda)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
@@ -92,14 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 COMPETITORS = ("ours_convit", "timm_convit", "ours_deit", "timm_deit")
 
 
-def build_models(size: str, device: str, only: Optional[List[str]], check: bool, img: int):
+def build_models(size: str, device: str, only: Optional[list[str]], check: bool, img: int):
     """{name: (model, forward-MACs per image)} with timm's weights copied into ours."""
     import timm
     import torch
 
     import convit
-    from convit.checkpoint import load_into
     from convit.commands.models import flops
+    from convit.weights.checkpoint import load_into
 
     models = {}
     for kind, timm_name in (("convit", f"convit_{size}"), ("deit", f"deit_{size}_patch16_224")):
@@ -114,7 +126,9 @@ def build_models(size: str, device: str, only: Optional[List[str]], check: bool,
                 diff = (ours.eval()(x) - ref.eval()(x)).abs().max().item()
             print(f"  check {kind}_{size}: max |logits ours - timm| = {diff:.2e}", flush=True)
             if diff > 1e-3:
-                raise SystemExit(f"ours and timm disagree on {kind}_{size} ({diff}); not timing different functions")
+                raise SystemExit(
+                    f"ours and timm disagree on {kind}_{size} ({diff}); not timing different functions"
+                )
         models[f"ours_{kind}"] = (ours.to(device), macs)
         models[f"timm_{kind}"] = (ref.to(device), macs)
     if only:
@@ -126,14 +140,18 @@ def make_step(model, mode: str, x, y, autocast_dtype, device: str):
     import torch
     import torch.nn.functional as F
 
-    ac = (lambda: torch.autocast(device_type=device, dtype=autocast_dtype)) if autocast_dtype is not None \
+    ac = (
+        (lambda: torch.autocast(device_type=device, dtype=autocast_dtype))
+        if autocast_dtype is not None
         else (lambda: torch.autocast(device_type=device, enabled=False))
+    )
     if mode == "infer":
         model.eval()
 
         def step():
             with torch.inference_mode(), ac():
                 model(x)
+
         return step, None
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05)
@@ -145,10 +163,11 @@ def make_step(model, mode: str, x, y, autocast_dtype, device: str):
         opt.step()
         opt.zero_grad(set_to_none=True)  # no gradients alive between steps: the memory
         # measured for one step includes them
+
     return step, opt
 
 
-def prepare_steps(models: Dict, mode: str, args) -> Tuple[Dict, int]:
+def prepare_steps(models: dict, mode: str, args) -> tuple[dict, int]:
     import torch
 
     batch = args.batch if mode == "infer" else args.train_batch
@@ -162,7 +181,7 @@ def prepare_steps(models: Dict, mode: str, args) -> Tuple[Dict, int]:
     return steps, batch
 
 
-def warm_up(steps: Dict, args) -> Dict[str, float]:
+def warm_up(steps: dict, args) -> dict[str, float]:
     """Untimed calls (compilation, AdamW creating its state, caches)."""
     seconds = {}
     for name, step in steps.items():
@@ -173,26 +192,36 @@ def warm_up(steps: Dict, args) -> Dict[str, float]:
     return seconds
 
 
-def memory_phase(models: Dict, mode: str, args, meter: MemoryMeter) -> Dict[str, Optional[int]]:
+def memory_phase(models: dict, mode: str, args, meter: MemoryMeter) -> dict[str, Optional[int]]:
     steps, _ = prepare_steps(models, mode, args)
     warm_up(steps, args)
     return {name: meter.measure(step) for name, step in steps.items()}
 
 
-def timing_phase(models: Dict, mode: str, args, timer: Timer, memory: Dict) -> Dict:
+def timing_phase(models: dict, mode: str, args, timer: Timer, memory: dict) -> dict:
     steps, batch = prepare_steps(models, mode, args)
     repeats = args.repeats or (20 if args.device == "cuda" else (5 if mode == "infer" else 3))
-    results = {name: {"times": [], "batch": batch, "macs_per_image": models[name][1],
-                      "peak_extra_bytes": memory.get(name)} for name in steps}
+    results = {
+        name: {
+            "times": [],
+            "batch": batch,
+            "macs_per_image": models[name][1],
+            "peak_extra_bytes": memory.get(name),
+        }
+        for name in steps
+    }
     for name, sec in warm_up(steps, args).items():
         results[name]["warmup_s"] = sec
     names = list(steps)
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
         for name in order:
             results[name]["times"].append(timer(steps[name]))
-        print(f"  {mode} round {r + 1}/{repeats}: " +
-              "  ".join(f"{n} {results[n]['times'][-1]:.3f}s" for n in names), flush=True)
+        print(
+            f"  {mode} round {r + 1}/{repeats}: "
+            + "  ".join(f"{n} {results[n]['times'][-1]:.3f}s" for n in names),
+            flush=True,
+        )
     for name, res in results.items():
         med = statistics.median(res["times"])
         res["median_s"], res["min_s"] = med, min(res["times"])
@@ -202,26 +231,52 @@ def timing_phase(models: Dict, mode: str, args, timer: Timer, memory: Dict) -> D
             res["achieved_flops"], res["mfu"] = achieved, achieved / args.peak_flops
     # paired ratios: per round, images/s of a over images/s of b = time_b / time_a
     ratios = {}
-    for a, b in (("ours_convit", "ours_deit"), ("ours_convit", "timm_deit"), ("ours_convit", "timm_convit"),
-                 ("ours_deit", "timm_deit")):
+    for a, b in (
+        ("ours_convit", "ours_deit"),
+        ("ours_convit", "timm_deit"),
+        ("ours_convit", "timm_convit"),
+        ("ours_deit", "timm_deit"),
+    ):
         if a in results and b in results:
             per_round = [tb / ta for ta, tb in zip(results[a]["times"], results[b]["times"])]
-            ratios[f"{a}/{b}"] = {"median": statistics.median(per_round), "per_round": per_round,
-                                  "of_medians": results[a]["images_per_s"] / results[b]["images_per_s"]}
+            ratios[f"{a}/{b}"] = {
+                "median": statistics.median(per_round),
+                "per_round": per_round,
+                "of_medians": results[a]["images_per_s"] / results[b]["images_per_s"],
+            }
     return {"results": results, "ratios": ratios}
 
 
-def cpu_memory_in_child(args) -> Dict:
+def cpu_memory_in_child(args) -> dict:
     """Run the memory phase in a child process with glibc mmapping every tensor."""
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "memory.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-only", path, "--no-check",
-               "--device", "cpu", "--models", args.models, "--modes", args.modes,
-               "--batch", str(args.batch), "--train-batch", str(args.train_batch),
-               "--img-size", str(args.img_size), "--dtype", args.dtype, "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-only",
+            path,
+            "--no-check",
+            "--device",
+            "cpu",
+            "--models",
+            args.models,
+            "--modes",
+            args.modes,
+            "--batch",
+            str(args.batch),
+            "--train-batch",
+            str(args.train_batch),
+            "--img-size",
+            str(args.img_size),
+            "--dtype",
+            args.dtype,
+            "--warmup",
+            str(args.warmup),
+        ]
         for flag, value in (("--threads", args.threads), ("--only", args.only)):
             if value:
                 cmd += [flag, str(value)]
@@ -236,24 +291,30 @@ def cpu_memory_in_child(args) -> Dict:
             return json.load(f)
 
 
-def print_table(size: str, mode_out: Dict, args, mem_note: str) -> None:
+def print_table(size: str, mode_out: dict, args, mem_note: str) -> None:
     for mode, out in mode_out.items():
         res = out["results"]
-        print(f"\n[{size}] {mode}: batch {next(iter(res.values()))['batch']}, {args.dtype}, "
-              f"{args.img_size}x{args.img_size}{', compiled' if args.compile else ''}")
+        print(
+            f"\n[{size}] {mode}: batch {next(iter(res.values()))['batch']}, {args.dtype}, "
+            f"{args.img_size}x{args.img_size}{', compiled' if args.compile else ''}"
+        )
         hdr = f"  {'model':<12} {'images/s':>9} {'median s':>9} {'min s':>8} {'peak extra MB':>14}"
         if mode == "train" and args.device == "cuda":
             hdr += f" {'MFU':>6}"
         print(hdr)
         for name, r in res.items():
-            mem = "n/a" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2 ** 20:.0f}"
-            line = f"  {name:<12} {r['images_per_s']:>9.1f} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {mem:>14}"
+            mem = "n/a" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2**20:.0f}"
+            line = (
+                f"  {name:<12} {r['images_per_s']:>9.1f} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {mem:>14}"
+            )
             if "mfu" in r:
                 line += f" {100 * r['mfu']:>5.1f}%"
             print(line)
         for k, v in out["ratios"].items():
-            print(f"  images/s ratio {k:<26} {v['median']:.2f}  (paired rounds; ratio of medians "
-                  f"{v['of_medians']:.2f})")
+            print(
+                f"  images/s ratio {k:<26} {v['median']:.2f}  (paired rounds; ratio of medians "
+                f"{v['of_medians']:.2f})"
+            )
     print(f"  memory: {mem_note}")
 
 
@@ -268,8 +329,11 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible")
-        for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
-                       torch.backends.cuda.enable_math_sdp):
+        for enable in (
+            torch.backends.cuda.enable_flash_sdp,
+            torch.backends.cuda.enable_mem_efficient_sdp,
+            torch.backends.cuda.enable_math_sdp,
+        ):
             enable(True)
     timer, meter = Timer(args.device), MemoryMeter(args.device)
     env = environment(args)
@@ -292,8 +356,13 @@ def main(argv=None) -> int:
         with open(args.memory_only, "w") as f:
             json.dump(mem, f)
         return 0
-    out = {"environment": env, "command": cmd, "args": {k: v for k, v in vars(args).items()},
-           "memory_note": meter.note, "sizes": {}}
+    out = {
+        "environment": env,
+        "command": cmd,
+        "args": {k: v for k, v in vars(args).items()},
+        "memory_note": meter.note,
+        "sizes": {},
+    }
     t_start = time.perf_counter()
     cpu_mem = cpu_memory_in_child(args) if args.device == "cpu" and meter.available else {}
     for size in args.models.split(","):
@@ -311,7 +380,9 @@ def main(argv=None) -> int:
         if args.device == "cuda":
             torch.cuda.empty_cache()
     out["wall_s"] = time.perf_counter() - t_start
-    print(f"\nwall time {out['wall_s']:.0f} s; load average now {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}")
+    print(
+        f"\nwall time {out['wall_s']:.0f} s; load average now {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)

@@ -1,6 +1,7 @@
 """Measuring tools of bench_speed.py: the peak extra memory of one call (CUDA allocator, or
 Linux's peak RSS), wall-clock or CUDA-event timing, the measured bf16 matmul peak, and the
 environment a result was measured in.  See bench_speed.py's docstring for the method."""
+
 from __future__ import annotations
 
 import datetime
@@ -8,7 +9,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 #: glibc's variable that makes it mmap every allocation above this many bytes (child process).
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -44,10 +45,14 @@ class MemoryMeter:
         self.torch = torch
         self.device = device
         self.available = device == "cuda" or (_reset_peak_rss() and _proc_status_kb("VmHWM") is not None)
-        self.note = ("torch.cuda.max_memory_allocated - allocated before the call" if device == "cuda" else
-                     "peak RSS (VmHWM after clear_refs) - RSS before the call, in a child process "
-                     f"with {MMAP_ENV}=65536" if self.available else
-                     "n/a: /proc/self/clear_refs is not writable, peak RSS cannot be reset")
+        self.note = (
+            "torch.cuda.max_memory_allocated - allocated before the call"
+            if device == "cuda"
+            else "peak RSS (VmHWM after clear_refs) - RSS before the call, in a child process "
+            f"with {MMAP_ENV}=65536"
+            if self.available
+            else "n/a: /proc/self/clear_refs is not writable, peak RSS cannot be reset"
+        )
 
     def measure(self, fn: Callable[[], None]) -> Optional[int]:
         torch = self.torch
@@ -99,10 +104,10 @@ def measured_bf16_peak(n: int, timer: Timer, repeats: int = 10) -> float:
     for _ in range(3):
         a @ b
     times = [timer(lambda: a @ b) for _ in range(repeats)]
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(times)
 
 
-def environment(args) -> Dict:
+def environment(args) -> dict:
     """What a result was measured on: versions, platform, CPU or GPU, threads, load, flags."""
     import timm
     import torch
@@ -111,11 +116,17 @@ def environment(args) -> Dict:
 
     env = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-        "convit": convit.__version__, "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "convit": convit.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "flush_denormal": args.flush_denormal, "compile": args.compile, "dtype": args.dtype,
+        "flush_denormal": args.flush_denormal,
+        "compile": args.compile,
+        "dtype": args.dtype,
     }
     cpu = platform.processor()
     try:
@@ -127,10 +138,12 @@ def environment(args) -> Dict:
     if args.device == "cuda":
         env["device"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
-        env["sdpa_backends"] = {"flash": torch.backends.cuda.flash_sdp_enabled(),
-                                "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-                                "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
-                                "math": torch.backends.cuda.math_sdp_enabled()}
+        env["sdpa_backends"] = {
+            "flash": torch.backends.cuda.flash_sdp_enabled(),
+            "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+            "cudnn": getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)(),
+            "math": torch.backends.cuda.math_sdp_enabled(),
+        }
     else:
         env["device"] = f"cpu: {cpu}"
     return env

@@ -5,25 +5,35 @@ Each subcommand lives in the module that owns its work and exposes two functions
 only the module of the command given, so that ``convit models`` does not load the trainer,
 the analysis and the experiments.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import List, Optional
+from typing import Optional
 
-from . import __version__
+from ._version import __version__
 
 # name -> (module, one-line help). Keep in data-flow order.
 COMMANDS = {
     "models": ("convit.commands.models", "list the model zoo (params, FLOPs, GPSA layers)"),
-    "train": ("convit.commands.train", "train a model with the DeiT recipe (no arguments: the digits main job)"),
+    "train": (
+        "convit.commands.train",
+        "train a model with the DeiT recipe (no arguments: the digits main job)",
+    ),
     "eval": ("convit.commands.evaluate", "top-1/top-5/loss and images/s of a checkpoint on a dataset"),
     "predict": ("convit.commands.predict", "top-k classes of image files"),
     "export": ("convit.commands.export", "export a checkpoint to ONNX or to timm's hub layout"),
     "analyze": ("convit.commands.analyze", "locality figures and HTML report of a checkpoint and its logs"),
-    "experiment": ("convit.commands.experiment", "resumable sweeps reproducing the paper's sample-efficiency and ablation results"),
-    "study": ("convit.commands.study", "ConViT or DeiT on my images? plan, runs and a verdict sized to a time budget"),
+    "experiment": (
+        "convit.commands.experiment",
+        "resumable sweeps reproducing the paper's sample-efficiency and ablation results",
+    ),
+    "study": (
+        "convit.commands.study",
+        "ConViT or DeiT on my images? plan, runs and a verdict sized to a time budget",
+    ),
 }
 
 
@@ -31,8 +41,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``convit`` parser with every subcommand; the arguments of ``command`` only, or of
     all of them when it is None (the top-level help needs none: it lists the one-line helps)."""
     parser = argparse.ArgumentParser(
-        prog="convit", description="ConViT: train, evaluate and analyse vision transformers "
-                                   "with soft convolutional inductive biases.")
+        prog="convit",
+        description="ConViT: train, evaluate and analyse vision transformers "
+        "with soft convolutional inductive biases.",
+    )
     parser.add_argument("--version", action="version", version=f"convit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
@@ -43,7 +55,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     whole_process = argv is None  # the process's own command line: its start-up is this command's
     argv = sys.argv[1:] if argv is None else list(argv)
     # The command is the first argument (the only top-level options, --help and --version, end

@@ -7,38 +7,72 @@ with ``from conftest import ...``; fixtures are requested by name.
 
 Tiers: ``pytest`` runs the fast tier (``-m 'not slow'`` in pyproject.toml); ``pytest -m ''``
 runs everything (``.ci/run`` does).  Tests over about 5 s are marked ``@pytest.mark.slow``.
-Logs are read with :func:`convit.fileio.read_jsonl`, the package's one log reader.
+Logs are read with :func:`convit.core.fileio.read_jsonl`, the package's one log reader.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
 import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from real_image_files import ImageFile, write_image_files
 
 from convit import ConViT, ConViTConfig, list_models, model_spec
 from convit.cli import main
-from convit.fast_gpsa import FastGPSA
-from real_image_files import ImageFile, write_image_files
+from convit.nn.fast_gpsa import FastGPSA
 
 #: ``convit train`` flags of a 2-block ConViT (1 GPSA) on a 4x4 grid of 2x2 patches, trained on a
 #: fifth of digits: about a second per epoch on one thread.
-TINY: List[str] = ["--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2",
-                   "--sampling-ratio", "0.2", "--batch-size", "32", "--threads", "1", "--warmup-epochs", "1"]
+TINY: list[str] = [
+    "--model-kwargs",
+    "depth=2",
+    "local_up_to_layer=1",
+    "embed_dim=16",
+    "patch_size=2",
+    "--sampling-ratio",
+    "0.2",
+    "--batch-size",
+    "32",
+    "--threads",
+    "1",
+    "--warmup-epochs",
+    "1",
+]
 
 #: ``convit train`` flags of the same tiny model on an ``imagefolder`` of 8x8 images (add
 #: ``--data-path`` and ``--output``): one epoch of the imagenet preset's recipe, no report.
-TINY_IMAGEFOLDER: List[str] = ["--dataset", "imagefolder", "--img-size", "8", "--augment", "none", "--model-kwargs",
-                               "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=2", "--epochs", "1",
-                               "--batch-size", "4", "--threads", "1", "--no-report", "--num-workers", "0"]
+TINY_IMAGEFOLDER: list[str] = [
+    "--dataset",
+    "imagefolder",
+    "--img-size",
+    "8",
+    "--augment",
+    "none",
+    "--model-kwargs",
+    "depth=2",
+    "local_up_to_layer=1",
+    "embed_dim=16",
+    "patch_size=2",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--threads",
+    "1",
+    "--no-report",
+    "--num-workers",
+    "0",
+]
 
 #: The same size as ConViTConfig fields, for APIs that take a model config (sweeps, fit).
 TINY_MODEL = dict(depth=2, local_up_to_layer=1, embed_dim=16, patch_size=2)
@@ -52,12 +86,14 @@ def zoo_params() -> list:
     """Every zoo model name, for ``parametrize``; the widest (embed_dim > 450: small_plus and the
     base sizes, over ~40M parameters) in the slow tier: they run the same code at another width
     and take longest to build."""
-    return [pytest.param(n, marks=pytest.mark.slow) if model_spec(n).config.get("embed_dim", 192) > 450 else n
-            for n in list_models()]
+    return [
+        pytest.param(n, marks=pytest.mark.slow) if model_spec(n).config.get("embed_dim", 192) > 450 else n
+        for n in list_models()
+    ]
 
 
 @pytest.fixture(scope="session")
-def tiny() -> List[str]:
+def tiny() -> list[str]:
     """The tiny model's ``convit train`` flags (a copy: tests may extend it)."""
     return list(TINY)
 
@@ -66,14 +102,16 @@ def tiny() -> List[str]:
 def train_tiny(tmp_path: Path) -> Callable[..., int]:
     """``train_tiny(*flags, name="run")``: ``convit train`` of the tiny model into
     ``tmp_path / name`` without the report; returns the exit code."""
+
     def train(*extra: str, name: str = "run") -> int:
         return main(["train", *TINY, "--output", str(tmp_path / name), "--no-report", *extra])
+
     return train
 
 
 def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Make ``convit train`` stop with Ctrl-C (KeyboardInterrupt) when epoch ``n`` starts."""
-    import convit.train as T
+    import convit.training.fit as T
 
     real = T.train_one_epoch
 
@@ -126,8 +164,9 @@ GRID = (5, 7)
 def small_convit(**overrides) -> ConViT:
     """A 3-block ConViT (2 GPSA, 4 heads, 32 wide) on 32x32 RGB as a 4x4 grid of 8x8 patches,
     5 classes; ``overrides`` change any ConViTConfig field."""
-    cfg = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=4,
-               local_up_to_layer=2)
+    cfg = dict(
+        img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=3, num_heads=4, local_up_to_layer=2
+    )
     cfg.update(overrides)
     return ConViT(**cfg)
 
@@ -135,8 +174,17 @@ def small_convit(**overrides) -> ConViT:
 def grid_config(**overrides) -> ConViTConfig:
     """A 3-block ConViT config (2 GPSA, 4 heads, 16 wide, locality strength 1) on 1-channel 5x7
     images with 1-pixel patches, so the patch grid is :data:`GRID`; 3 classes."""
-    base = dict(img_size=GRID, patch_size=1, in_chans=1, num_classes=3, embed_dim=16, num_heads=4,
-                depth=3, local_up_to_layer=2, locality_strength=1.0)
+    base = dict(
+        img_size=GRID,
+        patch_size=1,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=16,
+        num_heads=4,
+        depth=3,
+        local_up_to_layer=2,
+        locality_strength=1.0,
+    )
     base.update(overrides)
     return ConViTConfig(**base)
 
@@ -169,8 +217,14 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def sharp_gpsa(heads: int = 4, dim: int = 32, grid: Tuple[int, int] = (4, 5), seed: int = 0, qkv_bias: bool = False,
-               gates: Optional[Sequence[float]] = None) -> FastGPSA:
+def sharp_gpsa(
+    heads: int = 4,
+    dim: int = 32,
+    grid: tuple[int, int] = (4, 5),
+    seed: int = 0,
+    qkv_bias: bool = False,
+    gates: Optional[Sequence[float]] = None,
+) -> FastGPSA:
     """A FastGPSA with the convolutional init, then perturbed so that every term of eq. 6
     matters: random gates (or ``gates``), moved pos_proj, v and biases, and content attention
     sharpened (qk x 10) far beyond the 0.02 init."""
@@ -207,9 +261,15 @@ def one_thread() -> Iterator[None]:
 
 # -- image folders -----------------------------------------------------------------------------
 
-def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"), per_class: int = 3,
-                       size: Union[int, Tuple[int, int]] = 12, splits: Sequence[str] = ("train", "val"),
-                       seed: int = 0) -> Path:
+
+def write_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("a", "b"),
+    per_class: int = 3,
+    size: Union[int, tuple[int, int]] = 12,
+    splits: Sequence[str] = ("train", "val"),
+    seed: int = 0,
+) -> Path:
     """An imagefolder ``root/<split>/<class>/<i>.png`` of random RGB noise, ``per_class``
     images of ``size`` (side, or (height, width)) per class and split; returns ``root``."""
     h, w = (size, size) if isinstance(size, int) else size
@@ -218,12 +278,14 @@ def write_image_folder(root: Path, classes: Sequence[str] = ("a", "b"), per_clas
         for c in classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png"
+                )
     return root
 
 
 @pytest.fixture(scope="session")
-def image_files(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, List[ImageFile]]:
+def image_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ImageFile]]:
     """An imagefolder (``root/{train,val}/{a,b,c}/``) of about 290 real image files of every
     mode, size and format (:mod:`real_image_files`), shared by the session: read only."""
     root = tmp_path_factory.mktemp("photos")
@@ -231,6 +293,7 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, List[Im
 
 
 # -- the Hugging Face hub, offline -------------------------------------------------------------
+
 
 class NetworkUsed(BaseException):
     """Raised by :func:`no_network`; a BaseException so no library's ``except Exception``
@@ -240,6 +303,7 @@ class NetworkUsed(BaseException):
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test at the first DNS look-up, socket creation or connection."""
+
     def refuse(*args, **kwargs):
         raise NetworkUsed(f"network used: {args[:2]}")
 

@@ -6,22 +6,33 @@ PPM/PGM), as an imagefolder ``root/{train,val}/{a,b,c}/``.
 conftest's session fixture ``image_files`` writes them once; the tests of loading, of every
 preset's transforms and of the CLI on real files read them.
 """
+
 from __future__ import annotations
 
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
 
 CLASSES = ("a", "b", "c")
 # (width, height): tiny, very wide / very tall, large-ish, and ordinary photo-like sizes.
-SIZES: Tuple[Tuple[int, int], ...] = ((5, 5), (7, 3), (600, 9), (6, 300), (300, 30), (64, 48),
-                                      (33, 97), (45, 45), (120, 80), (250, 250))
-LARGE_SIZES: Tuple[Tuple[int, int], ...] = ((600, 400), (400, 600))
+SIZES: tuple[tuple[int, int], ...] = (
+    (5, 5),
+    (7, 3),
+    (600, 9),
+    (6, 300),
+    (300, 30),
+    (64, 48),
+    (33, 97),
+    (45, 45),
+    (120, 80),
+    (250, 250),
+)
+LARGE_SIZES: tuple[tuple[int, int], ...] = ((600, 400), (400, 600))
 
 
 @dataclass
@@ -29,18 +40,19 @@ class ImageFile:
     """One written file and what Pillow must open it as."""
 
     path: Path
-    kind: str          # what it was written as, e.g. "png-P-transparent"
-    opened_mode: str   # the mode Image.open must report (checked by a test)
-    size: Tuple[int, int]
-    constant: Optional[Tuple[int, int, int]] = None  # RGB colour of a one-colour image
+    kind: str  # what it was written as, e.g. "png-P-transparent"
+    opened_mode: str  # the mode Image.open must report (checked by a test)
+    size: tuple[int, int]
+    constant: Optional[tuple[int, int, int]] = None  # RGB colour of a one-colour image
 
 
 def content(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 [h, w, 3]: horizontal and vertical gradients plus noise, so that every crop of
     two or more pixels is non-constant in every channel."""
     y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1),
-                     127 + 60 * np.sin(x / 3.0 + y / 5.0)], axis=-1)
+    base = np.stack(
+        [255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1), 127 + 60 * np.sin(x / 3.0 + y / 5.0)], axis=-1
+    )
     noise = rng.normal(0, 25, size=(h, w, 3))
     return np.clip(base * 0.8 + noise + 20, 0, 255).astype(np.uint8)
 
@@ -51,8 +63,12 @@ def nonconstant_source(f: ImageFile) -> bool:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 def write_png16(path: Path, samples: np.ndarray) -> None:
@@ -64,8 +80,12 @@ def write_png16(path: Path, samples: np.ndarray) -> None:
     rows = a.astype(">u2").reshape(h, w * c)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
     ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                     + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # -- one writer per variant: function(rgb uint8 [h, w, 3], path) ------------------------------
@@ -123,7 +143,7 @@ def _cmyk(a: np.ndarray) -> Image.Image:
 
 
 #: (kind, extension, opened mode, writer) for every variant.
-WRITERS: List[Tuple[str, str, str, Writer]] = [
+WRITERS: list[tuple[str, str, str, Writer]] = [
     ("png-RGB", ".png", "RGB", _save(_rgb, "PNG")),
     ("png-L", ".png", "L", _save(_grey, "PNG")),
     ("png-P", ".png", "P", _save(_pal, "PNG")),
@@ -133,8 +153,12 @@ WRITERS: List[Tuple[str, str, str, Writer]] = [
     ("png-1", ".png", "1", _save(_one_bit, "PNG")),
     ("png-I16", ".png", "I;16", _png_grey16),
     ("png-RGB48", ".png", "RGB", lambda a, p: write_png16(p, a.astype(np.uint16) * 257 + 3)),
-    ("png-LA16", ".png", "RGBA", lambda a, p: write_png16(
-        p, np.dstack([_grey16(a), _alpha(a).astype(np.uint16) * 257]))),
+    (
+        "png-LA16",
+        ".png",
+        "RGBA",
+        lambda a, p: write_png16(p, np.dstack([_grey16(a), _alpha(a).astype(np.uint16) * 257])),
+    ),
     ("jpeg-RGB", ".jpg", "RGB", _save(_rgb, "JPEG", quality=90)),
     ("jpeg-L", ".jpeg", "L", _save(_grey, "JPEG")),
     ("jpeg-CMYK", ".jpg", "CMYK", _save(_cmyk, "JPEG")),
@@ -155,12 +179,12 @@ WRITERS: List[Tuple[str, str, str, Writer]] = [
 ]
 
 
-def write_image_files(root: Path) -> List[ImageFile]:
+def write_image_files(root: Path) -> list[ImageFile]:
     """About 290 files in ``root/{train,val}/{a,b,c}/``: every variant of :data:`WRITERS` at
     every size of :data:`SIZES`, a few at :data:`LARGE_SIZES`, and one-colour PNGs and BMPs
     (1x1 to 600x400) whose normalised values are known exactly."""
     rng = np.random.default_rng(0)
-    files: List[ImageFile] = []
+    files: list[ImageFile] = []
 
     def place(stem: str, ext: str) -> Path:
         n = len(files)

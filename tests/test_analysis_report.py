@@ -1,6 +1,7 @@
 """The analysis report and ``convit analyze``: figures, locality.json, the masking table and
 the HTML page of a run made by hand, the CLI on two runs and an image, and the report
 ``convit train`` writes at the end of a run."""
+
 from __future__ import annotations
 
 import json
@@ -9,32 +10,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import grid_config, with_gates
 from PIL import Image
 
-from conftest import grid_config, with_gates
 from convit import create_model
 from convit.analysis import evaluate_masked, locality_summary
 from convit.analysis.inputs import load_inputs
-from convit.analysis.report import write_run_report
-from convit.checkpoint import save_model
+from convit.analysis.run_report import write_run_report
 from convit.cli import main
+from convit.core.fileio import read_jsonl
 from convit.data import build_data
-from convit.fileio import read_jsonl
+from convit.weights.checkpoint import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits_meta():
-    return {"class_names": [str(i) for i in range(10)],
-            "data": {"mean": [0.3], "std": [0.4], "img_size": 8, "in_chans": 1, "dataset": "digits"}}
+    return {
+        "class_names": [str(i) for i in range(10)],
+        "data": {"mean": [0.3], "std": [0.4], "img_size": 8, "in_chans": 1, "dataset": "digits"},
+    }
 
 
 def make_run(run_dir: Path, name: str, epochs: int = 2) -> Path:
     """A run directory made by hand: our model file and a fabricated log whose locality entries
     come from locality_summary."""
     torch.manual_seed(0)
-    model = create_model(name, depth=3, local_up_to_layer=2 if name.startswith("convit") else 0,
-                         embed_dim=32)
+    model = create_model(name, depth=3, local_up_to_layer=2 if name.startswith("convit") else 0, embed_dim=32)
     images = torch.randn(16, 1, 8, 8)
     run_dir.mkdir(parents=True)
     with open(run_dir / "log.jsonl", "w") as f:
@@ -42,18 +44,37 @@ def make_run(run_dir: Path, name: str, epochs: int = 2) -> Path:
             with torch.no_grad():
                 for b in model.gpsa_blocks():
                     b.attn.gating_param.sub_(0.5)
-            f.write(json.dumps({"epoch": epoch + 1, "train_loss": 2.0 - 0.3 * epoch, "lr": 1e-3,
-                                "val_top1": 20.0 + 10 * epoch, "val_top5": 60.0, "val_loss": 2.1 - 0.3 * epoch,
-                                "test_top1": 18.0 + 10 * epoch, "locality": locality_summary(model, images)})
-                    + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": epoch + 1,
+                        "train_loss": 2.0 - 0.3 * epoch,
+                        "lr": 1e-3,
+                        "val_top1": 20.0 + 10 * epoch,
+                        "val_top5": 60.0,
+                        "val_loss": 2.1 - 0.3 * epoch,
+                        "test_top1": 18.0 + 10 * epoch,
+                        "locality": locality_summary(model, images),
+                    }
+                )
+                + "\n"
+            )
         f.write('{"epoch": 3, "train_lo')  # a run still writing its log: skipped
     save_model(model, run_dir / "model.safetensors", extra=_digits_meta())
     return run_dir
 
 
-EXPECTED_CONVIT = {"nonlocality_training.png", "training_curves.png", "nonlocality_layers.png",
-                   "gates.png", "centres_spans.png", "attention_layer1.png", "attention_layer2.png",
-                   "attention_layer3.png", "locality.json"}
+EXPECTED_CONVIT = {
+    "nonlocality_training.png",
+    "training_curves.png",
+    "nonlocality_layers.png",
+    "gates.png",
+    "centres_spans.png",
+    "attention_layer1.png",
+    "attention_layer2.png",
+    "attention_layer3.png",
+    "locality.json",
+}
 
 
 def test_load_inputs_falls_back_to_random_with_a_note():
@@ -85,8 +106,13 @@ def test_write_run_report(tmp_path):
     assert (run / "figures" / "gates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((run / "figures" / "masking.json").read_text())
     assert [(r["mode"], r["k"], r["remove_pos_embed"]) for r in rows] == [
-        ("none", 0, False), ("content", 1, False), ("content", 2, False),
-        ("positional", 1, False), ("positional", 2, False), ("none", 0, True)]
+        ("none", 0, False),
+        ("content", 1, False),
+        ("content", 2, False),
+        ("positional", 1, False),
+        ("positional", 2, False),
+        ("none", 0, True),
+    ]
     # The table is measured on the whole test split of the run's dataset: its unmasked row is the
     # model's test accuracy, and a masked row that of the model with those gates forced.
     model = create_model(checkpoint_path=run / "model.safetensors").eval()
@@ -101,22 +127,54 @@ def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
     img = tmp_path / "digit.png"
     Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(img)
     out = tmp_path / "out"
-    rc = main(["analyze", str(a / "model.safetensors"), "--log", str(a / "log.jsonl"),
-               "--log", str(b / "log.jsonl"), "--image", str(img), "--output", str(out),
-               "--layers", "2", "--heads", "1", "3", "--query", "1", "2"])
+    rc = main(
+        [
+            "analyze",
+            str(a / "model.safetensors"),
+            "--log",
+            str(a / "log.jsonl"),
+            "--log",
+            str(b / "log.jsonl"),
+            "--image",
+            str(img),
+            "--output",
+            str(out),
+            "--layers",
+            "2",
+            "--heads",
+            "1",
+            "3",
+            "--query",
+            "1",
+            "2",
+        ]
+    )
     assert rc == 0
     printed = [Path(l) for l in capsys.readouterr().out.split()]
-    assert {p.name for p in printed} == {"nonlocality_training.png", "training_curves.png",
-                                         "nonlocality_layers.png", "gates.png", "centres_spans.png",
-                                         "attention_layer2.png", "locality.json", "report.html"}
+    assert {p.name for p in printed} == {
+        "nonlocality_training.png",
+        "training_curves.png",
+        "nonlocality_layers.png",
+        "gates.png",
+        "centres_spans.png",
+        "attention_layer2.png",
+        "locality.json",
+        "report.html",
+    }
     assert all(p.is_file() for p in printed)
     assert "image digit.png" in (out / "report.html").read_text()
     # a DeiT: no GPSA figures; default output beside the checkpoint; default log beside it
     rc = main(["analyze", str(b / "model.safetensors"), "--no-html"])
     assert rc == 0
     names = {Path(l).name for l in capsys.readouterr().out.split()}
-    assert names == {"nonlocality_training.png", "training_curves.png", "nonlocality_layers.png",
-                     "attention_layer1.png", "attention_layer3.png", "locality.json"}
+    assert names == {
+        "nonlocality_training.png",
+        "training_curves.png",
+        "nonlocality_layers.png",
+        "attention_layer1.png",
+        "attention_layer3.png",
+        "locality.json",
+    }
     assert (b / "analysis" / "attention_layer1.png").is_file()
     assert main(["analyze", str(tmp_path / "missing.safetensors")]) == 2
     assert main(["analyze", str(a / "model.safetensors"), "--heads", "9"]) == 2
@@ -124,6 +182,7 @@ def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
 
 
 # -- end to end with the trainer --------------------------------------------------------------
+
 
 def test_train_then_analyze(trained_run, tmp_path, capsys):
     """`convit train` (the shared 2-epoch tiny ConViT run) logs locality every epoch and writes
@@ -138,11 +197,25 @@ def test_train_then_analyze(trained_run, tmp_path, capsys):
     val = build_data("digits", val_fraction=0.1, sampling_ratio=0.2, augment="none").val
     assert locality_summary(model, torch.stack([val[i][0] for i in range(64)])) == loc
     figures = {p.name for p in (run / "figures").iterdir()}
-    assert {"nonlocality_training.png", "gates.png", "centres_spans.png", "attention_layer1.png",
-            "training_curves.png"} <= figures
+    assert {
+        "nonlocality_training.png",
+        "gates.png",
+        "centres_spans.png",
+        "attention_layer1.png",
+        "training_curves.png",
+    } <= figures
     assert (run / "report.html").read_text().count("data:image/png;base64,") >= 7
-    rc = main(["analyze", str(run / "model.safetensors"), "--output", str(tmp_path / "a"),
-               "--layers", "1", "--no-html"])
+    rc = main(
+        [
+            "analyze",
+            str(run / "model.safetensors"),
+            "--output",
+            str(tmp_path / "a"),
+            "--layers",
+            "1",
+            "--no-html",
+        ]
+    )
     assert rc == 0
     printed = {Path(l).name for l in capsys.readouterr().out.split()}
     assert {"nonlocality_training.png", "gates.png", "attention_layer1.png"} <= printed

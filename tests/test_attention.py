@@ -1,12 +1,13 @@
 """GPSA as the paper writes it (eq. 5-7): the layer against eq. 6 written out, the offsets,
 the head centres and the local init.  The fast path: tests/test_speed_paths.py."""
+
 import math
 
 import pytest
 import torch
 
-from convit.attention import GPSA, MHSA, head_centres, relative_offsets
-from convit.fast_gpsa import FastGPSA
+from convit.nn.attention import GPSA, MHSA, head_centres, relative_offsets
+from convit.nn.fast_gpsa import FastGPSA
 
 
 def _random_gpsa(heads=4, dim=32, grid=(4, 5), seed=0, **kw) -> GPSA:
@@ -30,11 +31,14 @@ def _paper_eq6(layer: GPSA, x: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     rows, cols = rows.flatten().double(), cols.flatten().double()
     dx, dy = cols[None] - cols[:, None], rows[None] - rows[:, None]
-    r = torch.stack([dx, dy, dx ** 2 + dy ** 2], -1)  # [N, N, 3]
+    r = torch.stack([dx, dy, dx**2 + dy**2], -1)  # [N, N, 3]
     pos = (r @ layer.pos_proj.weight.T + layer.pos_proj.bias).permute(2, 0, 1).softmax(-1)
     content = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1)
-    g = torch.sigmoid(layer.gating_param) if layer.gate_override is None else \
-        torch.full((h,), layer.gate_override, dtype=torch.float64)
+    g = (
+        torch.sigmoid(layer.gating_param)
+        if layer.gate_override is None
+        else torch.full((h,), layer.gate_override, dtype=torch.float64)
+    )
     g = g.view(1, h, 1, 1)
     attn = (1 - g) * content + g * pos
     out = (attn @ v).transpose(1, 2).reshape(B, N, C)

@@ -1,5 +1,6 @@
 """benchmarks/bench_fit.py runs end to end (one short repeat of the main job's case) and its last
 line is the verdict ``ratio R``, R being the case's median ours / bare ratio it printed."""
+
 from __future__ import annotations
 
 import re
@@ -26,9 +27,22 @@ def _alone(tmp_path: Path) -> float:
 
 @pytest.mark.slow
 def test_bench_fit_prints_its_ratio(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_fit.py"), "--cases", "main",
-                          "--repeats", "1", "--digits-epochs", "1"], capture_output=True, text=True, timeout=600,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_fit.py"),
+            "--cases",
+            "main",
+            "--repeats",
+            "1",
+            "--digits-epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     repeat = next(ln for ln in lines if ln.startswith("  main repeat 1 (interleaved)"))

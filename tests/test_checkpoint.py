@@ -1,4 +1,5 @@
 """Weight files: official .pth, timm safetensors/bin, ours (config embedded), and clear errors."""
+
 import json
 import urllib.error
 
@@ -8,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from convit import CheckpointError, create_model, save_model
-from convit.checkpoint import infer_config, read_checkpoint
+from convit.weights.checkpoint import infer_config, read_checkpoint
 
 KW = dict(img_size=32, num_classes=5, depth=3, local_up_to_layer=2)
 
@@ -29,8 +30,10 @@ def _logits(model, seed=1):
         return model.eval()(x)
 
 
-@pytest.mark.parametrize("layout", ["official_raw.pth", "official_wrapped.pth", "pytorch_model.bin",
-                                    "model.safetensors", "ddp_module.pth"])
+@pytest.mark.parametrize(
+    "layout",
+    ["official_raw.pth", "official_wrapped.pth", "pytorch_model.bin", "model.safetensors", "ddp_module.pth"],
+)
 def test_foreign_files_load_unchanged(tmp_path, timm_tiny, layout):
     sd = timm_tiny.state_dict()
     path = tmp_path / layout
@@ -63,8 +66,9 @@ def test_a_file_without_config_needs_its_name(tmp_path, timm_tiny):
     save_file({k: v.contiguous() for k, v in avg.state_dict().items()}, str(path))
     wrong = create_model("convit_tiny", checkpoint_path=path, **KW)
     assert (_logits(wrong) - _logits(avg)).abs().max() > 1e-3
-    assert (_logits(create_model("convit_tiny", checkpoint_path=path, global_pool="avg", **KW))
-            - _logits(avg)).abs().max() < 1e-5
+    assert (
+        _logits(create_model("convit_tiny", checkpoint_path=path, global_pool="avg", **KW)) - _logits(avg)
+    ).abs().max() < 1e-5
 
 
 def test_a_full_size_file_without_config_names_the_zoo_models_it_fits(tmp_path):
@@ -76,8 +80,9 @@ def test_a_full_size_file_without_config_names_the_zoo_models_it_fits(tmp_path):
 
 
 def test_our_files_rebuild_the_architecture(tmp_path):
-    model = create_model("convit_tiny", img_size=48, num_classes=7, depth=4, local_up_to_layer=2,
-                         locality_strength=0.3)
+    model = create_model(
+        "convit_tiny", img_size=48, num_classes=7, depth=4, local_up_to_layer=2, locality_strength=0.3
+    )
     path = save_model(model, tmp_path / "run" / "model.safetensors", extra={"class_names": list("abcdefg")})
     back = create_model(checkpoint_path=path)
     assert back.cfg == model.cfg
@@ -116,8 +121,10 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, timm_tiny):
 
 
 def test_deit_file_needs_a_name(tmp_path):
-    save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.attn.qkv.weight":
-               torch.zeros(24, 8)}, str(tmp_path / "deit.safetensors"))
+    save_file(
+        {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)},
+        str(tmp_path / "deit.safetensors"),
+    )
     with pytest.raises(CheckpointError, match="pass the model name"):
         create_model(checkpoint_path=tmp_path / "deit.safetensors")
 

@@ -1,4 +1,5 @@
 """``convit eval``, ``predict`` and ``export`` on checkpoints of ours and of timm."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from PIL import Image
 
-from conftest import write_image_folder
-from convit.checkpoint import CheckpointError, save_model
 from convit.cli import main
-from convit.fileio import read_jsonl
-from convit.zoo import create_model
+from convit.core.fileio import read_jsonl
+from convit.weights.checkpoint import CheckpointError, save_model
+from convit.weights.zoo import create_model
 
 
 @pytest.fixture
@@ -50,8 +51,20 @@ def test_eval_checkpoint_of_another_architecture_says_which_keys(run_dir, tmp_pa
     # A foreign file (weights only, as timm writes them) given with the wrong zoo name.
     model = create_model(checkpoint_path=run_dir / "model.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), "--model", "deit_digits",
-                 "--dataset", "digits"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(tmp_path / "w.safetensors"),
+                "--model",
+                "deit_digits",
+                "--dataset",
+                "digits",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not match the model" in err and "blocks.0.attn.pos_proj.weight" in err and "--model" in err
 
@@ -60,14 +73,33 @@ def test_finetune_from_a_checkpoint_with_another_head(run_dir, tmp_path, capsys,
     model = create_model(checkpoint_path=run_dir / "model.safetensors")
     model.reset_classifier(7)
     save_model(model, tmp_path / "seven.safetensors")
-    assert train_tiny("--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"), "--no-locality",
-                      name="ft") == 0
+    assert (
+        train_tiny(
+            "--epochs", "1", "--finetune", str(tmp_path / "seven.safetensors"), "--no-locality", name="ft"
+        )
+        == 0
+    )
     assert "7-class head is replaced by a new 10-class head" in capsys.readouterr().out
 
 
 def test_finetune_from_another_architecture_names_the_mismatch(run_dir, tmp_path, capsys):
-    assert main(["train", "--epochs", "1", "--model", "deit_digits", "--finetune", str(run_dir / "model.safetensors"),
-                 "--output", str(tmp_path / "ft"), "--no-report"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--model",
+                "deit_digits",
+                "--finetune",
+                str(run_dir / "model.safetensors"),
+                "--output",
+                str(tmp_path / "ft"),
+                "--no-report",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not match the model deit_digits" in err
     assert "local_up_to_layer 1 (file) vs 0 (deit_digits)" in err and "--model convit_digits" in err
@@ -91,8 +123,8 @@ def _timm_convit_tiny(tmp_path: Path):
 
 
 def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
-    from convit.zoo import load_model
     from convit.data import build_data
+    from convit.weights.zoo import load_model
 
     ref, path = _timm_convit_tiny(tmp_path)
     # timm's file has no config: its name and size are needed (its shapes do not tell the pooling).
@@ -106,8 +138,27 @@ def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
         torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-4)
     # End to end: `convit eval` on a small image folder reports timm's accuracy on it.
     root = write_image_folder(tmp_path / "imgs", classes=[f"c{c}" for c in range(10)], per_class=2, size=40)
-    assert main(["eval", "--checkpoint", str(path), "--model", "convit_tiny", "--img-size", "32", "--dataset",
-                 "imagefolder", "--data-path", str(root), "--json", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(path),
+                "--model",
+                "convit_tiny",
+                "--img-size",
+                "32",
+                "--dataset",
+                "imagefolder",
+                "--data-path",
+                str(root),
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     test = build_data("imagefolder", str(root), img_size=32).test
     images = torch.stack([test[i][0] for i in range(len(test))])
@@ -120,8 +171,8 @@ def test_eval_timm_checkpoint_gives_timms_predictions(tmp_path, capsys):
 def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
-    from convit.zoo import load_model
     from convit.data import build_data
+    from convit.weights.zoo import load_model
 
     digits = load_digits()
     paths = []
@@ -129,13 +180,17 @@ def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys)
         p = tmp_path / f"digit{i}.png"
         Image.fromarray((digits.images[i] / 16 * 255).round().astype(np.uint8)).save(p)
         paths.append(str(p))
-    assert main(["predict", "--checkpoint", str(run_dir / "model.safetensors"), *paths, "--topk", "3",
-                 "--json"]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(run_dir / "model.safetensors"), *paths, "--topk", "3", "--json"])
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in rows] == paths
     model, _ = load_model(str(run_dir / "model.safetensors"))
     bundle = build_data("digits")
-    norm = (torch.tensor(digits.images[:3], dtype=torch.float32)[:, None] / 16 - bundle.mean[0]) / bundle.std[0]
+    norm = (torch.tensor(digits.images[:3], dtype=torch.float32)[:, None] / 16 - bundle.mean[0]) / bundle.std[
+        0
+    ]
     with torch.no_grad():
         probs = model(norm).softmax(-1)
     for r, p in zip(rows, probs):
@@ -160,16 +215,36 @@ def test_export_onnx(run_dir, tmp_path, capsys):
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        assert main(["export", "--checkpoint", str(run_dir / "model.safetensors"),
-                     "--output", str(tmp_path / "m.onnx")]) == 2
+        assert (
+            main(
+                [
+                    "export",
+                    "--checkpoint",
+                    str(run_dir / "model.safetensors"),
+                    "--output",
+                    str(tmp_path / "m.onnx"),
+                ]
+            )
+            == 2
+        )
         assert "pip install onnx onnxscript" in capsys.readouterr().err
         pytest.skip("onnx/onnxscript are not installed (checked the error message instead)")
-    assert main(["export", "--checkpoint", str(run_dir / "model.safetensors"),
-                 "--output", str(tmp_path / "m.onnx")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run_dir / "model.safetensors"),
+                "--output",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "m.onnx").stat().st_size > 0
     assert not (tmp_path / "m.onnx.data").exists()  # one self-contained file, weights inside
     ort = pytest.importorskip("onnxruntime")
-    from convit.zoo import load_model
+    from convit.weights.zoo import load_model
 
     model, _ = load_model(str(run_dir / "model.safetensors"))
     x = torch.randn(3, 1, 8, 8)

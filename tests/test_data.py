@@ -3,6 +3,7 @@
 
 Datasets that are not installed are skipped with a message saying where they were looked for.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_image_folder
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import write_image_folder
-from convit.data import (DATASETS, UnreadableSample, build_data, collate_skipping, eval_transform,
-                         load_cifar10_npz, load_image, subsample_per_class)
-from convit.data import cifar, fashion_mnist
+from convit.data import (
+    DATASETS,
+    UnreadableSample,
+    build_data,
+    cifar,
+    collate_skipping,
+    eval_transform,
+    fashion_mnist,
+    load_cifar10_npz,
+    load_image,
+    subsample_per_class,
+)
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 # ../shared beside the repository root (as in CI), wherever pytest is started from.
@@ -32,6 +42,7 @@ def digits():
 
 
 # ---- subsample_per_class --------------------------------------------------------------------
+
 
 def _unbalanced_labels():
     # classes of size 10, 7, 3, 1 and 145, interleaved so order is not trivially by class
@@ -73,6 +84,7 @@ def test_subsample_bad_ratio(ratio):
 
 # ---- build_data argument checks -------------------------------------------------------------
 
+
 def test_unknown_dataset_lists_known():
     with pytest.raises(ValueError) as e:
         build_data("mnist-typo")
@@ -80,17 +92,23 @@ def test_unknown_dataset_lists_known():
         assert name in str(e.value)
 
 
-@pytest.mark.parametrize("kw,text", [({"sampling_ratio": 0}, "sampling_ratio"),
-                                     ({"sampling_ratio": 1.01}, "1.01"),
-                                     ({"val_fraction": 1.0}, "val_fraction"),
-                                     ({"val_fraction": -0.1}, "val_fraction"),
-                                     ({"augment": "heavy"}, "heavy")])
+@pytest.mark.parametrize(
+    "kw,text",
+    [
+        ({"sampling_ratio": 0}, "sampling_ratio"),
+        ({"sampling_ratio": 1.01}, "1.01"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"augment": "heavy"}, "heavy"),
+    ],
+)
 def test_bad_arguments(kw, text):
     with pytest.raises(ValueError, match=text):
         build_data("digits", **kw)
 
 
 # ---- digits ---------------------------------------------------------------------------------
+
 
 def test_digits_sizes_shapes_and_names():
     b = build_data("digits")
@@ -153,15 +171,15 @@ def test_digits_augment_modes_and_resize():
 
 
 def test_eval_transform_matches_test_set(digits):
-    t = eval_transform(digits.img_size, digits.mean, digits.std, digits.in_chans,
-                       digits.native_size)
-    raw = digits.test.images[digits.test.indices[5]]          # float [1, 8, 8] in [0, 1]
+    t = eval_transform(digits.img_size, digits.mean, digits.std, digits.in_chans, digits.native_size)
+    raw = digits.test.images[digits.test.indices[5]]  # float [1, 8, 8] in [0, 1]
     assert torch.allclose(t(raw), digits.test[5][0])
     rgb = Image.new("RGB", (40, 30), (255, 255, 255))
     out = t(rgb)
     assert out.shape == (1, 8, 8)
-    assert torch.allclose(out, (1 - torch.tensor(digits.mean[0])) / digits.std[0] * torch.ones(1, 8, 8),
-                          atol=1e-3)
+    assert torch.allclose(
+        out, (1 - torch.tensor(digits.mean[0])) / digits.std[0] * torch.ones(1, 8, 8), atol=1e-3
+    )
     photo = eval_transform(224, (0.5,) * 3, (0.5,) * 3, 3)(np.zeros((300, 400), dtype=np.uint8))
     assert photo.shape == (3, 224, 224) and torch.allclose(photo, -torch.ones(1))
 
@@ -176,6 +194,7 @@ def test_load_image_errors(tmp_path):
 
 
 # ---- fashion-mnist --------------------------------------------------------------------------
+
 
 def test_fashion_mnist():
     if not os.path.exists(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")):
@@ -203,6 +222,7 @@ def test_fashion_mnist_missing_files_message(tmp_path, monkeypatch):
 
 # ---- cifar10 (packed JPEG npz) --------------------------------------------------------------
 
+
 def _write_small_npz(path: Path, n_train: int = 30, n_test: int = 10) -> np.ndarray:
     """A tiny file in the cifar10_jpeg.npz format, with known (noise) images."""
     import io
@@ -217,7 +237,9 @@ def _write_small_npz(path: Path, n_train: int = 30, n_test: int = 10) -> np.ndar
             Image.fromarray(im).save(buf, format="JPEG", quality=95)
             blobs.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
         arrays[f"{split}_bytes"] = np.concatenate(blobs)
-        arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+        arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(
+            np.int64
+        )
         arrays[f"{split}_labels"] = (np.arange(n) % 10).astype(np.uint8)
     np.savez(path, classes=np.array([f"c{i}" for i in range(10)]), **arrays)
     return arrays["train_labels"]
@@ -279,8 +301,10 @@ def test_cifar10_npz_unreadable_cache_is_decoded_again(tmp_path):
 def _real_cifar_npz() -> Path:
     path = next((p for p in CIFAR_NPZ_CANDIDATES if p.is_file()), None)
     if path is None:
-        pytest.skip(f"cifar10_jpeg.npz not found at {CIFAR_NPZ_CANDIDATES[0].resolve()}; put "
-                    "cifar10_jpeg.npz in ../shared/data beside the repository")
+        pytest.skip(
+            f"cifar10_jpeg.npz not found at {CIFAR_NPZ_CANDIDATES[0].resolve()}; put "
+            "cifar10_jpeg.npz in ../shared/data beside the repository"
+        )
     return path
 
 
@@ -329,6 +353,7 @@ def test_cifar_missing_message(tmp_path, monkeypatch):
 
 
 # ---- imagefolder ----------------------------------------------------------------------------
+
 
 def _cats_and_dogs(root: Path) -> Path:
     """Two classes of three 20x24 RGB images in train and val."""

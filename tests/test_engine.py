@@ -1,12 +1,13 @@
-"""One epoch of training (convit/engine.py) on a model small enough to check by hand: the
+"""One epoch of training (convit/training/engine.py) on a model small enough to check by hand: the
 epoch's mean loss is the image-weighted mean of the batches' losses, and non-finite weights left
 by a finite loss stop the epoch."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from convit.engine import NonFiniteLossError, TrainStep, train_one_epoch
+from convit.training.engine import NonFiniteLossError, TrainStep, train_one_epoch
 
 
 def test_the_epoch_loss_is_the_image_weighted_mean_of_the_batch_losses():
@@ -48,4 +49,7 @@ def test_weights_overflowed_by_a_finite_loss_stop_the_epoch(bad):
         train_one_epoch(model, batches, step, torch.device("cpu"), epoch=4, progress=False)
     model[2].bias.data[1] = 0.5  # finite again: the same epoch passes
     step = TrainStep(torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss())
-    assert train_one_epoch(model, batches, step, torch.device("cpu"), epoch=4, progress=False)["train_images"] == 15
+    assert (
+        train_one_epoch(model, batches, step, torch.device("cpu"), epoch=4, progress=False)["train_images"]
+        == 15
+    )

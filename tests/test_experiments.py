@@ -1,4 +1,5 @@
 """Tests of convit.experiments: sweep, resumption, arithmetic of the tables, on-device data."""
+
 from __future__ import annotations
 
 import csv
@@ -8,19 +9,19 @@ import math
 import pytest
 import torch
 
-import convit.train as train_mod
+import convit.training.fit as train_mod
 from convit.analysis import locality_summary, log_locality
-from convit.checkpoint import read_checkpoint
-from convit.config import build_config
+from convit.core.fileio import read_jsonl
+from convit.core.presets import EXPERIMENT_SCALES, experiment_scale
 from convit.data import build_data
 from convit.data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
-from convit.engine import evaluate
 from convit.experiments import grids
 from convit.experiments.results import mean_std, relative_gain, summarize, write_results
 from convit.experiments.runner import load_results, plan_runs, run_sweep
-from convit.fileio import read_jsonl
-from convit.presets import EXPERIMENT_SCALES, experiment_scale
-from convit.zoo import create_model
+from convit.training.config import build_config
+from convit.training.engine import evaluate
+from convit.weights.checkpoint import read_checkpoint
+from convit.weights.zoo import create_model
 
 # A minuscule model: 8x8 digits as a 2x2 grid of 4x4 patches, 16 wide, 2 blocks (1 GPSA); sweeps
 # pin every architecture field, so this is not conftest's TINY_MODEL (2x2 patches) on purpose:
@@ -46,9 +47,11 @@ def _plan(out, **kw):
 # Planning
 # ---------------------------------------------------------------------------------------------
 
+
 def test_plan_scales_epochs_and_matches_sizes(tmp_path):
-    specs = plan_runs("sample-efficiency", "digits-cpu", tmp_path, fractions=[0.25, 1.0], seeds=2,
-                      base_epochs=30)
+    specs = plan_runs(
+        "sample-efficiency", "digits-cpu", tmp_path, fractions=[0.25, 1.0], seeds=2, base_epochs=30
+    )
     assert len(specs) == 2 * 2 * 2
     by_key = {s.key: s for s in specs}
     conv, deit = by_key["convit/f0.25/seed1"], by_key["deit/f0.25/seed1"]
@@ -59,11 +62,16 @@ def test_plan_scales_epochs_and_matches_sizes(tmp_path):
     for k in ("patch_size", "embed_dim", "depth", "num_heads"):
         assert conv.overrides["model_kwargs"][k] == deit.overrides["model_kwargs"][k]
     assert conv.overrides["model_kwargs"]["local_up_to_layer"] == 3
-    assert deit.overrides["model"] == "deit_digits" and deit.overrides["model_kwargs"]["local_up_to_layer"] == 0
+    assert (
+        deit.overrides["model"] == "deit_digits" and deit.overrides["model_kwargs"]["local_up_to_layer"] == 0
+    )
     # the architecture and the recipe are pinned in full (zoo or preset retuning cannot leak in)
-    assert conv.overrides["model_kwargs"]["global_pool"] == "token" and "qkv_bias" in conv.overrides["model_kwargs"]
+    assert (
+        conv.overrides["model_kwargs"]["global_pool"] == "token"
+        and "qkv_bias" in conv.overrides["model_kwargs"]
+    )
     assert "img_size" not in conv.overrides["model_kwargs"]  # taken from the data
-    from convit.config import TrainConfig
+    from convit.training.config import TrainConfig
 
     assert set(TrainConfig().to_dict()) <= set(conv.overrides)
     # the test split is never used for selection: every run holds out validation data
@@ -85,16 +93,17 @@ def test_grids_have_the_papers_variants():
         grids.grid_variants("ablation", p, ["nope"])
     # every variant of every grid is a valid model config at every preset's size
     from convit.experiments.runner import _model_for
-    from convit.model import ConViTConfig
-    from convit.zoo import model_spec
+    from convit.nn.model import ConViTConfig
+    from convit.weights.zoo import model_spec
 
     sizes = {"digits": 8, "fashion-mnist": 28, "cifar10": 32}
     for preset in EXPERIMENT_SCALES.values():
         for g in grids.GRIDS:
             for v in grids.grid_variants(g, preset):
                 m = _model_for(preset, v)
-                ConViTConfig.from_dict({**model_spec(m["model"]).config, **m["model_kwargs"],
-                                        "img_size": sizes[preset.dataset]})
+                ConViTConfig.from_dict(
+                    {**model_spec(m["model"]).config, **m["model_kwargs"], "img_size": sizes[preset.dataset]}
+                )
 
 
 def test_epochs_for_fraction():
@@ -109,6 +118,7 @@ def test_epochs_for_fraction():
 # Arithmetic of the tables
 # ---------------------------------------------------------------------------------------------
 
+
 def test_mean_std_and_relative_gain_by_hand():
     m, s = mean_std([80.0, 90.0])
     assert m == 85.0 and s == pytest.approx(math.sqrt(50.0))  # sample std: ((5^2 + 5^2) / 1) ** .5
@@ -118,20 +128,35 @@ def test_mean_std_and_relative_gain_by_hand():
 
 
 def _rec(variant, f, seed, test, val, baseline=False):
-    return {"grid": "sample-efficiency", "preset": "digits-cpu", "variant": variant, "label": variant,
-            "fraction": f, "seed": seed, "test_top1": test, "val_top1": val, "baseline": baseline,
-            "train_images": 100, "wall_s": 1.0}
+    return {
+        "grid": "sample-efficiency",
+        "preset": "digits-cpu",
+        "variant": variant,
+        "label": variant,
+        "fraction": f,
+        "seed": seed,
+        "test_top1": test,
+        "val_top1": val,
+        "baseline": baseline,
+        "train_images": 100,
+        "wall_s": 1.0,
+    }
 
 
 def test_summarize_hand_computed(tmp_path):
-    recs = [_rec("convit", 0.1, 0, 60.0, 50.0), _rec("convit", 0.1, 1, 70.0, 60.0),
-            _rec("deit", 0.1, 0, 40.0, 40.0, True), _rec("deit", 0.1, 1, 60.0, 50.0, True),
-            _rec("convit", 1.0, 0, 90.0, 88.0), _rec("deit", 1.0, 0, 90.0, 80.0, True)]
+    recs = [
+        _rec("convit", 0.1, 0, 60.0, 50.0),
+        _rec("convit", 0.1, 1, 70.0, 60.0),
+        _rec("deit", 0.1, 0, 40.0, 40.0, True),
+        _rec("deit", 0.1, 1, 60.0, 50.0, True),
+        _rec("convit", 1.0, 0, 90.0, 88.0),
+        _rec("deit", 1.0, 0, 90.0, 80.0, True),
+    ]
     cells = {(c.variant, c.fraction): c for c in summarize(recs)}
     c = cells[("convit", 0.1)]
     assert (c.n, c.test_mean, c.val_mean) == (2, 65.0, 55.0)
     assert c.test_std == pytest.approx(math.sqrt(50.0))
-    assert c.gain_test == pytest.approx((65 - 50) / 50)            # ratio of means: +30%
+    assert c.gain_test == pytest.approx((65 - 50) / 50)  # ratio of means: +30%
     assert c.gain_val == pytest.approx((55 - 45) / 45)
     # paired per-seed gains: (60-40)/40 = 0.5 and (70-60)/60 = 1/6
     assert c.gain_test_sd == pytest.approx(mean_std([0.5, 1 / 6])[1])
@@ -147,10 +172,10 @@ def test_summarize_hand_computed(tmp_path):
     assert "locality_figure" not in paths  # no run logged locality: no empty figure
 
 
-
 # ---------------------------------------------------------------------------------------------
 # A real (tiny) sweep, interrupted and resumed
 # ---------------------------------------------------------------------------------------------
+
 
 def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
@@ -179,9 +204,10 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
     _check_record_is_the_runs_log(rec0, specs[0].folder)
 
     calls.clear()
-    records = run_sweep(specs, out, fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1],
-                        say=lambda s: None)
-    assert calls == ["deit_digits"]                 # the finished run was not redone
+    records = run_sweep(
+        specs, out, fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1], say=lambda s: None
+    )
+    assert calls == ["deit_digits"]  # the finished run was not redone
     assert first.stat().st_mtime_ns == stamp
     assert [r["skipped"] for r in records] == [True, False]
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -242,13 +268,16 @@ def test_unfinished_run_resumes_from_last_pt(tmp_path, monkeypatch):
     log = read_jsonl(spec.folder / "log.jsonl")
     assert [e["epoch"] for e in log] == [1, 2]
     # cpu_s is this attempt's; epochs_cpu_s adds every attempt's logged epochs (both epochs here)
-    assert recs[0]["epochs_cpu_s"] == pytest.approx(sum(e["epoch_cpu_time_s"] for e in log)) and \
-        recs[0]["epochs_cpu_s"] > log[1]["epoch_cpu_time_s"] > 0
+    assert (
+        recs[0]["epochs_cpu_s"] == pytest.approx(sum(e["epoch_cpu_time_s"] for e in log))
+        and recs[0]["epochs_cpu_s"] > log[1]["epoch_cpu_time_s"] > 0
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # On-device data pipeline (run on CPU)
 # ---------------------------------------------------------------------------------------------
+
 
 def _fake_cifar(n=20, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -283,7 +312,7 @@ def test_device_images_crop_flip_normalise():
             src = padded[idx[b]].flip(-1) if flip else padded[idx[b]]
             for oy in range(9):
                 for ox in range(9):
-                    if torch.allclose(src[:, oy:oy + 32, ox:ox + 32], raw, atol=1e-5):
+                    if torch.allclose(src[:, oy : oy + 32, ox : ox + 32], raw, atol=1e-5):
                         found = True
                         crops_seen.add((oy, ox))
                         flips_seen.add(flip)
@@ -313,9 +342,26 @@ def test_train_batches_deterministic_and_cover_the_epoch():
 
 
 def _on_device_cfg(tmp_path, name, **kw):
-    return build_config(dict(model="convit_digits", model_kwargs=TINY, dataset="digits", epochs=2, batch_size=64,
-                             sampling_ratio=0.5, val_fraction=0.1, output=str(tmp_path / name), device="cpu",
-                             mixup=0.8, cutmix=1.0, drop_path=0.1, threads=1, locality=True, report=False, **kw))
+    return build_config(
+        dict(
+            model="convit_digits",
+            model_kwargs=TINY,
+            dataset="digits",
+            epochs=2,
+            batch_size=64,
+            sampling_ratio=0.5,
+            val_fraction=0.1,
+            output=str(tmp_path / name),
+            device="cpu",
+            mixup=0.8,
+            cutmix=1.0,
+            drop_path=0.1,
+            threads=1,
+            locality=True,
+            report=False,
+            **kw,
+        )
+    )
 
 
 def test_fit_with_on_device_batches_on_cpu(tmp_path, monkeypatch):
@@ -345,8 +391,11 @@ def test_fit_with_on_device_batches_on_cpu(tmp_path, monkeypatch):
         m.setattr(train_mod, "train_one_epoch", killed_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
             train_mod.fit(_on_device_cfg(tmp_path, "resumed"), on_device=True, on_eval=log_locality)
-    train_mod.fit(_on_device_cfg(tmp_path, "resumed", resume=str(tmp_path / "resumed")), on_device=True,
-                  on_eval=log_locality)
+    train_mod.fit(
+        _on_device_cfg(tmp_path, "resumed", resume=str(tmp_path / "resumed")),
+        on_device=True,
+        on_eval=log_locality,
+    )
     assert _without_timings(read_jsonl(tmp_path / "resumed" / "log.jsonl")) == _without_timings(log)
     a, _ = read_checkpoint(tmp_path / "straight" / "model.safetensors")
     b, _ = read_checkpoint(tmp_path / "resumed" / "model.safetensors")
@@ -376,9 +425,16 @@ def test_device_splits_on_a_tiny_slice_of_cifar10(cifar_npz):
 
 def test_cifar10_gpu_preset_runs_on_cpu(tmp_path, cifar_npz):
     """The cifar10-gpu preset's wiring (on-device backend) end to end, shrunk to seconds on CPU."""
-    specs = plan_runs("sample-efficiency", "cifar10-gpu", tmp_path, fractions=[0.002], seeds=1, base_epochs=0.002,
-                      model_overrides=dict(patch_size=16, embed_dim=16, num_heads=2, depth=2, local_up_to_layer=1),
-                      train_overrides=dict(device="cpu", data_path=str(cifar_npz), batch_size=32, val_fraction=0.02))
+    specs = plan_runs(
+        "sample-efficiency",
+        "cifar10-gpu",
+        tmp_path,
+        fractions=[0.002],
+        seeds=1,
+        base_epochs=0.002,
+        model_overrides=dict(patch_size=16, embed_dim=16, num_heads=2, depth=2, local_up_to_layer=1),
+        train_overrides=dict(device="cpu", data_path=str(cifar_npz), batch_size=32, val_fraction=0.02),
+    )
     assert [s.backend for s in specs] == ["device", "device"] and specs[0].overrides["epochs"] == 1
     recs = run_sweep(specs, tmp_path, say=lambda s: None)
     assert [r["train_images"] for r in recs] == [100, 100]  # 10 per class

@@ -1,14 +1,15 @@
 """The cifar10-cpu experiment scale: its definition, and a shrunken copy run end to end
 (on-device batches on the CPU, two runs at once, CPU time and locality in each result)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from convit.core.presets import experiment_scale
 from convit.experiments.results import write_results
 from convit.experiments.runner import load_results, plan_runs, run_sweep
-from convit.presets import experiment_scale
 
 
 def test_cifar10_cpu_scale_definition(tmp_path):
@@ -36,9 +37,16 @@ def test_cifar10_cpu_scale_definition(tmp_path):
 def test_cifar10_cpu_scale_shrunk_runs_two_at_once(tmp_path, cifar_npz):
     """The scale's wiring in seconds: 10 images per class, 1 epoch, a 2x2-grid model, 2 jobs."""
     f = 10 / 4900  # of the 4,900 per class left after a 2% hold-out
-    specs = plan_runs("sample-efficiency", "cifar10-cpu", tmp_path, fractions=[f], seeds=1, base_epochs=f,
-                      model_overrides=dict(patch_size=16, embed_dim=16, num_heads=2, depth=2, local_up_to_layer=1),
-                      train_overrides=dict(data_path=str(cifar_npz), batch_size=32, val_fraction=0.02))
+    specs = plan_runs(
+        "sample-efficiency",
+        "cifar10-cpu",
+        tmp_path,
+        fractions=[f],
+        seeds=1,
+        base_epochs=f,
+        model_overrides=dict(patch_size=16, embed_dim=16, num_heads=2, depth=2, local_up_to_layer=1),
+        train_overrides=dict(data_path=str(cifar_npz), batch_size=32, val_fraction=0.02),
+    )
     assert [s.overrides["epochs"] for s in specs] == [1, 1]
     recs = run_sweep(specs, tmp_path, say=lambda s: None, jobs=2)
     assert [r["variant"] for r in recs] == ["convit", "deit"]
@@ -59,8 +67,8 @@ def test_cifar10_cpu_scale_shrunk_runs_two_at_once(tmp_path, cifar_npz):
 def test_settings_diff_tolerates_knobs_added_since(tmp_path):
     """A sweep committed by one version of the code resumes under a later one that added
     TrainConfig fields (left at their defaults); any changed setting is still refused."""
-    from convit.config import TrainConfig, build_config
     from convit.experiments.runner import settings_diff
+    from convit.training.config import TrainConfig, build_config
 
     spec = plan_runs("sample-efficiency", "cifar10-cpu", tmp_path, seeds=1)[0]
     planned = json.loads(json.dumps(build_config(spec.overrides).to_dict()))
@@ -77,9 +85,19 @@ def test_settings_diff_tolerates_knobs_added_since(tmp_path):
 
 
 def _record(variant: str, seed: int) -> dict:
-    return {"grid": "sample-efficiency", "preset": "cifar10-cpu", "variant": variant, "label": variant,
-            "fraction": 0.1, "seed": seed, "test_top1": 50.0, "val_top1": 50.0, "baseline": variant == "deit",
-            "train_images": 100, "wall_s": 1.0}
+    return {
+        "grid": "sample-efficiency",
+        "preset": "cifar10-cpu",
+        "variant": variant,
+        "label": variant,
+        "fraction": 0.1,
+        "seed": seed,
+        "test_top1": 50.0,
+        "val_top1": 50.0,
+        "baseline": variant == "deit",
+        "train_images": 100,
+        "wall_s": 1.0,
+    }
 
 
 def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_path):
@@ -87,11 +105,16 @@ def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_p
 
     def rec(seed, last_gate):
         r = dict(_record("convit", seed), epochs=10)
-        r["evals"] = [{"epoch": 5, "locality": {"nonlocality": [[1.0, 3.0], [2.0, None]], "gates": [[0.7, 0.9]]}},
-                      {"epoch": 10, "val_top1": 50.0},  # an evaluation without locality is left out
-                      {"epoch": 10, "locality": {"nonlocality": [[2.0, 4.0], [5.0, None]],
-                                                 "gates": [[last_gate, last_gate]]}}]
+        r["evals"] = [
+            {"epoch": 5, "locality": {"nonlocality": [[1.0, 3.0], [2.0, None]], "gates": [[0.7, 0.9]]}},
+            {"epoch": 10, "val_top1": 50.0},  # an evaluation without locality is left out
+            {
+                "epoch": 10,
+                "locality": {"nonlocality": [[2.0, 4.0], [5.0, None]], "gates": [[last_gate, last_gate]]},
+            },
+        ]
         return r
+
     recs = [rec(0, 0.5), rec(1, 0.3), _record("deit", 0)]
     assert locality_curves(recs[:2], "nonlocality") == ([0.5, 1.0], [[2.0, 2.0], [3.0, 5.0]])
     xs, ys = locality_curves(recs[:2], "gates")
@@ -104,6 +127,7 @@ def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_p
 
 def test_cpu_time_of_a_resumed_run_counts_every_attempt():
     from convit.experiments.results import summarize
+
     whole = dict(_record("convit", 0), cpu_s=100.0, epochs_cpu_s=95.0)  # one attempt: its process time
     resumed = dict(_record("convit", 1), cpu_s=40.0, epochs_cpu_s=90.0)  # resumed: every attempt's epochs
     older = dict(_record("convit", 2), cpu_s=30.0)  # from before epochs_cpu_s: what it has

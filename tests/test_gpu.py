@@ -5,6 +5,7 @@ train`` under torchrun with NCCL collectives, and resume on CUDA.
 CI has no GPU, so every test here skips there with that reason; ``benchmarks/gpu_check.sh``
 runs them on a lent GPU and keeps their output under ``benchmarks/results/``.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, interrupt_at_epoch, rel_error, sharp_gpsa
+
 from convit import create_model
 from convit.cli import main
-from convit.fileio import read_jsonl
+from convit.core.fileio import read_jsonl
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU (CI has none; benchmarks/gpu_check.sh runs these on one)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU (CI has none; benchmarks/gpu_check.sh runs these on one)",
+)
 
 CUDA = torch.device("cuda")
 #: One of each zoo family, at the size the zoo builds (224x224 with 16x16 patches; convit_digits 8x8).
@@ -81,8 +84,10 @@ def test_fast_gpsa_equals_eq6_on_cuda(dtype, train):
     else:
         eq6_out, eq6_gx = run(fast.forward_reference, CUDA)
         bound_out, bound_gx = 1.5 * rel_error(eq6_out, out_ref) + 1e-3, 1.5 * rel_error(eq6_gx, gx_ref) + 1e-3
-        print(f"bf16 relative error: fast {rel_error(out, out_ref):.2e} / eq. 6 {rel_error(eq6_out, out_ref):.2e} (output), "
-              f"fast {rel_error(gx, gx_ref):.2e} / eq. 6 {rel_error(eq6_gx, gx_ref):.2e} (input gradient)")
+        print(
+            f"bf16 relative error: fast {rel_error(out, out_ref):.2e} / eq. 6 {rel_error(eq6_out, out_ref):.2e} (output), "
+            f"fast {rel_error(gx, gx_ref):.2e} / eq. 6 {rel_error(eq6_gx, gx_ref):.2e} (input gradient)"
+        )
     assert rel_error(out, out_ref) < bound_out
     assert rel_error(gx, gx_ref) < bound_gx
     if not train:
@@ -94,10 +99,16 @@ def test_fast_gpsa_equals_eq6_on_cuda(dtype, train):
 def test_compile_training_follows_eager():
     """20 AdamW steps of a ConViT (8x8 grid) from one init on the same batches, eager and
     ``torch.compile``d, in fp32: the two loss curves agree within 1e-3 at every step."""
+
     def curve(compiled: bool) -> list:
         torch.manual_seed(0)
-        model = create_model("convit_tiny", img_size=32, patch_size=4, depth=4, local_up_to_layer=3,
-                             num_classes=10).to(CUDA).train()
+        model = (
+            create_model(
+                "convit_tiny", img_size=32, patch_size=4, depth=4, local_up_to_layer=3, num_classes=10
+            )
+            .to(CUDA)
+            .train()
+        )
         run = torch.compile(model) if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
         g = torch.Generator(device="cpu").manual_seed(1)
@@ -157,15 +168,36 @@ dist.destroy_process_group()
 def test_torchrun_on_cuda_and_nccl_collectives(tmp_path):
     """``convit train`` launched by torchrun (one process, the GPU lent is one) trains on CUDA;
     our collectives run through a one-process NCCL group."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
-    proc = subprocess.run([sys.executable, "-c", NCCL_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29533",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", NCCL_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "backend nccl" in proc.stdout
     out = tmp_path / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "convit.cli",
-           "train", *TINY, "--device", "cuda", "--epochs", "1", "--output", str(out), "--no-report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "convit.cli",
+        "train",
+        *TINY,
+        "--device",
+        "cuda",
+        "--epochs",
+        "1",
+        "--output",
+        str(out),
+        "--no-report",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on cuda" in proc.stdout

@@ -6,23 +6,23 @@ writes: ``hub/models--owner--name/snapshots/<commit>/model.safetensors`` + ``ref
 holding state dicts of timm's own models, so the keys are truly timm's.  Every test runs
 behind a guard that fails it at the first network look-up or connection.
 """
+
 from __future__ import annotations
 
 import socket
 import urllib.error
 from pathlib import Path
-from typing import Dict, List
 
 import huggingface_hub.constants as hf_constants
 import pytest
 import timm
 import torch
+from conftest import hub_snapshot
 from safetensors.torch import save_file
 
-from conftest import hub_snapshot
-import convit.hub as hub
-from convit.hub import PretrainedNotFoundError, hf_cache_dir
-from convit.zoo import create_model, model_spec, weights_dir
+import convit.weights.hub as hub
+from convit.weights.hub import PretrainedNotFoundError, hf_cache_dir
+from convit.weights.zoo import create_model, model_spec, weights_dir
 
 URL = "https://dl.fbaipublicfiles.com/convit/convit_tiny.pth"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("no_network")  # conftest: fails a test at 
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch) -> Dict[str, Path]:
+def env(tmp_path, monkeypatch) -> dict[str, Path]:
     """An empty CONVIT_HOME, an empty HF_HOME with HF_HUB_OFFLINE=1 (both set *after*
     huggingface_hub was imported: its import-time constants still say online and point
     elsewhere), and an official download that fails; ``env['downloads']`` records its calls."""
@@ -45,7 +45,7 @@ def env(tmp_path, monkeypatch) -> Dict[str, Path]:
     # What huggingface_hub read at import time, in a process started without these variables.
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "import_time_cache"))
-    downloads: List[str] = []
+    downloads: list[str] = []
 
     def no_download(url, dst, *args, **kwargs):
         downloads.append(url)
@@ -55,19 +55,19 @@ def env(tmp_path, monkeypatch) -> Dict[str, Path]:
     return {"home": home, "hf": hf, "downloads": downloads}
 
 
-def put_in_hub_cache(hf_home: Path, repo_id: str, sd: Dict[str, torch.Tensor]) -> Path:
+def put_in_hub_cache(hf_home: Path, repo_id: str, sd: dict[str, torch.Tensor]) -> Path:
     """Write ``sd`` as ``model.safetensors`` of ``repo_id`` in huggingface_hub's cache layout."""
     snap = hub_snapshot(hf_home / "hub", repo_id, COMMIT)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(snap / "model.safetensors"))
     return snap / "model.safetensors"
 
 
-def timm_state_dict(name: str, seed: int) -> Dict[str, torch.Tensor]:
+def timm_state_dict(name: str, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return timm.create_model(name).state_dict()
 
 
-def assert_same_weights(model: torch.nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+def assert_same_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
     own = model.state_dict()
     assert set(own) == set(sd)
     for k, v in sd.items():
@@ -97,7 +97,9 @@ def test_deit_comes_from_the_hub_only(env):
 
 def test_local_file_wins_and_the_hub_is_not_asked(env, monkeypatch):
     put_in_hub_cache(env["hf"], "timm/convit_tiny.fb_in1k", timm_state_dict("convit_tiny", seed=3))
-    put_in_hub_cache(env["hf"], "timm/deit_tiny_patch16_224.fb_in1k", timm_state_dict("deit_tiny_patch16_224", 4))
+    put_in_hub_cache(
+        env["hf"], "timm/deit_tiny_patch16_224.fb_in1k", timm_state_dict("deit_tiny_patch16_224", 4)
+    )
     torch.manual_seed(5)
     local = create_model("convit_tiny").state_dict()
     torch.save(local, env["home"] / "convit_tiny.pth")
@@ -114,11 +116,11 @@ def test_local_file_wins_and_the_hub_is_not_asked(env, monkeypatch):
 
 
 @pytest.fixture
-def online(env, monkeypatch) -> List[str]:
+def online(env, monkeypatch) -> list[str]:
     """``env`` with the network allowed in principle: HF_HUB_OFFLINE unset and the hub's host
     resolvable, but both downloads replaced by recorders that fail (the returned list, in call
     order: ``hub:<repo>`` and the official URLs)."""
-    calls: List[str] = []
+    calls: list[str] = []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(hub, "_hub_host_unresolvable", lambda: False)
 
@@ -140,8 +142,12 @@ def test_online_the_hub_comes_before_the_official_url(env, online, monkeypatch):
         create_model("convit_tiny", pretrained=True)
     assert online == ["hub:timm/convit_tiny.fb_in1k", URL]
     msg = str(e.value)
-    assert msg.index("local file") < msg.index("Hugging Face cache") < msg.index("Hugging Face hub timm/") \
+    assert (
+        msg.index("local file")
+        < msg.index("Hugging Face cache")
+        < msg.index("Hugging Face hub timm/")
         < msg.index("official download")
+    )
 
     sd = timm_state_dict("convit_tiny", seed=7)
 
@@ -199,9 +205,18 @@ def test_offline_failure_names_every_source_and_where_to_put_the_file(env):
     assert isinstance(e.value, FileNotFoundError)  # the CLI prints it as one user error
     assert env["downloads"] == []  # offline: never tried
     repo = env["hf"] / "hub" / "models--timm--convit_tiny.fb_in1k"
-    for part in (URL, "timm/convit_tiny.fb_in1k", "model.safetensors", "HF_HUB_OFFLINE is set",
-                 str(env["home"] / "convit_tiny.pth"), "$CONVIT_HOME", "$HF_HOME",
-                 f"{repo}/snapshots/<commit>/model.safetensors", f"{repo}/refs/main", "checkpoint_path="):
+    for part in (
+        URL,
+        "timm/convit_tiny.fb_in1k",
+        "model.safetensors",
+        "HF_HUB_OFFLINE is set",
+        str(env["home"] / "convit_tiny.pth"),
+        "$CONVIT_HOME",
+        "$HF_HOME",
+        f"{repo}/snapshots/<commit>/model.safetensors",
+        f"{repo}/refs/main",
+        "checkpoint_path=",
+    ):
         assert part in msg, (part, msg)
     # The sources are listed in the order they were tried.
     assert msg.index("local file") < msg.index("Hugging Face cache") < msg.index("not asked")
@@ -219,7 +234,7 @@ def test_unresolvable_hub_host_reads_the_cache_at_once(env, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
-    looked_up: List[str] = []
+    looked_up: list[str] = []
 
     def no_dns(host, *args, **kwargs):
         looked_up.append(host)

@@ -4,6 +4,7 @@ logits (within 1e-5) and the real class names, and a model card with the run's c
 results.  All offline: the hub is a cache folder built by hand, and conftest's guard fails a
 test at any network use.  transformers is a test-only dependency: its tests skip without it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,38 +12,69 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Dict
 
 import huggingface_hub
 import huggingface_hub.constants as hf_constants
 import pytest
 import timm
 import torch
+from conftest import hub_snapshot, write_image_folder
 from PIL import Image
 
-from conftest import hub_snapshot, write_image_folder
 from convit.cli import main
-from convit.fileio import read_jsonl
-from convit.hub import export_timm
-from convit.zoo import create_model
+from convit.core.fileio import read_jsonl
+from convit.weights.hub import export_timm
+from convit.weights.zoo import create_model
 
 CLASSES = ("blue square", "green triangle", "red circle")
 pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Dict[str, Path]:
+def exported(tmp_path_factory) -> dict[str, Path]:
     """A tiny ConViT trained 2 epochs on a 3-class RGB image folder (class names with spaces),
     then exported with the CLI: ``run`` (the run folder), ``out`` (the export)."""
     root = tmp_path_factory.mktemp("repo")
     data = write_image_folder(root / "shapes", classes=CLASSES, per_class=4, size=16)
-    flags = ["--dataset", "imagefolder", "--data-path", str(data), "--preset", "digits", "--img-size", "16",
-             "--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "patch_size=4",
-             "--epochs", "2", "--batch-size", "8", "--threads", "1", "--no-report", "--no-locality"]
+    flags = [
+        "--dataset",
+        "imagefolder",
+        "--data-path",
+        str(data),
+        "--preset",
+        "digits",
+        "--img-size",
+        "16",
+        "--model-kwargs",
+        "depth=2",
+        "local_up_to_layer=1",
+        "embed_dim=16",
+        "patch_size=4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--no-report",
+        "--no-locality",
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["train", *flags, "--output", str(root / "run")]) == 0
-        assert main(["export", "--format", "timm", "--checkpoint", str(root / "run" / "model.safetensors"),
-                     "--output", str(root / "out")]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    "--format",
+                    "timm",
+                    "--checkpoint",
+                    str(root / "run" / "model.safetensors"),
+                    "--output",
+                    str(root / "out"),
+                ]
+            )
+            == 0
+        )
     return {"run": root / "run", "out": root / "out", "data": data}
 
 
@@ -80,13 +112,23 @@ def test_convit_and_timm_load_it_with_the_same_logits(exported, offline):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         want = ours(x)
-        for model in (create_model(checkpoint_path=out), create_model(f"local-dir:{out}", pretrained=True),
-                      timm.create_model(f"local-dir:{out}", pretrained=True)):
+        for model in (
+            create_model(checkpoint_path=out),
+            create_model(f"local-dir:{out}", pretrained=True),
+            timm.create_model(f"local-dir:{out}", pretrained=True),
+        ):
             _same(model.eval()(x), want)
         config = json.loads((out / "config.json").read_text())
         overlay = dict(config["pretrained_cfg"], file=str(out / "model.safetensors"))
-        _same(timm.create_model(config["architecture"], pretrained=True, pretrained_cfg_overlay=overlay,
-                                **config["model_args"]).eval()(x), want)
+        _same(
+            timm.create_model(
+                config["architecture"],
+                pretrained=True,
+                pretrained_cfg_overlay=overlay,
+                **config["model_args"],
+            ).eval()(x),
+            want,
+        )
         snap = hub_snapshot(offline, "me/shapes", "ab" * 20)  # as if uploaded, then downloaded
         for f in out.iterdir():
             shutil.copy(f, snap / f.name)
@@ -96,8 +138,11 @@ def test_convit_and_timm_load_it_with_the_same_logits(exported, offline):
 
 
 def test_transformers_loads_it_with_the_class_names(exported, offline):
-    transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install "
-                                                              "'convit[test]'): the transformers round trip is skipped")
+    transformers = pytest.importorskip(
+        "transformers",
+        reason="transformers is not installed (pip install "
+        "'convit[test]'): the transformers round trip is skipped",
+    )
     ours, out = _trained(exported), str(exported["out"])
     hf = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
     assert [hf.config.id2label[i] for i in range(3)] == list(CLASSES)
@@ -147,7 +192,10 @@ def test_without_its_run_folder_the_card_says_unknown(exported, tmp_path):
     alone = tmp_path / "alone.safetensors"
     shutil.copy(exported["run"] / "model.safetensors", alone)  # still carries its own test top-1
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["export", "--format", "hf", "--checkpoint", str(alone), "--output", str(tmp_path / "a")]) == 0
+        assert (
+            main(["export", "--format", "hf", "--checkpoint", str(alone), "--output", str(tmp_path / "a")])
+            == 0
+        )
     text = (tmp_path / "a" / "README.md").read_text()
     assert "## Training\n\nUnknown: no `config.yaml`" in text and "| test top-1 |" in text
 

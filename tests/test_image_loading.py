@@ -2,14 +2,15 @@
 modes, sizes and formats, see real_image_files.py) opens as what it was written as and converts
 to RGB and L without going flat or saturated; 16-bit files are scaled to 8 bits, a palette's
 transparency is kept."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
+from real_image_files import nonconstant_source, write_png16
 
 from convit.data import load_image
-from real_image_files import nonconstant_source, write_png16
 
 
 def test_the_files_are_what_they_claim(image_files):
@@ -22,14 +23,25 @@ def test_the_files_are_what_they_claim(image_files):
             seen.add((im.format, im.mode))
             if f.kind == "png-P-transparent":
                 assert "transparency" in im.info
-    for need in [("PNG", "I;16"), ("PNG", "P"), ("PNG", "LA"), ("PNG", "1"), ("JPEG", "CMYK"),
-                 ("WEBP", "RGBA"), ("TIFF", "I;16"), ("BMP", "P"), ("PPM", "I"), ("PNG", "RGBA")]:
+    for need in [
+        ("PNG", "I;16"),
+        ("PNG", "P"),
+        ("PNG", "LA"),
+        ("PNG", "1"),
+        ("JPEG", "CMYK"),
+        ("WEBP", "RGBA"),
+        ("TIFF", "I;16"),
+        ("BMP", "P"),
+        ("PPM", "I"),
+        ("PNG", "RGBA"),
+    ]:
         assert need in seen, need
 
 
 # --------------------------------------------------------------------------------------------
 # load_image and the dataset classes
 # --------------------------------------------------------------------------------------------
+
 
 def test_load_image_every_file_converts(image_files):
     _, files = image_files
@@ -69,8 +81,9 @@ def test_16bit_rgb_and_la_png_keep_their_values(tmp_path):
     write_png16(tmp_path / "rgb48.png", a)
     got = np.asarray(load_image(tmp_path / "rgb48.png").convert("RGB")).astype(int)
     assert np.abs(got - (a.astype(int) >> 8)).max() <= 1
-    la = np.dstack([np.arange(256, dtype=np.uint16).reshape(16, 16) * 257,
-                    np.full((16, 16), 65535, dtype=np.uint16)])
+    la = np.dstack(
+        [np.arange(256, dtype=np.uint16).reshape(16, 16) * 257, np.full((16, 16), 65535, dtype=np.uint16)]
+    )
     write_png16(tmp_path / "la16.png", la)
     got = np.asarray(load_image(tmp_path / "la16.png").convert("L")).astype(int)
     assert np.abs(got - np.arange(256).reshape(16, 16)).max() <= 1

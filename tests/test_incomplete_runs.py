@@ -1,6 +1,7 @@
 """A run folder holds ``INCOMPLETE`` until its first ``last.pt``: a run that stopped before its
 first checkpoint is not taken for a run to resume, and the next run into the folder replaces
 it cleanly (``--resume`` starts it again from epoch 1 with its config.yaml)."""
+
 from __future__ import annotations
 
 import os
@@ -8,15 +9,23 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from conftest import interrupt_at_epoch
+
 from convit.cli import main
-from convit.config import build_config
-from convit.fileio import read_jsonl
-from convit.runs import MARKER, NoCheckpointYet, find_last_checkpoint, read_resume, resolve_output
+from convit.core.fileio import read_jsonl
+from convit.training.config import build_config
+from convit.training.run_folder import (
+    MARKER,
+    NoCheckpointYet,
+    find_last_checkpoint,
+    read_resume,
+    resolve_output,
+)
 
 
-def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(train_tiny, tmp_path, monkeypatch, capsys):
+def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(
+    train_tiny, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     with monkeypatch.context() as m:
         interrupt_at_epoch(m, 1)
@@ -30,9 +39,16 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(train_tiny, 
     (run / "skipped.tsv").write_text("/old/file.png\tof another run\n")
     capsys.readouterr()
     assert train_tiny("--epochs", "1") == 0  # no --overwrite needed, nothing of it is kept
-    assert "held a run that stopped before its first checkpoint; this run replaces it" in capsys.readouterr().out
-    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "config.yaml", "last.pt", "log.jsonl",
-                                                      "model.safetensors"]
+    assert (
+        "held a run that stopped before its first checkpoint; this run replaces it" in capsys.readouterr().out
+    )
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.safetensors",
+        "config.yaml",
+        "last.pt",
+        "log.jsonl",
+        "model.safetensors",
+    ]
     assert build_config(config_file=run / "config.yaml").epochs == 1
 
 

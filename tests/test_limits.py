@@ -5,19 +5,21 @@
 * no module longer than :data:`MAX_MODULE_LINES`;
 * no import cycle among the modules of ``convit``, counting every import statement anywhere in
   a module (top level, inside functions, under ``if TYPE_CHECKING:``);
-* ``import convit.model`` does not load ``huggingface_hub`` (the hub is only for ``pretrained``
+* ``import convit.nn.model`` does not load ``huggingface_hub`` (the hub is only for ``pretrained``
   weights and export, and the model must not pay its import time).
 
 Each failure names the file (and function or cycle) and the limit it breaks.
 """
+
 from __future__ import annotations
 
 import ast
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKED_DIRS = ("convit", "tests", "benchmarks")
@@ -26,7 +28,7 @@ MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 400
 
 
-def python_files() -> List[Path]:
+def python_files() -> list[Path]:
     """Every ``.py`` file under the checked folders, sorted."""
     return sorted(p for d in CHECKED_DIRS for p in (REPO / d).rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -39,7 +41,7 @@ def _parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _functions(tree: ast.AST, prefix: str = "") -> Iterator[Tuple[str, ast.AST]]:
+def _functions(tree: ast.AST, prefix: str = "") -> Iterator[tuple[str, ast.AST]]:
     """(qualified name, node) of every function and method, nested ones included."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -57,8 +59,10 @@ def test_no_function_over_the_line_limit():
         for name, node in _functions(_parse(path)):
             n = node.end_lineno - node.lineno + 1
             if n > MAX_FUNCTION_LINES:
-                offenders.append(f"{_rel(path)}:{node.lineno} {name}: {n} lines "
-                                 f"(limit {MAX_FUNCTION_LINES} lines a function)")
+                offenders.append(
+                    f"{_rel(path)}:{node.lineno} {name}: {n} lines "
+                    f"(limit {MAX_FUNCTION_LINES} lines a function)"
+                )
     assert not offenders, "functions over the limit:\n" + "\n".join(offenders)
 
 
@@ -73,7 +77,8 @@ def test_no_module_over_the_line_limit():
 
 # -- import cycles ----------------------------------------------------------------------------
 
-def package_modules(root: Path = REPO / PACKAGE) -> Dict[str, Path]:
+
+def package_modules(root: Path = REPO / PACKAGE) -> dict[str, Path]:
     """Dotted name -> file of every module of the package; a package is its ``__init__.py``."""
     modules = {}
     for path in sorted(root.rglob("*.py")):
@@ -86,7 +91,7 @@ def package_modules(root: Path = REPO / PACKAGE) -> Dict[str, Path]:
     return modules
 
 
-def _known(name: str, modules: Dict[str, Path]) -> Optional[str]:
+def _known(name: str, modules: dict[str, Path]) -> Optional[str]:
     """``name`` if it is a module of the package, else its longest prefix that is one."""
     parts = name.split(".")
     while parts:
@@ -97,7 +102,7 @@ def _known(name: str, modules: Dict[str, Path]) -> Optional[str]:
     return None
 
 
-def import_targets(module: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
+def import_targets(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The package's modules that ``module`` imports, from every import statement in it.
 
     ``from X import n`` counts as importing the submodule ``X.n`` when there is one, else
@@ -111,7 +116,7 @@ def import_targets(module: str, path: Path, modules: Dict[str, Path]) -> Set[str
             targets.update(_known(a.name, modules) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
                 source = f"{base}.{node.module}" if node.module else base
             else:
                 source = node.module or ""
@@ -123,18 +128,18 @@ def import_targets(module: str, path: Path, modules: Dict[str, Path]) -> Set[str
     return targets
 
 
-def import_graph(modules: Dict[str, Path]) -> Dict[str, Set[str]]:
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     return {m: import_targets(m, p, modules) for m, p in modules.items()}
 
 
-def import_cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """One cycle (``[a, b, ..., a]``) through each group of mutually importing modules
     (strongly connected components of two or more, Tarjan's algorithm)."""
-    index: Dict[str, int] = {}
-    low: Dict[str, int] = {}
-    stack: List[str] = []
-    on_stack: Set[str] = set()
-    groups: List[List[str]] = []
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
 
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
@@ -163,11 +168,11 @@ def import_cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return [_cycle_in(group, graph) for group in groups]
 
 
-def _cycle_in(group: List[str], graph: Dict[str, Set[str]]) -> List[str]:
+def _cycle_in(group: list[str], graph: dict[str, set[str]]) -> list[str]:
     """A shortest cycle through the first module of a strongly connected ``group`` (breadth
     first from it until an edge leads back to it)."""
     start, members = group[0], set(group)
-    parents: Dict[str, str] = {start: start}
+    parents: dict[str, str] = {start: start}
     frontier = [start]
     while frontier:
         nxt = []
@@ -200,8 +205,9 @@ def test_cycle_finder_sees_imports_anywhere(tmp_path):
     (pkg / "__init__.py").write_text("from .a import f\n")
     (pkg / "a.py").write_text("def f():\n    from .sub import b\n")
     (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                      "    from .. import c\n")
+    (pkg / "sub" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .. import c\n"
+    )
     (pkg / "c.py").write_text("import convit\n")
     (pkg / "d.py").write_text("from convit import a\nfrom . import sub\n")
     modules = package_modules(pkg)
@@ -213,60 +219,102 @@ def test_cycle_finder_sees_imports_anywhere(tmp_path):
 
 # -- what importing the model loads -----------------------------------------------------------
 
+
 def test_importing_the_model_does_not_load_huggingface_hub():
-    code = ("import sys, convit.model\n"
-            "hub = sorted(m for m in sys.modules if m.split('.')[0] == 'huggingface_hub')\n"
-            "ours = sorted(m for m in sys.modules if m.split('.')[0] == 'convit')\n"
-            "assert not hub, f'loaded {len(hub)} huggingface_hub modules; convit modules loaded: {ours}'\n"
-            # building a zoo model (timm's package now loads for the checkpoint readers) still
-            # leaves convit's hub client alone: it is imported only for pretrained weights
-            "import convit\nconvit.create_model('convit_digits')\n"
-            "assert 'convit.hub' not in sys.modules, 'create_model without pretrained imported convit.hub'\n")
+    code = (
+        "import sys, convit.nn.model\n"
+        "hub = sorted(m for m in sys.modules if m.split('.')[0] == 'huggingface_hub')\n"
+        "ours = sorted(m for m in sys.modules if m.split('.')[0] == 'convit')\n"
+        "assert not hub, f'loaded {len(hub)} huggingface_hub modules; convit modules loaded: {ours}'\n"
+        # building a zoo model (timm's package now loads for the checkpoint readers) still
+        # leaves convit's hub client alone: it is imported only for pretrained weights
+        "import convit\nconvit.create_model('convit_digits')\n"
+        "assert 'convit.weights.hub' not in sys.modules, 'create_model without pretrained imported convit.weights.hub'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, ("`import convit.model` loads huggingface_hub (limit: the model imports "
-                                  "no hub code):\n" + proc.stderr[-3000:])
+    assert proc.returncode == 0, (
+        "`import convit.nn.model` loads huggingface_hub (limit: the model imports "
+        "no hub code):\n" + proc.stderr[-3000:]
+    )
 
 
-# -- the README's layout tree is the import order ---------------------------------------------
+# -- the layer packages ------------------------------------------------------------------------
 
-def layout_order(readme: Path = REPO / "README.md") -> Dict[str, int]:
-    """Rank of each module named in the README's layout tree (``## Layout``), in reading order.
-
-    A line indented under ``data/`` (or another subpackage line) names that package's
-    modules; a subpackage whose modules are not listed one by one shares the package's rank.
-    """
-    text = readme.read_text(encoding="utf-8").split("## Layout", 1)[1].split("```", 2)[1]
-    modules, ranks, package = package_modules(), {PACKAGE: -1}, None
-    for line in text.splitlines()[2:]:  # after the opening fence's line and `convit/`
-        indent = len(line) - len(line.lstrip())
-        if indent == 0:
-            break  # tests/, benchmarks/
-        for token, kind in re.findall(r"([a-z_]+)(\.py|/)", line):
-            if indent == 2:
-                package = token if kind == "/" else None
-            inside = f"{PACKAGE}.{package}.{token}" if package and indent > 2 else None
-            name = inside if inside in modules else f"{PACKAGE}.{token}"
-            if name in modules and name not in ranks:
-                ranks[name] = len(ranks)
-    return ranks
+#: convit's packages, bottom to top: each imports only from itself and the packages before it.
+LAYERS = ("core", "data", "nn", "weights", "training", "analysis", "experiments", "study", "commands")
+#: modules at the top of convit/: the version (below everything) and the CLI (above everything).
+TOP_LEVEL = {"convit._version": -1, "convit.cli": len(LAYERS)}
+ARCHITECTURE = REPO / "docs" / "architecture.md"
 
 
-def test_readme_layout_lists_modules_in_import_order():
-    """The README says a module imports only from modules listed above it: keep that true."""
-    modules, ranks = package_modules(), layout_order()
-    assert "convit.data.reader" in ranks and "convit.fast_gpsa" in ranks and "convit.train" in ranks
+def layer_rank(module: str) -> int:
+    """The rank of ``module``'s layer (its package under convit), -1 for ``convit._version``;
+    a module that belongs to no layer is a KeyError naming it."""
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module]
+    package = module.split(".")[1]
+    if package not in LAYERS:
+        raise KeyError(
+            f"{module} is in no layer package ({', '.join(LAYERS)}) and is not {sorted(TOP_LEVEL)}"
+        )
+    return LAYERS.index(package)
 
-    def rank(m: str) -> int:
-        while m not in ranks:
-            m = m.rpartition(".")[0]
-        return ranks[m]
 
-    def allowed(m: str, t: str) -> bool:  # a package may import its own modules
-        same_package = t.rpartition(".")[0] == m.rpartition(".")[0]
-        return t.startswith(m + ".") or rank(t) < rank(m) or (rank(t) == rank(m) and same_package)
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a higher layer, as ``"a imports b (layer x above y)"``.  ``convit`` itself
+    (the lazy ``__init__``) is left out: it imports only ``_version``."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        if module == PACKAGE:
+            continue
+        for target in sorted(targets):
+            if target == PACKAGE or layer_rank(target) > layer_rank(module):
+                bad.append(f"{module} imports {target}")
+    return bad
 
-    bad = [f"{m} imports {t}" for m, targets in import_graph(modules).items() for t in sorted(targets)
-           if not allowed(m, t)]
-    unlisted = sorted(m for m in modules if m.count(".") == 1 and m not in ranks)
-    assert not unlisted, f"modules missing from the README's layout tree: {unlisted}"
-    assert not bad, "imports of a module listed below the importer in README's layout:\n" + "\n".join(bad)
+
+def test_each_package_imports_only_from_the_layers_below():
+    modules = package_modules()
+    top = sorted(m for m, path in modules.items() if m.count(".") == 1 and path.name != "__init__.py")
+    assert top == sorted(TOP_LEVEL), f"modules at the top of convit/ besides {sorted(TOP_LEVEL)}: {top}"
+    bad = layer_violations(import_graph(modules))
+    assert not bad, (
+        f"imports against the layer order {' -> '.join(LAYERS)} (a package imports only from "
+        "itself and the packages before it):\n" + "\n".join(bad)
+    )
+
+
+def test_layer_check_sees_an_upward_import(tmp_path):
+    """The checker itself: a data module importing the trainer breaks the rule."""
+    pkg = tmp_path / "convit"
+    for sub in ("data", "training"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "a.py").write_text("from ..training import fit\n")
+    (pkg / "training" / "fit.py").write_text("from ..data import a\n")
+    graph = import_graph(package_modules(pkg))
+    assert layer_violations(graph) == ["convit.data.a imports convit.training.fit"]
+
+
+def test_each_file_name_appears_once():
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO / PACKAGE).rglob("*.py")):
+        if "__pycache__" not in path.parts and path.name != "__init__.py":
+            names.setdefault(path.name, []).append(_rel(path))
+    twice = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not twice, f"file names used more than once in convit/: {twice}"
+
+
+def test_architecture_doc_draws_every_package_in_layer_order():
+    """docs/architecture.md's tree (the first fenced block) names the layers bottom to top and
+    every module of each package."""
+    tree = ARCHITECTURE.read_text(encoding="utf-8").split("```", 2)[1]
+    order = [line.strip().rstrip("/") for line in tree.splitlines() if re.match(r"^  [a-z]+/\s*$", line)]
+    assert order == list(LAYERS), f"architecture.md's tree lists packages {order}, expected {list(LAYERS)}"
+    missing = [
+        m
+        for m, path in package_modules().items()
+        if path.name != "__init__.py" and f"{path.stem}" not in re.findall(r"[a-z_0-9]+", tree)
+    ]
+    assert not missing, f"modules missing from docs/architecture.md's tree: {missing}"

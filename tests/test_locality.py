@@ -1,6 +1,7 @@
 """The locality measures of convit.analysis on known cases computed independently (numpy):
 nonlocality (eq. 8), gates, attention centres and spans (eq. 7), per-query attention maps and
 ``locality_summary``."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,19 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import GRID, grid_model
-from convit.analysis import (attention_grids, attention_nonlocality, gates, locality_summary,
-                             nonlocality, patch_attention, positional_centres, positional_spans)
-from convit.attention import GPSA
+
+from convit.analysis import (
+    attention_grids,
+    attention_nonlocality,
+    gates,
+    locality_summary,
+    nonlocality,
+    patch_attention,
+    positional_centres,
+    positional_spans,
+)
+from convit.nn.attention import GPSA
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +45,7 @@ def np_offsets(grid):
 def np_closed_form_nonlocality(grid, centres, alpha):
     """D_h of the positional attention softmax_j(-alpha ||delta_ij - Delta_h||^2) (eqs. 7-8)."""
     dx, dy = np_offsets(grid)
-    dist = np.sqrt(dx ** 2 + dy ** 2)
+    dist = np.sqrt(dx**2 + dy**2)
     out = []
     for cx, cy in centres:
         s = -alpha * ((dx - cx) ** 2 + (dy - cy) ** 2)
@@ -48,7 +57,7 @@ def np_closed_form_nonlocality(grid, centres, alpha):
 
 def np_mean_pairwise_distance(grid):
     dx, dy = np_offsets(grid)
-    return np.sqrt(dx ** 2 + dy ** 2).mean()
+    return np.sqrt(dx**2 + dy**2).mean()
 
 
 def gpsa_layer(heads=4, alpha=1.0, grid=GRID) -> GPSA:
@@ -59,6 +68,7 @@ def gpsa_layer(heads=4, alpha=1.0, grid=GRID) -> GPSA:
 
 
 # -- nonlocality (eq. 8) --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("heads,alpha", [(4, 1.0), (9, 0.4), (9, 2.5)])
 def test_positional_nonlocality_matches_closed_form(heads, alpha):
@@ -90,14 +100,18 @@ def test_model_nonlocality_gates_to_one_is_closed_form():
 def test_uniform_head_has_mean_pairwise_distance():
     n = GRID[0] * GRID[1]
     uniform = torch.full((2, 3, n, n), 1.0 / n)
-    np.testing.assert_allclose(attention_nonlocality(uniform, GRID).numpy(),
-                               [np_mean_pairwise_distance(GRID)] * 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        attention_nonlocality(uniform, GRID).numpy(), [np_mean_pairwise_distance(GRID)] * 3, rtol=1e-6
+    )
     # the same through GPSA: zero positional weights give a uniform positional attention
     layer = gpsa_layer(4)
     with torch.no_grad():
         layer.pos_proj.weight.zero_()
-    np.testing.assert_allclose(attention_nonlocality(layer.positional_attention(), GRID).numpy(),
-                               [np_mean_pairwise_distance(GRID)] * 4, rtol=1e-6)
+    np.testing.assert_allclose(
+        attention_nonlocality(layer.positional_attention(), GRID).numpy(),
+        [np_mean_pairwise_distance(GRID)] * 4,
+        rtol=1e-6,
+    )
     # a head that only looks at its query patch is perfectly local
     assert attention_nonlocality(torch.eye(n)[None], GRID).item() == 0.0
 
@@ -107,7 +121,7 @@ def test_class_token_is_dropped_and_rows_renormalised():
     are removed and each query row is renormalised over the patches."""
     n = GRID[0] * GRID[1]
     dx, dy = np_offsets(GRID)
-    dist = np.sqrt(dx ** 2 + dy ** 2)
+    dist = np.sqrt(dx**2 + dy**2)
     rng = np.random.default_rng(0)
     p = rng.random((n, n))
     p /= p.sum(axis=1, keepdims=True)  # patch-to-patch part, rows sum to 1
@@ -126,6 +140,7 @@ def test_class_token_is_dropped_and_rows_renormalised():
 
 
 # -- gates, centres, spans --------------------------------------------------------------------
+
 
 def test_gates_read_back_exactly():
     model = grid_model()
@@ -189,6 +204,7 @@ def test_attention_grids_orientation_and_class_token():
 
 # -- locality_summary -----------------------------------------------------------------------
 
+
 def test_locality_summary_is_json_and_restores_training_mode():
     model = grid_model(drop_path_rate=0.1, attn_drop_rate=0.1)
     model.train()
@@ -203,8 +219,9 @@ def test_locality_summary_is_json_and_restores_training_mode():
     assert len(summary["gates"]) == len(summary["centres"]) == len(summary["spans"]) == 2
     assert summary["grid"] == [5, 7]
     # eval mode inside: the same call twice gives the same numbers despite dropout
-    assert locality_summary(model, torch.randn(70, 1, *GRID).fill_(0.3)) == \
-        locality_summary(model, torch.randn(70, 1, *GRID).fill_(0.3))
+    assert locality_summary(model, torch.randn(70, 1, *GRID).fill_(0.3)) == locality_summary(
+        model, torch.randn(70, 1, *GRID).fill_(0.3)
+    )
 
 
 def test_nonlocality_in_chunks_equals_one_batch():
@@ -217,4 +234,3 @@ def test_nonlocality_in_chunks_equals_one_batch():
                 assert b[key] is None
             else:
                 torch.testing.assert_close(a[key], b[key])
-

@@ -1,14 +1,15 @@
 """Test-time masking (convit.analysis.masking): masking the content or positional part of the
 first k GPSA layers equals forcing their gates, the position embedding can be removed, and
 everything is restored afterwards."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-
 from conftest import GRID, grid_model, with_gates
+
 from convit.analysis import evaluate_masked, masked, masking_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,6 +75,10 @@ def test_masking_table_rows_match_evaluate_masked():
     loader = [(x[:7], y[:7]), (x[7:], y[7:])]
     rows = masking_table(model, loader, ks=[2])
     assert [(r["mode"], r["k"], r["remove_pos_embed"]) for r in rows] == [
-        ("none", 0, False), ("content", 2, False), ("positional", 2, False), ("none", 0, True)]
+        ("none", 0, False),
+        ("content", 2, False),
+        ("positional", 2, False),
+        ("none", 0, True),
+    ]
     assert rows[0]["top1"] == 100.0
     assert rows[2]["top1"] == evaluate_masked(with_gates(model, 2, -1e4), loader)

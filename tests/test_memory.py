@@ -1,5 +1,6 @@
-"""A run too large for the machine is refused before it starts (:mod:`convit.memory`): the
+"""A run too large for the machine is refused before it starts (:mod:`convit.nn.memory`): the
 estimate, what the machine has (``/proc/meminfo``, cgroups v1 and v2), and the refusal."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import time
 
 import pytest
 import torch
-
-import convit.memory as memory
 from conftest import REPO
+
+import convit.nn.memory as memory
 from convit.cli import main
-from convit.config import build_config
-from convit.memory import MemoryRefused, available_memory, check_training_memory, estimate_training_memory
-from convit.recipe import model_config
+from convit.nn.memory import MemoryRefused, available_memory, check_training_memory, estimate_training_memory
+from convit.training.config import build_config
+from convit.training.recipe import model_config
 
 GB = 1_000_000_000
 
@@ -33,9 +34,14 @@ def test_the_224px_digits_model_is_refused_before_it_is_built(tmp_path, capsys, 
     assert time.perf_counter() - start < 30  # building the model alone took minutes
     err = capsys.readouterr().err
     assert err.startswith("convit train: error: training convit_digits would need about ")
-    for words in ("16.0 GB is available (MemAvailable in /proc/meminfo)", "224x224 px images in 2x2 patches are "
-                  "12,544 tokens each", "--img-size ", "--model-kwargs patch_size=", "--batch-size ",
-                  "--no-memory-check"):
+    for words in (
+        "16.0 GB is available (MemAvailable in /proc/meminfo)",
+        "224x224 px images in 2x2 patches are 12,544 tokens each",
+        "--img-size ",
+        "--model-kwargs patch_size=",
+        "--batch-size ",
+        "--no-memory-check",
+    ):
         assert words in err
     assert not (tmp_path / "r").exists()
 
@@ -60,8 +66,11 @@ def test_every_fix_offered_fits(monkeypatch):
     assert estimate_training_memory(_digits(224), 32).total <= room  # --no-locality
     fixes = _fixes(_digits(64), 1024, 2 * GB, monkeypatch)
     batch = int(next(f for f in fixes if f.startswith("--batch-size")).split()[1])
-    assert estimate_training_memory(_digits(64), batch).total <= 2 * GB < estimate_training_memory(
-        _digits(64), 2 * batch).total
+    assert (
+        estimate_training_memory(_digits(64), batch).total
+        <= 2 * GB
+        < estimate_training_memory(_digits(64), 2 * batch).total
+    )
 
 
 def test_a_normal_run_fits_and_is_not_refused(train_tiny):
@@ -85,7 +94,9 @@ def test_what_grows_with_what():
     # Attention dropout materialises [B, heads, N, N] maps (GPSA's reference path; MHSA's math
     # kernel on the CPU only).
     drop = _digits(32, attn_drop_rate=0.1)
-    cpu, cuda = (estimate_training_memory(drop, 32, device=d).phases["training activations"] for d in ("cpu", "cuda"))
+    cpu, cuda = (
+        estimate_training_memory(drop, 32, device=d).phases["training activations"] for d in ("cpu", "cuda")
+    )
     assert cuda > 2 * small.phases["training activations"] and cpu > cuda
 
 
@@ -93,13 +104,19 @@ def test_available_memory_reads_meminfo_and_the_cgroup(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24683664 kB\nMemAvailable:   2000000 kB\n")
     cpu = torch.device("cpu")
-    assert available_memory(cpu, meminfo=meminfo, cgroup=tmp_path / "none") == (2_048_000_000, f"MemAvailable in {meminfo}")
+    assert available_memory(cpu, meminfo=meminfo, cgroup=tmp_path / "none") == (
+        2_048_000_000,
+        f"MemAvailable in {meminfo}",
+    )
     v2 = tmp_path / "v2"
     v2.mkdir()
     (v2 / "memory.max").write_text("1000000000\n")
     (v2 / "memory.current").write_text("700000000\n")
     (v2 / "memory.stat").write_text("anon 500000000\ninactive_file 100000000\n")
-    assert available_memory(cpu, meminfo=meminfo, cgroup=v2) == (400_000_000, f"the cgroup limit in {v2 / 'memory.max'}")
+    assert available_memory(cpu, meminfo=meminfo, cgroup=v2) == (
+        400_000_000,
+        f"the cgroup limit in {v2 / 'memory.max'}",
+    )
     (v2 / "memory.max").write_text("max\n")
     assert available_memory(cpu, meminfo=meminfo, cgroup=v2)[0] == 2_048_000_000
     v1 = tmp_path / "v1" / "memory"
@@ -116,8 +133,12 @@ def test_available_memory_reads_meminfo_and_the_cgroup(tmp_path):
 @pytest.mark.slow
 def test_the_estimate_is_within_2x_of_a_measured_peak():
     """One config of benchmarks/bench_memory.py (docs/images.md has them all)."""
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--one",
-                          "digits-32px-attn-drop"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--one", "digits-32px-attn-drop"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.5 < r["estimate"] / r["measured"] < 2, r

@@ -1,16 +1,25 @@
 """The ConViT model: zoo sizes, the uniform API, dynamic input sizes and clear errors."""
+
 import pytest
 import torch
-
 from conftest import small_convit
+
 import convit
 from convit import count_params, create_model
 
 PARAMS = {
-    "convit_tiny": 5_710_512, "convit_small": 27_777_322, "convit_base": 86_540_040,
-    "convit_tiny_plus": 9_972_912, "convit_small_plus": 48_979_882, "convit_base_plus": 153_134_856,
-    "deit_tiny": 5_717_416, "deit_tiny_plus": 9_982_184, "deit_small": 22_050_664,
-    "deit_small_plus": 49_000_744, "deit_base": 86_567_656, "deit_base_plus": 153_171_944,
+    "convit_tiny": 5_710_512,
+    "convit_small": 27_777_322,
+    "convit_base": 86_540_040,
+    "convit_tiny_plus": 9_972_912,
+    "convit_small_plus": 48_979_882,
+    "convit_base_plus": 153_134_856,
+    "deit_tiny": 5_717_416,
+    "deit_tiny_plus": 9_982_184,
+    "deit_small": 22_050_664,
+    "deit_small_plus": 49_000_744,
+    "deit_base": 86_567_656,
+    "deit_base_plus": 153_171_944,
 }
 
 
@@ -25,7 +34,9 @@ def test_zoo_heads_and_widths():
     for name, heads, width in [("convit_tiny", 4, 48), ("convit_small_plus", 9, 64), ("deit_small", 6, 64)]:
         cfg = convit.model_spec(name).config
         assert cfg["num_heads"] == heads and cfg["embed_dim"] == heads * width
-    assert "convit_base" in convit.list_models("convit_*") and "deit_base" not in convit.list_models("convit_*")
+    assert "convit_base" in convit.list_models("convit_*") and "deit_base" not in convit.list_models(
+        "convit_*"
+    )
 
 
 @pytest.mark.parametrize("name", ["convit_tiny", "deit_tiny"])
@@ -111,24 +122,33 @@ def test_attention_maps_per_block():
     assert maps[2].positional is None and maps[2].content.shape == (2, 4, 17, 17)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(embed_dim=30, num_heads=4), "embed_dim=30 is not divisible by num_heads=4"),
-    (dict(local_up_to_layer=4), "local_up_to_layer=4 must be between 0 and depth=3"),
-    (dict(img_size=30), "not divisible by patch_size=8"),
-    (dict(global_pool="max"), "global_pool must be"),
-    (dict(local_up_to_layer=3), "needs at least one MHSA block"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(embed_dim=30, num_heads=4), "embed_dim=30 is not divisible by num_heads=4"),
+        (dict(local_up_to_layer=4), "local_up_to_layer=4 must be between 0 and depth=3"),
+        (dict(img_size=30), "not divisible by patch_size=8"),
+        (dict(global_pool="max"), "global_pool must be"),
+        (dict(local_up_to_layer=3), "needs at least one MHSA block"),
+    ],
+)
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         small_convit(**kwargs)
 
 
-@pytest.mark.parametrize("shape,message", [
-    ((1, 1, 32, 32), "expected 3 input channels, got 1"),
-    ((1, 3, 30, 32), "input size 30x32 is not divisible by the patch size 8"),
-    ((1, 3, 40, 40), "differs from the model's img_size 32x32; build the model with dynamic_img_size=True"),
-    ((3, 32, 32), r"expected images as \[B, C, H, W\]"),
-])
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((1, 1, 32, 32), "expected 3 input channels, got 1"),
+        ((1, 3, 30, 32), "input size 30x32 is not divisible by the patch size 8"),
+        (
+            (1, 3, 40, 40),
+            "differs from the model's img_size 32x32; build the model with dynamic_img_size=True",
+        ),
+        ((3, 32, 32), r"expected images as \[B, C, H, W\]"),
+    ],
+)
 def test_bad_input(shape, message):
     with pytest.raises(ValueError, match=message):
         small_convit()(torch.randn(*shape))
@@ -176,8 +196,8 @@ def test_layers_written_here_match_timms():
     import timm.data
     import timm.layers
 
-    from convit.layers import DropPath, Mlp, trunc_normal_
-    from convit.model import IMAGENET_MEAN, IMAGENET_STD
+    from convit.nn.layers import DropPath, Mlp, trunc_normal_
+    from convit.nn.model import IMAGENET_MEAN, IMAGENET_STD
 
     assert IMAGENET_MEAN == tuple(timm.data.IMAGENET_DEFAULT_MEAN)
     assert IMAGENET_STD == tuple(timm.data.IMAGENET_DEFAULT_STD)

@@ -1,20 +1,20 @@
 """``convit predict`` on many files: folders, globs, CSV / JSON-lines output, batches, and files
 that cannot be read (named on stderr, the others still predicted, exit status 1 at the end)."""
+
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from convit.checkpoint import save_model
 from convit.cli import main
-from convit.zoo import create_model
+from convit.weights.checkpoint import save_model
+from convit.weights.zoo import create_model
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -23,18 +23,32 @@ CLASSES = ["cat", "dog", "owl"]
 def checkpoint(tmp_path_factory) -> str:
     """A tiny random 3-class ConViT at 32 px with the metadata ``convit train`` writes."""
     torch.manual_seed(0)
-    model = create_model("convit_tiny", img_size=32, patch_size=8, depth=2, local_up_to_layer=1,
-                         embed_dim=16, num_heads=4, num_classes=3)
+    model = create_model(
+        "convit_tiny",
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        local_up_to_layer=1,
+        embed_dim=16,
+        num_heads=4,
+        num_classes=3,
+    )
     with torch.no_grad():
         model.head.weight.normal_(0, 1)
-    data = {"img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "in_chans": 3, "native_size": None,
-            "dataset": "imagefolder"}
+    data = {
+        "img_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "in_chans": 3,
+        "native_size": None,
+        "dataset": "imagefolder",
+    }
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
     save_model(model, path, {"class_names": CLASSES, "data": data})
     return str(path)
 
 
-def _images(folder: Path, names: List[str]) -> List[str]:
+def _images(folder: Path, names: list[str]) -> list[str]:
     rng = np.random.default_rng(len(names))
     out = []
     for name in names:
@@ -62,8 +76,10 @@ def test_bad_files_are_named_and_the_good_ones_still_predicted(checkpoint, tmp_p
     assert [line.split(": ")[0] for line in lines] == good
     assert all(line.count("%") == 2 for line in lines)
     errors = [e for e in err.splitlines() if not e.startswith("convit predict:")]
-    assert errors == [f"{tmp_path / 'bad.jpg'}: not an image file Pillow can identify (unknown format, or not an image)",
-                      f"{cut}: (PNG) the file is truncated or damaged (image file is truncated)"]
+    assert errors == [
+        f"{tmp_path / 'bad.jpg'}: not an image file Pillow can identify (unknown format, or not an image)",
+        f"{cut}: (PNG) the file is truncated or damaged (image file is truncated)",
+    ]
     assert err.splitlines()[-1] == "convit predict: 3 predicted, 2 failed"
 
 
@@ -83,11 +99,26 @@ def test_folders_and_globs_are_expanded(checkpoint, tmp_path, capsys):
     assert main(["predict", "--checkpoint", checkpoint, str(tmp_path / "photos"), "--json"]) == 0
     assert [json.loads(r)["image"] for r in capsys.readouterr().out.splitlines()] == sorted(files)
     pattern = str(tmp_path / "photos" / "**" / "*.png")  # quoted: no shell expands it
-    assert main(["predict", "--checkpoint", checkpoint, pattern, str(tmp_path / "photos" / "x.png"),
-                 str(tmp_path / "nothing-*.png"), str(tmp_path / "empty"), str(tmp_path / "missing.png"),
-                 "--json"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                checkpoint,
+                pattern,
+                str(tmp_path / "photos" / "x.png"),
+                str(tmp_path / "nothing-*.png"),
+                str(tmp_path / "empty"),
+                str(tmp_path / "missing.png"),
+                "--json",
+            ]
+        )
+        == 1
+    )
     out, err = capsys.readouterr()
-    assert [json.loads(r)["image"] for r in out.splitlines()] == sorted(f for f in files if f.endswith(".png"))
+    assert [json.loads(r)["image"] for r in out.splitlines()] == sorted(
+        f for f in files if f.endswith(".png")
+    )
     assert f"{tmp_path / 'nothing-*.png'}: no file matches this pattern" in err
     assert f"{tmp_path / 'empty'}: no image files in this folder" in err
     assert f"{tmp_path / 'missing.png'}: no such file or folder" in err
@@ -98,7 +129,21 @@ def test_csv_and_jsonl_outputs_read_back(checkpoint, tmp_path, capsys):
     good = _images(tmp_path, ["a.png", "b.png"])
     (tmp_path / "bad.png").write_bytes(b"garbage")
     paths = [good[0], str(tmp_path / "bad.png"), good[1]]
-    assert main(["predict", "--checkpoint", checkpoint, *paths, "--topk", "2", "--output", str(tmp_path / "r.csv")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                checkpoint,
+                *paths,
+                "--topk",
+                "2",
+                "--output",
+                str(tmp_path / "r.csv"),
+            ]
+        )
+        == 1
+    )
     with open(tmp_path / "r.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == paths
@@ -120,7 +165,7 @@ def test_batches_bound_memory_and_do_not_change_predictions(checkpoint, tmp_path
     import convit.commands.predict as predict
 
     files = _images(tmp_path, [f"{i}.png" for i in range(5)])
-    seen: List[int] = []
+    seen: list[int] = []
     real = predict.load_model
 
     def spy(*a, **k):

@@ -2,22 +2,24 @@
 ``imagefolder`` reads them (ImageFileDataset), as ``convit predict`` does
 (``eval_transform(load_image(path))``), and through ``build_data("imagefolder")`` under each
 preset; outputs have the preset's shape, are finite, and one-colour files normalise exactly."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from convit.config import build_config
-from convit.data import ImageFileDataset, build_data, eval_transform, load_image, train_transform
-from convit.presets import TRAIN_PRESETS
 from real_image_files import CLASSES, ImageFile, nonconstant_source
+
+from convit.core.presets import TRAIN_PRESETS
+from convit.data import ImageFileDataset, build_data, eval_transform, load_image, train_transform
+from convit.training.config import build_config
 
 
 @dataclass(frozen=True)
@@ -28,30 +30,36 @@ class PresetData:
     in_chans: int
     img_size: int
     native_size: Optional[int]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     hflip: bool
     augment: str  # what augment="auto" resolves to
 
 
 # digits' statistics are computed from its training split; the others are convit.data's.
-PRESET_DATA: Dict[str, PresetData] = {
-    "imagenet": PresetData("imagefolder", 3, 224, None, (0.485, 0.456, 0.406),
-                           (0.229, 0.224, 0.225), True, "deit"),
+PRESET_DATA: dict[str, PresetData] = {
+    "imagenet": PresetData(
+        "imagefolder", 3, 224, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True, "deit"
+    ),
     "digits": PresetData("digits", 1, 8, 8, (0.3054,), (0.3761,), False, "small"),
     "fashion-mnist": PresetData("fashion-mnist", 1, 28, 28, (0.2860,), (0.3530,), True, "small"),
-    "cifar": PresetData("cifar10", 3, 32, 32, (0.4914, 0.4822, 0.4465),
-                        (0.2470, 0.2435, 0.2616), True, "small"),
+    "cifar": PresetData(
+        "cifar10", 3, 32, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, "small"
+    ),
 }
 
 #: Every preset for ``parametrize``; imagenet's (three channels, DeiT's recipe, every file read by
 #: build_data: the longest by far) in the slow tier, the other three keep the fast tier's cover.
-PRESET_PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p == "imagenet" else p for p in sorted(PRESET_DATA)]
+PRESET_PARAMS = [
+    pytest.param(p, marks=pytest.mark.slow) if p == "imagenet" else p for p in sorted(PRESET_DATA)
+]
 
 
 def test_preset_table_matches_the_presets():
     with_data = {name for name, values in TRAIN_PRESETS.items() if "dataset" in values}
-    assert set(PRESET_DATA) == with_data, "a preset with its own dataset was added or removed: update PRESET_DATA"
+    assert set(PRESET_DATA) == with_data, (
+        "a preset with its own dataset was added or removed: update PRESET_DATA"
+    )
     # The others (finetune) apply to whatever data the run names, with the `small` pipeline
     # exercised here under the digits, fashion-mnist and cifar presets.
     assert {TRAIN_PRESETS[n].get("augment") for n in set(TRAIN_PRESETS) - with_data} <= {"small"}
@@ -63,7 +71,7 @@ def test_preset_table_matches_the_presets():
     assert digits.std == pytest.approx(PRESET_DATA["digits"].std, abs=1e-4)
 
 
-def _expected_constant(colour: Tuple[int, int, int], spec: PresetData) -> torch.Tensor:
+def _expected_constant(colour: tuple[int, int, int], spec: PresetData) -> torch.Tensor:
     """The normalised value of a one-colour image, per channel."""
     px = Image.new("RGB", (1, 1), colour).convert("L" if spec.in_chans == 1 else "RGB")
     v = torch.tensor(np.asarray(px), dtype=torch.float32).reshape(-1) / 255
@@ -76,8 +84,9 @@ def _check_output(x: torch.Tensor, spec: PresetData, size: int, where: str) -> N
     assert torch.isfinite(x).all(), where
 
 
-def _run_dataset(ds, files: Sequence[ImageFile], spec: PresetData, size: int, name: str,
-                 deterministic: bool) -> None:
+def _run_dataset(
+    ds, files: Sequence[ImageFile], spec: PresetData, size: int, name: str, deterministic: bool
+) -> None:
     """Every item of ``ds`` (ImageFileDataset over ``files``, in order): shape, dtype, finite,
     normalised; one-colour files exactly for the deterministic (eval) pipelines."""
     flat = []
@@ -110,14 +119,21 @@ def test_preset_transforms_on_every_file(image_files, preset):
     samples = [(str(f.path), 0) for f in files]
     torch.manual_seed(0), random.seed(0), np.random.seed(0)
     for augment in ("deit", "small", "none"):
-        t, _ = train_transform(augment, size, spec.mean, spec.std, spec.in_chans,
-                               None, spec.hflip)  # photos: native_size None
+        t, _ = train_transform(
+            augment, size, spec.mean, spec.std, spec.in_chans, None, spec.hflip
+        )  # photos: native_size None
         ds = ImageFileDataset(samples, t, spec.in_chans)
         _run_dataset(ds, files, spec, size, f"{preset}/train/{augment}", augment == "none")
     for native in sorted({None, spec.native_size}, key=str):
         t = eval_transform(size, spec.mean, spec.std, spec.in_chans, native)
-        _run_dataset(ImageFileDataset(samples, t, spec.in_chans), files, spec, size,
-                     f"{preset}/eval/native={native}", True)
+        _run_dataset(
+            ImageFileDataset(samples, t, spec.in_chans),
+            files,
+            spec,
+            size,
+            f"{preset}/eval/native={native}",
+            True,
+        )
         # convit predict: the transform gets load_image's output directly (RGBA, LA, CMYK, ...)
         for f in files[::7]:
             _check_output(t(load_image(f.path)), spec, size, f"{preset}/predict {f.path.name}")
@@ -129,8 +145,15 @@ def test_build_data_imagefolder_under_every_preset(image_files, preset):
     ``fit`` gets, with every train and test item read."""
     root, files = image_files
     cfg = build_config({"preset": preset, "dataset": "imagefolder", "data_path": str(root)})
-    b = build_data(cfg.dataset, cfg.data_path, img_size=cfg.img_size, sampling_ratio=cfg.sampling_ratio,
-                   seed=cfg.seed, val_fraction=cfg.val_fraction, augment=cfg.augment)
+    b = build_data(
+        cfg.dataset,
+        cfg.data_path,
+        img_size=cfg.img_size,
+        sampling_ratio=cfg.sampling_ratio,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        augment=cfg.augment,
+    )
     assert (b.augment, b.img_size, b.in_chans, b.skipped) == ("deit", 224, 3, [])
     assert len(b.train) + (len(b.val) if b.val is not None else 0) + len(b.test) == len(files)
     spec = PRESET_DATA["imagenet"]

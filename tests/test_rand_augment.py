@@ -8,26 +8,38 @@ docs/augmentation.md), which the recipe caps; without that cap
 ``test_train_cli_on_real_files_at_the_worst_case_policy`` (test_train_on_real_files.py) fail.
 The cap changes nothing below magnitude 10 and about 2.3 % of posterize applications.
 """
+
 from __future__ import annotations
 
 import copy
 import random
-from typing import List
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from convit.data import TensorImageDataset, eval_transform, train_transform
-from convit.data import transforms
 from real_image_files import content
 
+from convit.data import TensorImageDataset, eval_transform, train_transform, transforms
+
 # The 15 ops of timm's "inc1" RandAugment set, which DeiT's rand-m9-mstd0.5-inc1 draws from.
-DEIT_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
-            "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
-            "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
-            "TranslateYRel"]
+DEIT_OPS = [
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+]
 LEVEL_DENOM = 10.0  # timm clips sampled magnitudes to [0, 10] unless an op has magnitude_max
 
 
@@ -78,8 +90,7 @@ def test_recipe_is_deits_policy_with_only_posterize_capped():
     from timm.data.auto_augment import rand_augment_transform
 
     ours = _recipe_ops(3)
-    theirs = rand_augment_transform(transforms._DEIT_AUG["auto_augment"],
-                                     {"img_mean": (124, 116, 104)}).ops
+    theirs = rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {"img_mean": (124, 116, 104)}).ops
     assert [op.name for op in ours] == DEIT_OPS == [op.name for op in theirs]
     for a, b in zip(ours, theirs):
         assert (a.prob, a.magnitude, a.magnitude_std) == (0.5, 9, 0.5)
@@ -97,8 +108,10 @@ def test_every_rand_augment_op_at_extreme_magnitudes(in_chans):
     sizes including 1x1: nothing raises, and mode and size are kept."""
     mode = "RGB" if in_chans == 3 else "L"
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(content(w, h, rng)).convert(mode)
-              for w, h in ((1, 1), (5, 5), (7, 3), (37, 23), (64, 64), (3, 200))]
+    images = [
+        Image.fromarray(content(w, h, rng)).convert(mode)
+        for w, h in ((1, 1), (5, 5), (7, 3), (37, 23), (64, 64), (3, 200))
+    ]
     images.append(Image.new(mode, (16, 16), 255 if mode == "L" else (255, 255, 255)))
     failures = []
     for op in _recipe_ops(in_chans):
@@ -109,12 +122,12 @@ def test_every_rand_augment_op_at_extreme_magnitudes(in_chans):
                     try:
                         out = _forced(op, magnitude)(img)
                     except Exception as e:  # noqa: BLE001 - report every failing op at once
-                        failures.append(f"{op.name} m={magnitude} {mode} {img.size}: "
-                                        f"{type(e).__name__}: {e}")
+                        failures.append(f"{op.name} m={magnitude} {mode} {img.size}: {type(e).__name__}: {e}")
                         continue
                     if (out.mode, out.size) != (img.mode, img.size):
-                        failures.append(f"{op.name} m={magnitude}: {img.mode} {img.size} -> "
-                                        f"{out.mode} {out.size}")
+                        failures.append(
+                            f"{op.name} m={magnitude}: {img.mode} {img.size} -> {out.mode} {out.size}"
+                        )
     assert not failures, "\n".join(failures)
 
 
@@ -133,8 +146,11 @@ def test_posterize_cap_changes_nothing_below_magnitude_10():
     from timm.data.auto_augment import rand_augment_transform
 
     ours = next(op for op in _recipe_ops(1) if op.name == "PosterizeIncreasing")
-    theirs = next(op for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
-                  if op.name == "PosterizeIncreasing")
+    theirs = next(
+        op
+        for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
+        if op.name == "PosterizeIncreasing"
+    )
     ramp = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     for magnitude in np.arange(0.0, 10.0, 0.01):
         a = np.asarray(_forced(ours, float(magnitude))(ramp))
@@ -148,7 +164,7 @@ def test_posterize_cap_changes_about_2_3_percent_of_applications():
     measures it on 10^6 calls; here 4*10^4 calls, about 2*10^4 applications."""
     from timm.data.auto_augment import rand_augment_transform
 
-    def bits_asked(op, n: int) -> List[int]:
+    def bits_asked(op, n: int) -> list[int]:
         op = copy.copy(op)
         level, asked = op.level_fn, []
         op.level_fn = lambda m, h: asked.append(level(m, h)[0]) or level(m, h)
@@ -159,8 +175,11 @@ def test_posterize_cap_changes_about_2_3_percent_of_applications():
         return asked
 
     ours = next(op for op in _recipe_ops(3) if op.name == "PosterizeIncreasing")
-    theirs = next(op for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
-                  if op.name == "PosterizeIncreasing")
+    theirs = next(
+        op
+        for op in rand_augment_transform(transforms._DEIT_AUG["auto_augment"], {}).ops
+        if op.name == "PosterizeIncreasing"
+    )
     a, b = bits_asked(theirs, 40_000), bits_asked(ours, 40_000)
     assert len(a) == len(b) > 15_000
     changed = [(x, y) for x, y in zip(a, b) if x != y]

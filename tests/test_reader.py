@@ -4,6 +4,7 @@ every failure, bounded memory (the datasets that skip unreadable files: test_ski
 Every image is written by the test itself; expected pixels are computed with numpy from the
 data the test wrote, never with the reader.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -51,9 +52,16 @@ def _close(got: Image.Image, want: np.ndarray, tol: float) -> None:
 # ---- EXIF orientation -----------------------------------------------------------------------
 
 #: What each EXIF orientation stores, given the upright picture U (EXIF 2.3, tag 0x0112).
-STORED = {1: lambda u: u, 2: lambda u: u[:, ::-1], 3: lambda u: u[::-1, ::-1], 4: lambda u: u[::-1],
-          5: lambda u: u.transpose(1, 0, 2), 6: lambda u: np.rot90(u, 1),
-          7: lambda u: np.rot90(u, 2).transpose(1, 0, 2), 8: lambda u: np.rot90(u, -1)}
+STORED = {
+    1: lambda u: u,
+    2: lambda u: u[:, ::-1],
+    3: lambda u: u[::-1, ::-1],
+    4: lambda u: u[::-1],
+    5: lambda u: u.transpose(1, 0, 2),
+    6: lambda u: np.rot90(u, 1),
+    7: lambda u: np.rot90(u, 2).transpose(1, 0, 2),
+    8: lambda u: np.rot90(u, -1),
+}
 
 
 def _with_orientation(path: Path, arr: np.ndarray, orientation: int, **save) -> None:
@@ -90,6 +98,7 @@ def test_exif_orientation_jpeg_and_reduced(tmp_path):
 
 
 # ---- every mode ---------------------------------------------------------------------------
+
 
 def test_bilevel_grey_and_alpha_modes(tmp_path):
     bits = RNG.integers(0, 2, (9, 14)).astype(bool)
@@ -196,8 +205,11 @@ def test_12bit_and_signed_depths():
     _close(to_working_mode(im, bits=12), np.rint(v.astype(float) * 255 / 4095), 0)
     _close(to_working_mode(im, bits=16), np.rint(v / 257), 0)
     s = RNG.integers(-100, 32768, (5, 6)).astype(np.int32)
-    _close(to_working_mode(Image.fromarray(s, "I"), bits=16, signed=True),
-           np.rint(np.clip(s, 0, None) * 255 / 32767), 0)
+    _close(
+        to_working_mode(Image.fromarray(s, "I"), bits=16, signed=True),
+        np.rint(np.clip(s, 0, None) * 255 / 32767),
+        0,
+    )
 
 
 def test_32bit_int_beyond_16_bits_is_stretched():
@@ -233,6 +245,7 @@ def test_first_frame_of_an_animation(tmp_path):
 
 # ---- errors -------------------------------------------------------------------------------
 
+
 def test_errors_name_the_file_format_and_reason(tmp_path):
     with pytest.raises(ImageNotFoundError, match="nope.png") as e:
         read_image(tmp_path / "nope.png")
@@ -258,7 +271,7 @@ def test_pixel_limit_checked_on_the_header_and_raisable(tmp_path):
     try:  # a caller may raise the limit far above Pillow's own, or remove it
         Image.MAX_IMAGE_PIXELS = 1000
         assert read_image(tmp_path / "p.png", max_pixels=None).size == (300, 200)
-        assert read_image(tmp_path / "p.png", max_pixels=10 ** 6).size == (300, 200)
+        assert read_image(tmp_path / "p.png", max_pixels=10**6).size == (300, 200)
         assert Image.MAX_IMAGE_PIXELS == 1000
         with pytest.raises(ImageReadError, match=r"p\.png: .*limit.*max-image-pixels"):
             read_image(tmp_path / "p.png")  # the default follows Pillow's (its own words past 2x)
@@ -283,16 +296,32 @@ class _Exploding(ImageFile.ImageFile):
 
 def _raise(name: str):
     import struct
-    errors = {"NotImplementedError": NotImplementedError("no such variant"), "KeyError": KeyError("x"),
-              "struct.error": struct.error("unpack"), "ZeroDivisionError": ZeroDivisionError("0"),
-              "MemoryError": MemoryError(), "EOFError": EOFError(), "RuntimeError": RuntimeError("r"),
-              "IndexError": IndexError("i"), "TypeError": TypeError("t"), "OSError": OSError("o")}
+
+    errors = {
+        "NotImplementedError": NotImplementedError("no such variant"),
+        "KeyError": KeyError("x"),
+        "struct.error": struct.error("unpack"),
+        "ZeroDivisionError": ZeroDivisionError("0"),
+        "MemoryError": MemoryError(),
+        "EOFError": EOFError(),
+        "RuntimeError": RuntimeError("r"),
+        "IndexError": IndexError("i"),
+        "TypeError": TypeError("t"),
+        "OSError": OSError("o"),
+    }
     raise errors[name]
 
 
 #: Exceptions that ``Image.open`` reads as "not this format" (it tries the next plugin).
 NOT_THIS_FORMAT = ("KeyError", "struct.error", "EOFError", "IndexError", "TypeError")
-RAISED = ("NotImplementedError", "ZeroDivisionError", "MemoryError", "RuntimeError", "OSError", *NOT_THIS_FORMAT)
+RAISED = (
+    "NotImplementedError",
+    "ZeroDivisionError",
+    "MemoryError",
+    "RuntimeError",
+    "OSError",
+    *NOT_THIS_FORMAT,
+)
 
 
 @pytest.mark.parametrize("name", [*RAISED, *(f"load-{n}" for n in RAISED)])
@@ -328,12 +357,20 @@ def test_pillow_warnings_are_reissued_naming_the_file(tmp_path):
 
 # ---- memory and geometry ------------------------------------------------------------------
 
+
 def test_images_within_the_aspect_cap_are_untouched():
     """The eval transform equals DeiT's resize + centre crop exactly when the long side is
     within MAX_ASPECT times the short side; beyond, it is close (only resampling offsets)."""
-    plain = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=False), v2.Lambda(lambda x: x / 255),
-                        v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                        v2.CenterCrop(224), v2.Normalize(list(MEAN), list(STD))])
+    plain = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=False),
+            v2.Lambda(lambda x: x / 255),
+            v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(224),
+            v2.Normalize(list(MEAN), list(STD)),
+        ]
+    )
     t = eval_transform(224, MEAN, STD, 3)
     for w, h in ((300, 200), (200, 300), (800, 200), (224, 224), (256, 64)):
         img = Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8))
@@ -354,6 +391,7 @@ def test_reduced_reading_equals_full_reading_for_ordinary_sizes(tmp_path):
 
 def test_eval_splits_read_large_files_as_predict_does(tmp_path):
     from conftest import write_image_folder
+
     from convit.data import build_data
 
     b = build_data("imagefolder", str(write_image_folder(tmp_path)), img_size=224, val_fraction=0.34)
@@ -386,8 +424,12 @@ def test_memory_of_extreme_images_stays_bounded(tmp_path):
     big = Image.linear_gradient("L").resize((13000, 13000), Image.Resampling.NEAREST)
     big.save(tmp_path / "big.jpg", quality=70)
     del big
-    res = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "wide.png"),
-                          str(tmp_path / "big.jpg")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "wide.png"), str(tmp_path / "big.jpg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     added = json.loads(res.stdout)
     assert max(added.values()) < 1 << 30, added

@@ -1,16 +1,17 @@
-"""FastGPSA (convit/fast_gpsa.py) against GPSA, the paper's eq. 5-6 (convit/attention.py).
+"""FastGPSA (convit/nn/fast_gpsa.py) against GPSA, the paper's eq. 5-6 (convit/nn/attention.py).
 
 The fast path (fused q/k/v matmul, SDPA, batch-shared P @ v, lerp mix, subnormal flush,
 the inference cache, masking by gate override) must give the reference's outputs and
 gradients, for random weights and gates (not the init), in train and eval.
 """
+
 import pytest
 import torch
-
 from conftest import rel_error, sharp_gpsa, small_convit
+
 from convit import ConViT
-from convit.attention import GPSA
-from convit.fast_gpsa import FastGPSA, gated_positional_mix
+from convit.nn.attention import GPSA
+from convit.nn.fast_gpsa import FastGPSA, gated_positional_mix
 
 
 def _grads(layer, x, fn):
@@ -151,8 +152,16 @@ def test_fused_projection_equals_separate_linears():
         x = torch.randn(2, 20, 32)
         assert torch.allclose(layer._qkv(x), torch.cat([layer.qk(x), layer.v(x)], -1), atol=1e-6)
     assert {n for n, _ in layer.named_parameters()} == {
-        "qk.weight", "qk.bias", "v.weight", "v.bias", "proj.weight", "proj.bias",
-        "pos_proj.weight", "pos_proj.bias", "gating_param"}
+        "qk.weight",
+        "qk.bias",
+        "v.weight",
+        "v.bias",
+        "proj.weight",
+        "proj.bias",
+        "pos_proj.weight",
+        "pos_proj.bias",
+        "gating_param",
+    }
 
 
 def test_positional_attention_has_no_subnormals():
@@ -162,8 +171,11 @@ def test_positional_attention_has_no_subnormals():
     tiny = torch.finfo(torch.float32).tiny
     assert ((pos > 0) & (pos < tiny)).sum() == 0
     with torch.no_grad():
-        raw = torch.nn.functional.linear(layer.rel_indices, layer.pos_proj.weight,
-                                         layer.pos_proj.bias).permute(2, 0, 1).softmax(-1)
+        raw = (
+            torch.nn.functional.linear(layer.rel_indices, layer.pos_proj.weight, layer.pos_proj.bias)
+            .permute(2, 0, 1)
+            .softmax(-1)
+        )
     assert ((raw > 0) & (raw < tiny)).sum() > 0  # the plain softmax has subnormals here
     assert (pos - raw).abs().max() < 2e-27  # only entries below e^20 * N * 1.2e-38 were zeroed
     assert pos[pos > 0].min() * 1e-8 > tiny  # g * P stays normal for gates >= 1e-8
@@ -241,12 +253,15 @@ def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
 # -- masking: a gate override of 0 or 1 computes one branch only -----------------------
 def test_gate_override_skips_a_branch_exactly(monkeypatch):
     """gate_override 0 runs only SDPA, 1 only P @ v, anything else both; outputs equal eq. 6."""
-    import convit.fast_gpsa as A
+    import convit.nn.fast_gpsa as A
+
     layer = sharp_gpsa().eval()
     x = torch.randn(2, 20, 32)
     calls = []
     sdpa, pv = A.F.scaled_dot_product_attention, A._positional_values
-    monkeypatch.setattr(A.F, "scaled_dot_product_attention", lambda *a, **k: calls.append("sdpa") or sdpa(*a, **k))
+    monkeypatch.setattr(
+        A.F, "scaled_dot_product_attention", lambda *a, **k: calls.append("sdpa") or sdpa(*a, **k)
+    )
     monkeypatch.setattr(A, "_positional_values", lambda *a: calls.append("P@v") or pv(*a))
     for o, expect in ((0.0, ["sdpa"]), (1.0, ["P@v"]), (0.3, ["sdpa", "P@v"])):
         layer.gate_override = o

@@ -1,6 +1,7 @@
 """convit study's plan and its checks: every bad input is one clear line before any run starts;
 the held-out split is stratified and fixed; the plan pins the recipe and fits the budget; a
 study folder holding another plan is refused unless --overwrite."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def test_one_class_is_refused(tmp_path, capsys):
 
 
 def test_a_class_smaller_than_the_smallest_size_is_refused(tmp_path, capsys):
-    data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=6, size=8, splits=("train", "val"))
+    data = write_image_folder(
+        tmp_path / "d", classes=("a", "b"), per_class=6, size=8, splits=("train", "val")
+    )
     rc, _, err = _study(capsys, data, "--output", tmp_path / "o", "--dry-run")
     assert rc == 2 and "class 'a' has 6 training images; the smallest size compared needs 10 per class" in err
     rc, _, err = _study(capsys, data, "--output", tmp_path / "o", "--sizes", "2", "8", "--dry-run")
@@ -91,16 +94,20 @@ def test_an_in_process_call_counts_its_budget_from_the_call(tmp_path, capsys, mo
     # ``convit study`` as a program counts its process's start-up in the budget; main([...]) called
     # from a long-lived process (a notebook, this test session) must not count the caller's age
     import convit.commands.study as study_command
+
     monkeypatch.setattr(study_command, "_process_start", lambda: time.perf_counter() - 3600.0)
-    data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=40, size=8, splits=("train", "test"))
+    data = write_image_folder(
+        tmp_path / "d", classes=("a", "b"), per_class=40, size=8, splits=("train", "test")
+    )
     rc, out, err = _study(capsys, data, "--output", tmp_path / "o", "--budget", "3m", "--dry-run")
     assert rc == 0, err
     assert json.loads((tmp_path / "o" / "plan.json").read_text())["estimate_s"] <= 180
 
 
 def test_plan_pins_the_recipe_and_matched_models(tmp_path, capsys):
-    data = write_image_folder(tmp_path / "my data", classes=("cat a", "dog"), per_class=40, size=(12, 16),
-                              splits=("train", "test"))
+    data = write_image_folder(
+        tmp_path / "my data", classes=("cat a", "dog"), per_class=40, size=(12, 16), splits=("train", "test")
+    )
     rc, out, err = _study(capsys, data, "--output", tmp_path / "o", "--budget", "3m", "--dry-run")
     assert rc == 0, err
     assert "plan: " in out and "estimated" in out
@@ -109,15 +116,20 @@ def test_plan_pins_the_recipe_and_matched_models(tmp_path, capsys):
     assert plan["model"]["resolution"] == 12 and plan["model"]["patch_size"] == 2
     conv, deit = plan["model"]["convit"]["model_kwargs"], plan["model"]["deit"]["model_kwargs"]
     assert conv["local_up_to_layer"] == 3 and deit["local_up_to_layer"] == 0
-    assert {k: conv[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")} == \
-        {k: deit[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
-    assert abs(plan["model"]["params"]["convit"] - plan["model"]["params"]["deit"]) < 0.05 * plan["model"]["params"]["deit"]
+    assert {k: conv[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")} == {
+        k: deit[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")
+    }
+    assert (
+        abs(plan["model"]["params"]["convit"] - plan["model"]["params"]["deit"])
+        < 0.05 * plan["model"]["params"]["deit"]
+    )
     assert plan["estimate_s"] <= 180 and len(plan["seeds"]) == 2
     runs = study_runs(plan, "x")
     assert len(runs) == 4 * len(plan["levels"]) and len({r["name"] for r in runs}) == len(runs)
     epochs = [lv["epochs"] * lv["images_per_class"] for lv in plan["levels"]]
     assert max(epochs) - min(epochs) <= max(lv["images_per_class"] for lv in plan["levels"])  # epochs x 1/f
-    from convit.config import TrainConfig
+    from convit.training.config import TrainConfig
+
     assert set(TrainConfig().to_dict()) - {"output", "resume", "overwrite"} <= set(runs[0]["settings"])
     # the same command reuses its plan; another budget is refused; --overwrite replaces it
     rc, out, _ = _study(capsys, data, "--output", tmp_path / "o", "--budget", "3m", "--dry-run")

@@ -1,6 +1,7 @@
 """convit study's runs: a whole study end to end, the same plan under every launcher gives the same
 numbers, two processes on one folder run each run once, a stopped study resumes to the result
 of an uninterrupted one, and a study fits its budget."""
+
 from __future__ import annotations
 
 import csv
@@ -11,13 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 from conftest import write_image_folder
 
 from convit.cli import main
-from convit.fileio import read_jsonl
+from convit.core.fileio import read_jsonl
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -25,9 +25,27 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
     """plan.json of a tiny study (2 classes with spaces in a name, a held-out split, 10 images
     per class, 2 seeds: 4 runs) with ``epochs`` epochs per run."""
-    data = write_image_folder(root / "data", classes=("cat a", "dog"), per_class=13, size=8, splits=("train",))
-    assert main(["study", str(data), "--output", str(root / "planned"), "--sizes", "10", "--budget", "60m",
-                 "--seeds", str(seeds), "--dry-run"]) == 0
+    data = write_image_folder(
+        root / "data", classes=("cat a", "dog"), per_class=13, size=8, splits=("train",)
+    )
+    assert (
+        main(
+            [
+                "study",
+                str(data),
+                "--output",
+                str(root / "planned"),
+                "--sizes",
+                "10",
+                "--budget",
+                "60m",
+                "--seeds",
+                str(seeds),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     path = root / "planned" / "plan.json"
     plan = json.loads(path.read_text())
     for lv in plan["levels"]:
@@ -36,17 +54,17 @@ def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
     return path
 
 
-def top1(study: Path) -> Dict[str, float]:
+def top1(study: Path) -> dict[str, float]:
     """name -> top-1 of results.csv."""
     with open(study / "results.csv") as f:
         return {r["name"]: float(r["top1"]) for r in csv.DictReader(f)}
 
 
-def attempts(study: Path) -> Dict[str, List[str]]:
+def attempts(study: Path) -> dict[str, list[str]]:
     return {p.parent.name: p.read_text().splitlines() for p in sorted(study.glob("runs/*/attempts.log"))}
 
 
-def study_cmd(*args) -> List[str]:
+def study_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "convit.cli", "study", *map(str, args)]
 
 
@@ -56,7 +74,7 @@ def plan_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def serial_top1(plan_file: Path) -> Dict[str, float]:
+def serial_top1(plan_file: Path) -> dict[str, float]:
     """The plan run serially in this process: the reference numbers."""
     out = plan_file.parent.parent / "serial"
     assert main(["study", "--plan", str(plan_file), "--output", str(out)]) == 0
@@ -87,8 +105,13 @@ def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
 @pytest.mark.slow
 def test_local_launcher_gives_the_serial_numbers(plan_file, serial_top1, tmp_path):
     out = tmp_path / "local"
-    proc = subprocess.run(study_cmd("--plan", plan_file, "--output", out, "--launcher", "local", "--jobs", "2"),
-                          capture_output=True, text=True, env=ENV, timeout=900)
+    proc = subprocess.run(
+        study_cmd("--plan", plan_file, "--output", out, "--launcher", "local", "--jobs", "2"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert top1(out) == serial_top1
     assert list((out / "logs").iterdir()), "the jobs' logs land in the study folder"
@@ -97,8 +120,16 @@ def test_local_launcher_gives_the_serial_numbers(plan_file, serial_top1, tmp_pat
 @pytest.mark.slow
 def test_two_processes_on_one_folder_run_each_run_once(plan_file, serial_top1, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen(study_cmd("--plan", plan_file, "--output", out), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=ENV) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            study_cmd("--plan", plan_file, "--output", out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+        )
+        for _ in range(2)
+    ]
     texts = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], texts
     assert {n: len(a) for n, a in attempts(out).items()} == {n: 1 for n in serial_top1}, attempts(out)
@@ -115,14 +146,22 @@ def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "stopped"
     # Ctrl-C's default action, whatever pytest inherited: a background job of a non-interactive
     # shell starts with SIGINT ignored, and its children would then ignore this one
-    proc = subprocess.Popen(study_cmd("--plan", plan, "--output", out), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        study_cmd("--plan", plan, "--output", out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     first = None
     deadline = time.time() + 300
     while first is None and time.time() < deadline and proc.poll() is None:
-        logs = [p for p in out.glob("runs/*/log.jsonl") if len(p.read_text().splitlines()) >= 3
-                and not (p.parent / "result.json").exists()]
+        logs = [
+            p
+            for p in out.glob("runs/*/log.jsonl")
+            if len(p.read_text().splitlines()) >= 3 and not (p.parent / "result.json").exists()
+        ]
         first = logs[0].parent if logs else None
         time.sleep(0.05)
     assert first is not None, "no run got to its third epoch"
@@ -139,8 +178,13 @@ def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
 def test_a_small_folder_study_fits_its_budget(tmp_path):
     data = write_image_folder(tmp_path / "flat", classes=("x", "y", "z"), per_class=40, size=16, splits=("",))
     t0 = time.perf_counter()
-    proc = subprocess.run(study_cmd(data / "", "--budget", "2m", "--output", tmp_path / "o"),
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(
+        study_cmd(data / "", "--budget", "2m", "--output", tmp_path / "o"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert wall <= 1.3 * 120, f"a 2-minute study took {wall:.0f} s:\n{proc.stdout}"

@@ -2,6 +2,7 @@
 requeued mid-training (``scontrol requeue``, as a preemption does) resumes from its last.pt and
 ends with the uninterrupted result.  Skipped without ``sbatch``; CI starts a single-node Slurm
 (``../shared/tools/slurm-single-node.sh``) before the tests."""
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,24 @@ from test_study_runs import ENV, attempts, make_plan, plan_file, serial_top1, st
 
 from convit.study.runs import execute_run, load_plan, prepare_data
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    shutil.which("sbatch") is None,
-    reason="Slurm's sbatch is not on the PATH (start a cluster: bash ../shared/tools/slurm-single-node.sh start)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("sbatch") is None,
+        reason="Slurm's sbatch is not on the PATH (start a cluster: bash ../shared/tools/slurm-single-node.sh start)",
+    ),
+]
 
 
 def test_slurm_array_gives_the_serial_numbers(plan_file, serial_top1, tmp_path):  # noqa: F811
     out = tmp_path / "slurm"
-    proc = subprocess.run(study_cmd("--plan", plan_file, "--output", out, "--launcher", "slurm", "--jobs", "2"),
-                          capture_output=True, text=True, env=ENV, timeout=900)
+    proc = subprocess.run(
+        study_cmd("--plan", plan_file, "--output", out, "--launcher", "slurm", "--jobs", "2"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "submitted 4 Slurm job(s)" in proc.stdout
     assert top1(out) == serial_top1
@@ -46,8 +56,13 @@ def _running_run(out, deadline: float):
 def test_a_requeued_job_resumes_to_the_uninterrupted_result(tmp_path):
     plan = make_plan(tmp_path / "a", epochs=100, seeds=1)
     out = tmp_path / "requeued"
-    proc = subprocess.Popen(study_cmd("--plan", plan, "--output", out, "--launcher", "slurm", "--jobs", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(
+        study_cmd("--plan", plan, "--output", out, "--launcher", "slurm", "--jobs", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
     folder, job, pid = _running_run(out, time.time() + 300)
     subprocess.run(["scontrol", "requeue", job], check=True)
     # Slurm kills a requeued job's tasks KillWait (30 s) after its SIGTERM, which submitit's tasks

@@ -1,5 +1,6 @@
 """convit study's verdict: Student's t, paired intervals on results whose answer is known, the
 sentence (never more than the seeds support), results.csv, and the report page."""
+
 from __future__ import annotations
 
 import csv
@@ -20,9 +21,20 @@ def _records(diffs_by_size, base=70.0):
         for s, d in enumerate(diffs):
             deit = base + s  # seeds differ a lot; the pairing must remove that
             for v, top1 in (("convit", deit + d), ("deit", deit)):
-                out.append({"name": f"{v}-f{n}-s{s}", "variant": v, "fraction": n / 100, "images_per_class": n,
-                            "seed": s, "top1": top1, "epochs": 10, "seconds": 1.0, "attempts": 1,
-                            "locality": {"gates": [[0.9, 0.8]], "nonlocality": [[1.0, 2.0], [3.0, None]]}})
+                out.append(
+                    {
+                        "name": f"{v}-f{n}-s{s}",
+                        "variant": v,
+                        "fraction": n / 100,
+                        "images_per_class": n,
+                        "seed": s,
+                        "top1": top1,
+                        "epochs": 10,
+                        "seconds": 1.0,
+                        "attempts": 1,
+                        "locality": {"gates": [[0.9, 0.8]], "nonlocality": [[1.0, 2.0], [3.0, None]]},
+                    }
+                )
     return out
 
 
@@ -74,18 +86,35 @@ def test_results_csv_has_one_row_per_run(tmp_path: Path):
     path = write_csv(recs, tmp_path / "results.csv")
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 8
-    assert list(rows[0])[:7] == ["variant", "fraction", "images_per_class", "seed", "top1", "epochs", "seconds"]
+    assert list(rows[0])[:7] == [
+        "variant",
+        "fraction",
+        "images_per_class",
+        "seed",
+        "top1",
+        "epochs",
+        "seconds",
+    ]
     assert {(r["variant"], r["images_per_class"], r["seed"]) for r in rows} == {
-        (v, str(n), str(s)) for v in ("convit", "deit") for n in (10, 40) for s in (0, 1)}
+        (v, str(n), str(s)) for v in ("convit", "deit") for n in (10, 40) for s in (0, 1)
+    }
 
 
 def test_report_shows_the_sentence_every_seed_and_the_gates(tmp_path: Path):
     recs = _records({10: [4.0, 5.0], 40: [1.0, -1.0]})
     comps = compare(recs)
-    plan = {"data": {"name": "pets & co", "classes": ["a", "b"], "test_images": 20, "test_from": "holdout"},
-            "model": {"resolution": 16, "patch_size": 2, "grid": 8, "params": {"convit": 1000, "deit": 1010},
-                      "convit": {"model_kwargs": {"depth": 4, "embed_dim": 48}}},
-            "seeds": [0, 1], "levels": [{"images_per_class": 10, "epochs": 40}, {"images_per_class": 40, "epochs": 10}]}
+    plan = {
+        "data": {"name": "pets & co", "classes": ["a", "b"], "test_images": 20, "test_from": "holdout"},
+        "model": {
+            "resolution": 16,
+            "patch_size": 2,
+            "grid": 8,
+            "params": {"convit": 1000, "deit": 1010},
+            "convit": {"model_kwargs": {"depth": 4, "embed_dim": 48}},
+        },
+        "seeds": [0, 1],
+        "levels": [{"images_per_class": 10, "epochs": 40}, {"images_per_class": 40, "epochs": 10}],
+    }
     page = write_report(tmp_path / "report.html", recs, comps, sentence(comps), plan).read_text()
     assert sentence(comps) in page and "pets &amp; co" in page
     assert page.count("data:image/png;base64,") == 1

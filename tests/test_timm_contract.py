@@ -15,6 +15,7 @@ small image size (timm's tests also shrink inputs).  What is ported, under timm'
 Not ported: TorchScript (``torch.jit.script``; deprecated upstream, and our models do not
 script: see docs/model.md) and the tests that download pretrained weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,11 +23,15 @@ import math
 import pytest
 import timm
 import torch
+from conftest import zoo_params
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
-from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
+from torchvision.models.feature_extraction import (
+    NodePathTracer,
+    create_feature_extractor,
+    get_graph_node_names,
+)
 
 import convit
-from conftest import zoo_params
 
 # Every zoo model; the ImageNet-size ones at 32x32 (a 2x2 grid of 16x16 patches: enough for
 # every code path, GPSA on a grid included) so that the port runs in seconds.  The widest
@@ -139,8 +144,11 @@ def test_model_forward_intermediates(name):
 
 def _fx_model(model, train: bool = False):
     """timm's _create_fx_model: torchvision's feature extractor, returning the model output."""
-    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
-                         param_shapes_constant=True)
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(),
+        autowrap_functions=get_notrace_functions(),
+        param_shapes_constant=True,
+    )
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
     train_return, eval_return = [train_nodes[-1]], [eval_nodes[-1]]
     if train:  # the nodes that feed the graph's output, found on a fresh trace
@@ -148,8 +156,9 @@ def _fx_model(model, train: bool = False):
         nodes = list(reversed(graph.nodes))
         names = [n.name for n in nodes]
         train_return = [train_nodes[-names.index(n.name)] for n in nodes[0]._input_nodes.keys()]
-    return create_feature_extractor(model, train_return_nodes=train_return, eval_return_nodes=eval_return,
-                                    tracer_kwargs=tracer_kwargs)
+    return create_feature_extractor(
+        model, train_return_nodes=train_return, eval_return_nodes=eval_return, tracer_kwargs=tracer_kwargs
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

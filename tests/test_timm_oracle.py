@@ -1,11 +1,12 @@
 """timm is the numerical oracle: its ConViT with random weights, loaded into ours, must agree."""
+
 import pytest
 import timm
 import torch
+from conftest import randomise
 from timm.models.convit import ConVit
 
 import convit
-from conftest import randomise
 
 
 def _pair(timm_model: torch.nn.Module, ours: torch.nn.Module):
@@ -42,7 +43,9 @@ def _compare(timm_model, ours, x, train: bool):
 
 
 # convit_base takes ~20 s on 2 cores at 224x224: the same code at another width, so slow tier.
-@pytest.mark.parametrize("name", ["convit_tiny", "convit_small", pytest.param("convit_base", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["convit_tiny", "convit_small", pytest.param("convit_base", marks=pytest.mark.slow)]
+)
 def test_zoo_models_match_timm(name):
     torch.manual_seed(0)
     t, o = _pair(timm.create_model(name), convit.create_model(name))
@@ -53,8 +56,17 @@ def test_zoo_models_match_timm(name):
 
 def test_non_default_config_matches_timm():
     """9 heads, alpha = 0.5, 3 GPSA blocks, 64x64 input, avg pooling, qkv bias."""
-    kw = dict(img_size=64, patch_size=8, num_classes=7, depth=5, num_heads=9, local_up_to_layer=3,
-              locality_strength=0.5, qkv_bias=True, global_pool="avg")
+    kw = dict(
+        img_size=64,
+        patch_size=8,
+        num_classes=7,
+        depth=5,
+        num_heads=9,
+        local_up_to_layer=3,
+        locality_strength=0.5,
+        qkv_bias=True,
+        global_pool="avg",
+    )
     torch.manual_seed(1)
     t = ConVit(embed_dim=16, **kw)
     o = convit.ConViT(embed_dim=16 * 9, **kw)
@@ -68,8 +80,15 @@ def test_non_default_config_matches_timm():
 
 def test_attention_dropout_matches_timm_with_same_seed():
     """With attention dropout GPSA takes the explicit path: dropout on the mixed A, like timm."""
-    kw = dict(img_size=32, patch_size=8, num_classes=5, depth=3, num_heads=4, local_up_to_layer=2,
-              attn_drop_rate=0.3)
+    kw = dict(
+        img_size=32,
+        patch_size=8,
+        num_classes=5,
+        depth=3,
+        num_heads=4,
+        local_up_to_layer=2,
+        attn_drop_rate=0.3,
+    )
     t = ConVit(embed_dim=8, **kw)
     o = convit.ConViT(embed_dim=32, **kw)
     t, o = _pair(t, o)

@@ -5,6 +5,7 @@ cached tensor would keep it as a constant: the captured model then ignores the `
 weights loaded into it later.  Each test therefore warms the cache with one set of weights,
 captures, loads *different* weights and compares with an eager model that holds them.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,12 +14,11 @@ import pytest
 import torch
 
 import convit
-from convit.fast_gpsa import is_tracing
 from convit.commands.export import export_onnx
+from convit.nn.fast_gpsa import is_tracing
 
 # Small but real: 3 GPSA + 1 MHSA blocks on a 4x4 grid, 3 input channels, class token.
-KW = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=4, depth=4, local_up_to_layer=3,
-          num_classes=5)
+KW = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=4, depth=4, local_up_to_layer=3, num_classes=5)
 
 
 def _models():
@@ -48,8 +48,10 @@ def _models():
 
 def _other_weights(model):
     """A state dict of the same architecture with other weights."""
-    sd = {k: v + torch.randn_like(v) * 0.3 if v.is_floating_point() else v
-          for k, v in model.state_dict().items()}
+    sd = {
+        k: v + torch.randn_like(v) * 0.3 if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
     return sd
 
 
@@ -65,8 +67,6 @@ def test_is_tracing_is_false_in_eager_and_true_under_fx_and_jit():
     torch.fx.symbolic_trace(Probe())
     torch.jit.trace(Probe(), torch.zeros(1))
     assert seen[0] is True and seen[1] is True
-
-
 
 
 def test_jit_trace_of_a_cold_model_passes_check_trace_and_follows_loaded_weights():

@@ -4,6 +4,7 @@ Covers the run folder layout and log keys, the printed summary against log.jsonl
 resume after an interruption, atomic checkpoints (crash before rename, disk full), NaN
 stops, run-folder policy, the config system and bad input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_IMAGEFOLDER, interrupt_at_epoch, write_image_folder
-import convit.train as T
-from convit.checkpoint import read_checkpoint
+
+import convit.training.fit as T
 from convit.cli import main
-from convit.config import TrainConfig, add_config_arguments, build_config, config_from_args, load_config_file
-from convit.fileio import read_jsonl
-from convit.presets import TRAIN_PRESETS
-from convit.runs import find_last_checkpoint, load_training_state, resolve_output
+from convit.core.fileio import read_jsonl
+from convit.core.presets import TRAIN_PRESETS
+from convit.training.config import (
+    TrainConfig,
+    add_config_arguments,
+    build_config,
+    config_from_args,
+    load_config_file,
+)
+from convit.training.run_folder import find_last_checkpoint, load_training_state, resolve_output
+from convit.weights.checkpoint import read_checkpoint
 
 
 def _log(run: Path):
@@ -35,14 +42,31 @@ def _log(run: Path):
 def test_run_folder_log_and_summary(trained_run):
     """The shared 2-epoch run (conftest): files, log keys, printed summary, model metadata."""
     run, out = trained_run.folder, trained_run.stdout
-    for name in ("config.yaml", "log.jsonl", "last.pt", "best.safetensors", "model.safetensors", "report.html"):
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "last.pt",
+        "best.safetensors",
+        "model.safetensors",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     assert any((run / "figures").iterdir())
     log = _log(run)
     assert [e["epoch"] for e in log] == [1, 2]
     for e in log:
-        for key in ("epoch", "train_loss", "lr", "val_top1", "val_top5", "val_loss", "images_per_s",
-                    "epoch_time_s", "epoch_cpu_time_s", "locality"):
+        for key in (
+            "epoch",
+            "train_loss",
+            "lr",
+            "val_top1",
+            "val_top5",
+            "val_loss",
+            "images_per_s",
+            "epoch_time_s",
+            "epoch_cpu_time_s",
+            "locality",
+        ):
             assert key in e, key
         assert 0 < e["epoch_cpu_time_s"] < 60, "this process's CPU seconds of a tiny epoch"
         assert {"nonlocality", "gates"} <= set(e["locality"])
@@ -238,13 +262,37 @@ def test_bad_sampling_ratio(tmp_path, capsys, ratio):
 
 
 def test_missing_and_empty_dataset_folder(tmp_path, capsys):
-    assert main(["train", "--dataset", "imagefolder", "--data-path", str(tmp_path / "nope"),
-                 "--output", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "imagefolder",
+                "--data-path",
+                str(tmp_path / "nope"),
+                "--output",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "val").mkdir()
-    assert main(["train", "--dataset", "imagefolder", "--data-path", str(tmp_path / "empty"),
-                 "--output", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "imagefolder",
+                "--data-path",
+                str(tmp_path / "empty"),
+                "--output",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "no class folders" in capsys.readouterr().err
 
 
@@ -259,8 +307,21 @@ def test_corrupt_image_is_skipped(tmp_path, capsys):
     # `convit eval` measures on the saved model (same images, same transform).
     logged = read_jsonl(tmp_path / "r" / "log.jsonl")[0]
     with pytest.warns(UserWarning, match="broken.png"):  # eval reads the same folder
-        assert main(["eval", "--checkpoint", str(tmp_path / "r" / "model.safetensors"), "--data-path", str(root),
-                     "--json", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--checkpoint",
+                    str(tmp_path / "r" / "model.safetensors"),
+                    "--data-path",
+                    str(root),
+                    "--json",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     measured = json.loads(capsys.readouterr().out)
     assert measured["n"] == 6 and measured["top1"] == logged["test_top1"]
 
@@ -282,9 +343,14 @@ def test_tensorboard_missing_is_a_clear_error(train_tiny, capsys, monkeypatch):
 
 # -- the config system ------------------------------------------------------------------------
 
+
 def test_config_precedence_file_toml_and_unknown_keys(tmp_path):
     cfg = build_config()
-    assert cfg.preset == "digits" and cfg.model == "convit_digits" and cfg.epochs == TRAIN_PRESETS["digits"]["epochs"]
+    assert (
+        cfg.preset == "digits"
+        and cfg.model == "convit_digits"
+        and cfg.epochs == TRAIN_PRESETS["digits"]["epochs"]
+    )
     assert build_config({"dataset": "cifar10"}).preset == "cifar"
     assert TrainConfig().lr is None and TrainConfig().resolved_lr(8) == pytest.approx(5e-4 * 512 / 512)
     (tmp_path / "a.yaml").write_text("epochs: 7\nlr: 1.0e-3\nmodel_kwargs: {depth: 3}\n")
@@ -320,7 +386,10 @@ def test_warmup_fits_a_shortened_run():
     add_config_arguments(parser)
     args = parser.parse_args(["--dataset", "imagefolder", "--epochs", "3", "--warmup-epochs", "0"])
     assert config_from_args(args).warmup_epochs == 0
-    assert config_from_args(parser.parse_args(["--dataset", "imagefolder", "--epochs", "3"])).warmup_epochs == 0.6
+    assert (
+        config_from_args(parser.parse_args(["--dataset", "imagefolder", "--epochs", "3"])).warmup_epochs
+        == 0.6
+    )
     assert build_config({"dataset": "imagefolder", "epochs": 300}).warmup_epochs == 5
     assert build_config({"epochs": 10}).warmup_epochs == TRAIN_PRESETS["digits"]["warmup_epochs"]
     assert build_config({}).warmup_epochs == TRAIN_PRESETS["digits"]["warmup_epochs"]
@@ -328,8 +397,16 @@ def test_warmup_fits_a_shortened_run():
 
 _HINTS = typing.get_type_hints(TrainConfig)
 #: A valid non-default command-line value for the string fields that are not paths.
-_STRING_FLAGS = {"preset": "cifar", "model": "deit_digits", "dataset": "cifar10", "augment": "none",
-                 "opt": "sgd", "sched": "step", "device": "cpu", "amp": "bf16"}
+_STRING_FLAGS = {
+    "preset": "cifar",
+    "model": "deit_digits",
+    "dataset": "cifar10",
+    "augment": "none",
+    "opt": "sgd",
+    "sched": "step",
+    "device": "cpu",
+    "amp": "bf16",
+}
 
 
 def _flag_and_value(f: dataclasses.Field):
@@ -343,8 +420,11 @@ def _flag_and_value(f: dataclasses.Field):
     if kind is bool:
         return ([flag] if not default else ["--no-" + flag[2:]]), not default
     if kind is dict:
-        return [flag, "depth=3", "qkv_bias=false", "global_pool=token"], {"depth": 3, "qkv_bias": False,
-                                                                          "global_pool": "token"}
+        return [flag, "depth=3", "qkv_bias=false", "global_pool=token"], {
+            "depth": 3,
+            "qkv_bias": False,
+            "global_pool": "token",
+        }
     if kind is int:
         return [flag, str((default or 0) + 3)], (default or 0) + 3
     if kind is float:
@@ -376,5 +456,6 @@ def test_example_configs_load():
         assert cfg.preset in TRAIN_PRESETS, f
     main_job = build_config(config_file=Path(__file__).parent.parent / "configs" / "digits_convit.yaml")
     defaults = build_config()
-    assert {k: v for k, v in main_job.to_dict().items() if k != "output"} == \
-        {k: v for k, v in defaults.to_dict().items() if k != "output"}  # the file spells out `convit train`
+    assert {k: v for k, v in main_job.to_dict().items() if k != "output"} == {
+        k: v for k, v in defaults.to_dict().items() if k != "output"
+    }  # the file spells out `convit train`

@@ -1,6 +1,7 @@
 """``convit train --dataset imagefolder`` on real image files (conftest's ``image_files``), under
 DeiT's recipe and at its worst-case RandAugment policy, then ``convit eval`` and
 ``convit predict`` on the result, and ``predict`` with a foreign one-channel checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,38 @@ import convit
 from convit.cli import main
 from convit.data import transforms
 
-TINY_RUN = ["--model-kwargs", "depth=2", "local_up_to_layer=1", "embed_dim=16", "num_heads=2",
-            "patch_size=8", "--img-size", "32", "--epochs", "1", "--batch-size", "32",
-            "--warmup-epochs", "0", "--threads", "1", "--num-workers", "0", "--device", "cpu",
-            "--no-report", "--no-locality"]
+TINY_RUN = [
+    "--model-kwargs",
+    "depth=2",
+    "local_up_to_layer=1",
+    "embed_dim=16",
+    "num_heads=2",
+    "patch_size=8",
+    "--img-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--warmup-epochs",
+    "0",
+    "--threads",
+    "1",
+    "--num-workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-report",
+    "--no-locality",
+]
 
 
 def train_on_files(root: Path, out: Path) -> int:
     """``convit train --dataset imagefolder --data-path root`` of a tiny model for one epoch
     (the imagenet preset otherwise) into ``out``; returns the exit code."""
-    return main(["train", "--dataset", "imagefolder", "--data-path", str(root), *TINY_RUN, "--output", str(out)])
+    return main(
+        ["train", "--dataset", "imagefolder", "--data-path", str(root), *TINY_RUN, "--output", str(out)]
+    )
 
 
 def test_train_cli_on_real_files(image_files, tmp_path):
@@ -33,11 +56,23 @@ def test_train_cli_on_real_files(image_files, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert "preset: imagenet" in (out / "config.yaml").read_text()
     # ... and the user's next steps on that checkpoint: eval on the folder, predict on files.
-    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--dataset", "imagefolder",
-                 "--data-path", str(root), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "model.safetensors"),
+                "--dataset",
+                "imagefolder",
+                "--data-path",
+                str(root),
+                "--json",
+            ]
+        )
+        == 0
+    )
     some = sorted((root / "val").rglob("*.*"))[:5]
-    assert main(["predict", "--checkpoint", str(out / "model.safetensors"), "--json",
-                 *map(str, some)]) == 0
+    assert main(["predict", "--checkpoint", str(out / "model.safetensors"), "--json", *map(str, some)]) == 0
 
 
 def test_predict_with_a_foreign_one_channel_checkpoint(image_files, tmp_path, capsys):
@@ -48,8 +83,20 @@ def test_predict_with_a_foreign_one_channel_checkpoint(image_files, tmp_path, ca
     model = convit.create_model("convit_digits")
     torch.save(model.state_dict(), tmp_path / "raw.pth")
     files = sorted((root / "val").rglob("*.*"))[:6]
-    assert main(["predict", "--checkpoint", str(tmp_path / "raw.pth"), "--model", "convit_digits", "--json",
-                 *map(str, files)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "raw.pth"),
+                "--model",
+                "convit_digits",
+                "--json",
+                *map(str, files),
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["image"] for d in lines] == [str(f) for f in files]
     for d in lines:

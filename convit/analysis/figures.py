@@ -5,11 +5,13 @@ dicts, tensors) and writes one PNG, returning its path, so the figures can be re
 ``log.jsonl`` without the model.  Paper figures they mirror: fig. 5 (nonlocality over
 training), fig. 6 (gates), fig. 7 (attention maps).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 from matplotlib import colormaps
@@ -19,10 +21,16 @@ from matplotlib.ticker import MaxNLocator
 
 from .locality import mean_pairwise_distance
 
-Run = Tuple[str, List[dict]]  # (label, log entries, one per epoch)
+Run = tuple[str, list[dict]]  # (label, log entries, one per epoch)
 
-__all__ = ["plot_nonlocality_history", "plot_gates", "plot_attention_maps", "plot_centres",
-           "plot_training_curves", "plot_final_nonlocality"]
+__all__ = [
+    "plot_nonlocality_history",
+    "plot_gates",
+    "plot_attention_maps",
+    "plot_centres",
+    "plot_training_curves",
+    "plot_final_nonlocality",
+]
 
 _DPI = 110
 
@@ -39,12 +47,12 @@ def _mean(xs: Optional[Sequence[Optional[float]]]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _layer_colours(n: int, cmap: str = "viridis") -> List:
+def _layer_colours(n: int, cmap: str = "viridis") -> list:
     cm = colormaps[cmap]
     return [cm(0.9 * i / max(n - 1, 1)) for i in range(n)]
 
 
-def _with_locality(entries: List[dict]) -> List[dict]:
+def _with_locality(entries: list[dict]) -> list[dict]:
     return [e for e in entries if isinstance(e.get("locality"), dict) and e["locality"].get("nonlocality")]
 
 
@@ -72,14 +80,27 @@ def plot_nonlocality_history(runs: Sequence[Run], path: Path) -> Path:
         epochs = [e.get("epoch", i) for i, e in enumerate(entries)]
         colours = _layer_colours(n_layers)
         for l in range(n_layers):
-            ys = [_mean(e["locality"]["nonlocality"][l]) if l < len(e["locality"]["nonlocality"]) else np.nan
-                  for e in entries]
-            ax.plot(epochs, ys, color=colours[l], ls="-" if types[l] == "gpsa" else "--",
-                    marker="o" if len(epochs) < 12 else None, ms=3,
-                    label=f"layer {l + 1} ({types[l].upper()})")
+            ys = [
+                _mean(e["locality"]["nonlocality"][l]) if l < len(e["locality"]["nonlocality"]) else np.nan
+                for e in entries
+            ]
+            ax.plot(
+                epochs,
+                ys,
+                color=colours[l],
+                ls="-" if types[l] == "gpsa" else "--",
+                marker="o" if len(epochs) < 12 else None,
+                ms=3,
+                label=f"layer {l + 1} ({types[l].upper()})",
+            )
         if loc0.get("grid"):
-            ax.axhline(mean_pairwise_distance(tuple(loc0["grid"])), color="grey", ls=":", lw=1,
-                       label="uniform attention")
+            ax.axhline(
+                mean_pairwise_distance(tuple(loc0["grid"])),
+                color="grey",
+                ls=":",
+                lw=1,
+                label="uniform attention",
+            )
         ax.legend(fontsize=7, ncol=2 if n_layers > 6 else 1)
     axes[0].set_ylabel("nonlocality D (patches)")
     fig.suptitle("Nonlocality per layer during training (eq. 8, mean over heads)")
@@ -95,11 +116,12 @@ def _message_figure(text: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_gates(runs: Sequence[Run], final_gates: Optional[List[List[float]]], path: Path) -> Path:
+def plot_gates(runs: Sequence[Run], final_gates: Optional[list[list[float]]], path: Path) -> Path:
     """Paper fig. 6: sigma(lambda_h) of every GPSA head over training (one panel per run that has
     GPSA layers; thin lines heads, thick line layer mean) and at the end, per layer (right)."""
-    runs = [(name, [e for e in _with_locality(entries) if e["locality"].get("gates")])
-            for name, entries in runs]
+    runs = [
+        (name, [e for e in _with_locality(entries) if e["locality"].get("gates")]) for name, entries in runs
+    ]
     runs = [r for r in runs if r[1]]
     n_panels = len(runs) + (final_gates is not None)
     if n_panels == 0:
@@ -111,12 +133,21 @@ def plot_gates(runs: Sequence[Run], final_gates: Optional[List[List[float]]], pa
         g = entries[-1]["locality"]["gates"]
         colours = _layer_colours(len(g), "plasma")
         for l in range(len(g)):
-            per_head = np.array([[np.nan if v is None else v for v in e["locality"]["gates"][l]]
-                                 for e in entries], dtype=float)  # [epochs, heads]
+            per_head = np.array(
+                [[np.nan if v is None else v for v in e["locality"]["gates"][l]] for e in entries],
+                dtype=float,
+            )  # [epochs, heads]
             for h in range(per_head.shape[1]):
                 ax.plot(epochs, per_head[:, h], color=colours[l], lw=0.7, alpha=0.5)
-            ax.plot(epochs, np.nanmean(per_head, axis=1), color=colours[l], lw=2.2,
-                    marker="o" if len(epochs) < 12 else None, ms=3, label=f"layer {l + 1} (mean)")
+            ax.plot(
+                epochs,
+                np.nanmean(per_head, axis=1),
+                color=colours[l],
+                lw=2.2,
+                marker="o" if len(epochs) < 12 else None,
+                ms=3,
+                label=f"layer {l + 1} (mean)",
+            )
         ax.set_title(f"{name}: gates during training")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -129,8 +160,13 @@ def plot_gates(runs: Sequence[Run], final_gates: Optional[List[List[float]]], pa
         n = len(final_gates)
         for l, g in enumerate(final_gates):
             vals = [np.nan if v is None else v for v in g]
-            ax.scatter(np.full(len(vals), l + 1) + np.linspace(-0.15, 0.15, len(vals)), vals,
-                       c=[f"C{h}" for h in range(len(vals))], s=28, zorder=3)
+            ax.scatter(
+                np.full(len(vals), l + 1) + np.linspace(-0.15, 0.15, len(vals)),
+                vals,
+                c=[f"C{h}" for h in range(len(vals))],
+                s=28,
+                zorder=3,
+            )
             ax.hlines(np.nanmean(vals), l + 0.7, l + 1.3, color="k", lw=1.5)
         for h in range(max((len(g) for g in final_gates), default=0)):
             ax.scatter([], [], c=f"C{h}", s=28, label=f"head {h + 1}")
@@ -154,16 +190,30 @@ def _show_image(ax, image: np.ndarray) -> None:
         ax.imshow(np.clip(image[:3].transpose(1, 2, 0), 0, 1), interpolation="nearest")
 
 
-def _attention_row(fig: Figure, gs, r: int, row_name: str, maps, heads: Sequence[int], image: np.ndarray,
-                   query: Tuple[int, int], patch_size: int, gate, cls_mass) -> None:
+def _attention_row(
+    fig: Figure,
+    gs,
+    r: int,
+    row_name: str,
+    maps,
+    heads: Sequence[int],
+    image: np.ndarray,
+    query: tuple[int, int],
+    patch_size: int,
+    gate,
+    cls_mass,
+) -> None:
     """Row ``r`` of :func:`plot_attention_maps`: the input with the query patch marked, one map
     per head (titles on the first row: head number and its gate or class-token share) and the
     row's colour bar."""
     qr, qc = query
     ax = fig.add_subplot(gs[r, 0])
     _show_image(ax, image)
-    ax.add_patch(Rectangle((qc * patch_size - 0.5, qr * patch_size - 0.5), patch_size, patch_size,
-                           fill=False, ec="red", lw=2))
+    ax.add_patch(
+        Rectangle(
+            (qc * patch_size - 0.5, qr * patch_size - 0.5), patch_size, patch_size, fill=False, ec="red", lw=2
+        )
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_ylabel(row_name, fontsize=10)
@@ -188,9 +238,16 @@ def _attention_row(fig: Figure, gs, r: int, row_name: str, maps, heads: Sequence
         fig.colorbar(im, cax=fig.add_subplot(gs[r, -1]), label="attention")
 
 
-def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, int], layer: int,
-                        path: Path, heads: Optional[Sequence[int]] = None, note: str = "",
-                        patch_size: int = 1) -> Path:
+def plot_attention_maps(
+    layer_grids: dict,
+    image: np.ndarray,
+    query: tuple[int, int],
+    layer: int,
+    path: Path,
+    heads: Optional[Sequence[int]] = None,
+    note: str = "",
+    patch_size: int = 1,
+) -> Path:
     """Paper fig. 7: where each head of one layer looks from a query patch.
 
     layer_grids: one entry of :func:`attention_grids` (``content``, ``positional``,
@@ -202,8 +259,15 @@ def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, 
     n_heads = layer_grids["combined"].shape[0]
     heads = list(range(n_heads)) if heads is None else [h for h in heads if 0 <= h < n_heads]
     gpsa = layer_grids.get("positional") is not None
-    rows = [("content", layer_grids["content"]), ("positional", layer_grids["positional"]),
-            ("combined", layer_grids["combined"])] if gpsa else [("attention", layer_grids["combined"])]
+    rows = (
+        [
+            ("content", layer_grids["content"]),
+            ("positional", layer_grids["positional"]),
+            ("combined", layer_grids["combined"]),
+        ]
+        if gpsa
+        else [("attention", layer_grids["combined"])]
+    )
     gate = layer_grids.get("gate")
     # Fixed margins instead of constrained layout: this figure has many axes and is drawn for
     # several layers per report, and the layout engine would dominate its cost.
@@ -214,9 +278,17 @@ def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, 
     width = cell * (len(heads) + 1) + left_in + right_in
     height = cell * len(rows) + top_in + bottom_in
     fig = Figure(figsize=(width, height))
-    gs = fig.add_gridspec(len(rows), len(heads) + 2, width_ratios=[1.0] * (len(heads) + 1) + [0.06],
-                          left=left_in / width, right=1 - 0.75 / width, top=1 - top_in / height,
-                          bottom=bottom_in / height, wspace=0.08, hspace=0.1)
+    gs = fig.add_gridspec(
+        len(rows),
+        len(heads) + 2,
+        width_ratios=[1.0] * (len(heads) + 1) + [0.06],
+        left=left_in / width,
+        right=1 - 0.75 / width,
+        top=1 - top_in / height,
+        bottom=bottom_in / height,
+        wspace=0.08,
+        hspace=0.1,
+    )
     qr, qc = query
     for r, (row_name, maps) in enumerate(rows):
         _attention_row(fig, gs, r, row_name, maps, heads, image, query, patch_size, gate, cls_mass)
@@ -228,7 +300,9 @@ def plot_attention_maps(layer_grids: Dict, image: np.ndarray, query: Tuple[int, 
     return _save(fig, path)
 
 
-def _centres_limit(init: Tuple[List, List], final: Tuple[List, List], grid: Optional[Tuple[int, int]]) -> float:
+def _centres_limit(
+    init: tuple[list, list], final: tuple[list, list], grid: Optional[tuple[int, int]]
+) -> float:
     """Half-width of the panels of :func:`plot_centres`: every centre with its circle (radius
     capped at the grid size) fits, and at least 2 patches show."""
     limit = 2.0
@@ -243,7 +317,7 @@ def _centres_limit(init: Tuple[List, List], final: Tuple[List, List], grid: Opti
     return min(limit + 0.3, cap)
 
 
-def _centre_arrows(ax, c_init: List, s_init: List, c_final: List, s_final: List) -> List[str]:
+def _centre_arrows(ax, c_init: list, s_init: list, c_final: list, s_final: list) -> list[str]:
     """One layer's heads on ``ax``: init (grey, dashed) and trained (coloured) centres and
     circles joined by an arrow; returns the notes for heads whose trained attention has no peak."""
     notes = []
@@ -267,8 +341,9 @@ def _centre_arrows(ax, c_init: List, s_init: List, c_final: List, s_final: List)
     return notes
 
 
-def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
-                 grid: Optional[Tuple[int, int]] = None) -> Path:
+def plot_centres(
+    init: tuple[list, list], final: tuple[list, list], path: Path, grid: Optional[tuple[int, int]] = None
+) -> Path:
     """Attention centres Delta_h and spans of every GPSA head, at init and after training.
 
     init / final: (centres [[dx, dy] per head] per layer, spans [span per head] per layer).
@@ -289,7 +364,9 @@ def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
     limit = _centres_limit((ic, isp), (fc, fsp), grid)
     for l in range(n):
         ax = axes[l]
-        notes = _centre_arrows(ax, ic[l] if l < len(ic) else [], isp[l] if l < len(isp) else [], fc[l], fsp[l])
+        notes = _centre_arrows(
+            ax, ic[l] if l < len(ic) else [], isp[l] if l < len(isp) else [], fc[l], fsp[l]
+        )
         ax.plot(0, 0, "k+", ms=10, mew=1.5)
         ax.set_xlim(-limit, limit)
         ax.set_ylim(limit, -limit)  # dy down, like image rows
@@ -305,8 +382,11 @@ def plot_centres(init: Tuple[List, List], final: Tuple[List, List], path: Path,
             ax.legend(fontsize=7, loc="upper right")
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.suptitle("Positional attention centres (dots) and spans (circle radius = sqrt(span/2) patches):\n"
-                 "init (grey, dashed) -> trained (coloured); + = query patch", fontsize=10)
+    fig.suptitle(
+        "Positional attention centres (dots) and spans (circle radius = sqrt(span/2) patches):\n"
+        "init (grey, dashed) -> trained (coloured); + = query patch",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -319,16 +399,29 @@ def plot_training_curves(runs: Sequence[Run], path: Path) -> Path:
         colour = f"C{i}"
 
         def series(key):
-            pts = [(e.get("epoch", j), e[key]) for j, e in enumerate(entries)
-                   if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])]
+            pts = [
+                (e.get("epoch", j), e[key])
+                for j, e in enumerate(entries)
+                if isinstance(e.get(key), (int, float)) and math.isfinite(e[key])
+            ]
             return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
-        for key, ax, ls, what in (("train_loss", ax_loss, "-", "train"), ("val_loss", ax_loss, "--", "val"),
-                                  ("val_top1", ax_acc, "-", "val"), ("test_top1", ax_acc, ":", "test")):
+        for key, ax, ls, what in (
+            ("train_loss", ax_loss, "-", "train"),
+            ("val_loss", ax_loss, "--", "val"),
+            ("val_top1", ax_acc, "-", "val"),
+            ("test_top1", ax_acc, ":", "test"),
+        ):
             s = series(key)
             if s:
-                ax.plot(*s, color=colour, ls=ls, marker="o" if len(s[0]) < 12 else None, ms=3,
-                        label=f"{name} {what}")
+                ax.plot(
+                    *s,
+                    color=colour,
+                    ls=ls,
+                    marker="o" if len(s[0]) < 12 else None,
+                    ms=3,
+                    label=f"{name} {what}",
+                )
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set_title("loss")
@@ -347,8 +440,9 @@ def plot_training_curves(runs: Sequence[Run], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_final_nonlocality(summary: dict, path: Path, init_summary: Optional[dict] = None,
-                           title: str = "") -> Path:
+def plot_final_nonlocality(
+    summary: dict, path: Path, init_summary: Optional[dict] = None, title: str = ""
+) -> Path:
     """Nonlocality (eq. 8) per layer of the analysed model: each head (dots), the layer mean of
     the applied attention (line), of the content and positional parts of GPSA layers, and the
     mean of a freshly initialised model of the same config on the same images (grey)."""
@@ -359,20 +453,38 @@ def plot_final_nonlocality(summary: dict, path: Path, init_summary: Optional[dic
     xs = np.arange(1, n + 1)
     for l, heads in enumerate(full):
         vals = [np.nan if v is None else v for v in heads]
-        ax.scatter(np.full(len(vals), l + 1) + np.linspace(-0.12, 0.12, len(vals)), vals,
-                   c=[f"C{h}" for h in range(len(vals))], s=18, zorder=3)
+        ax.scatter(
+            np.full(len(vals), l + 1) + np.linspace(-0.12, 0.12, len(vals)),
+            vals,
+            c=[f"C{h}" for h in range(len(vals))],
+            s=18,
+            zorder=3,
+        )
     ax.plot(xs, [_mean(h) for h in full], "k-o", ms=4, label="applied attention (mean over heads)")
-    for key, style, colour, label in (("nonlocality_content", "s--", "navy", "GPSA content part"),
-                                      ("nonlocality_positional", "^--", "darkred", "GPSA positional part")):
+    for key, style, colour, label in (
+        ("nonlocality_content", "s--", "navy", "GPSA content part"),
+        ("nonlocality_positional", "^--", "darkred", "GPSA positional part"),
+    ):
         vals = [_mean(h) if h is not None else np.nan for h in summary.get(key, [])]
         if any(np.isfinite(vals)):
-            ax.plot(xs[:len(vals)], vals, style, color=colour, ms=4, lw=1, label=label)
+            ax.plot(xs[: len(vals)], vals, style, color=colour, ms=4, lw=1, label=label)
     if init_summary is not None:
-        ax.plot(xs, [_mean(h) for h in init_summary["nonlocality"]], "o:", color="grey", ms=4,
-                label="fresh init, same config")
+        ax.plot(
+            xs,
+            [_mean(h) for h in init_summary["nonlocality"]],
+            "o:",
+            color="grey",
+            ms=4,
+            label="fresh init, same config",
+        )
     if summary.get("grid"):
-        ax.axhline(mean_pairwise_distance(tuple(summary["grid"])), color="grey", ls="-.", lw=1,
-                   label="uniform attention")
+        ax.axhline(
+            mean_pairwise_distance(tuple(summary["grid"])),
+            color="grey",
+            ls="-.",
+            lw=1,
+            label="uniform attention",
+        )
     types = summary.get("layer_types") or []
     ax.set_xticks(xs, [f"{l + 1}\n{types[l].upper()}" if l < len(types) else str(l + 1) for l in range(n)])
     for h in range(max((len(hh) for hh in full), default=0)):

@@ -4,18 +4,20 @@ centres and spans, test-time masking, then every figure embedded as a base64 PNG
 The page is a string.Template filled with escaped values and small generated tables: no
 template engine to depend on, and the layout reads as HTML rather than string sums.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import numpy as np
 
-from ..model import ConViT
+from ..nn.model import ConViT
 from .inputs import AnalysisInputs
 
 __all__ = ["write_html"]
@@ -41,16 +43,23 @@ $figures
 """)
 _NOTE = Template("<p class='note'>Note: $note</p>")
 _SECTION = Template("<h2>$title</h2>\n$intro$table")
-_FIGURE = Template("<figure><img src='data:image/png;base64,$png' alt='$name'><figcaption>$caption</figcaption>"
-                   "</figure>")
-_GATES_INTRO = ("<p>Gate &sigma;(&lambda;<sub>h</sub>): weight of the positional attention (eq. 6). Nonlocality D "
-                "(eq. 8, patches): mean over heads of the attention-weighted distance between query and key "
-                "patches, on each layer's own input; MHSA layers: class token removed, rows renormalised over "
-                "patches.</p>")
-_CENTRES_INTRO = ("<p>Centre &Delta; = &minus;(v<sub>dx</sub>, v<sub>dy</sub>)/(2 v<sub>d2</sub>) in patches (dx, dy); "
-                  "span 1/|v<sub>d2</sub>|.</p>")
-_MASKING_INTRO = ("<p>Top-1 (%) on the test images with the content (&sigma;:=1) or positional (&sigma;:=0) part of "
-                  "the first k GPSA layers masked, or the absolute position embedding removed.</p>")
+_FIGURE = Template(
+    "<figure><img src='data:image/png;base64,$png' alt='$name'><figcaption>$caption</figcaption></figure>"
+)
+_GATES_INTRO = (
+    "<p>Gate &sigma;(&lambda;<sub>h</sub>): weight of the positional attention (eq. 6). Nonlocality D "
+    "(eq. 8, patches): mean over heads of the attention-weighted distance between query and key "
+    "patches, on each layer's own input; MHSA layers: class token removed, rows renormalised over "
+    "patches.</p>"
+)
+_CENTRES_INTRO = (
+    "<p>Centre &Delta; = &minus;(v<sub>dx</sub>, v<sub>dy</sub>)/(2 v<sub>d2</sub>) in patches (dx, dy); "
+    "span 1/|v<sub>d2</sub>|.</p>"
+)
+_MASKING_INTRO = (
+    "<p>Top-1 (%) on the test images with the content (&sigma;:=1) or positional (&sigma;:=0) part of "
+    "the first k GPSA layers masked, or the absolute position embedding removed.</p>"
+)
 
 
 def _fmt(x, nd: int = 3) -> str:
@@ -76,30 +85,45 @@ def _section(title: str, intro: str, header: Sequence[str], rows: Sequence[Seque
     return _SECTION.substitute(title=html.escape(title), intro=intro, table=_table(header, rows))
 
 
-def _metrics_rows(runs: List[Tuple[str, List[dict]]]) -> List[List[str]]:
+def _metrics_rows(runs: list[tuple[str, list[dict]]]) -> list[list[str]]:
     rows = []
     for name, entries in runs:
         if not entries:
             continue
         last = entries[-1]
         vals = [e["val_top1"] for e in entries if isinstance(e.get("val_top1"), (int, float))]
-        rows.append([html.escape(name), _fmt(last.get("epoch")), _fmt(last.get("train_loss")),
-                     _fmt(last.get("val_top1"), 2), _fmt(max(vals) if vals else None, 2),
-                     _fmt(last.get("test_top1"), 2), _fmt(last.get("test_top5"), 2)])
+        rows.append(
+            [
+                html.escape(name),
+                _fmt(last.get("epoch")),
+                _fmt(last.get("train_loss")),
+                _fmt(last.get("val_top1"), 2),
+                _fmt(max(vals) if vals else None, 2),
+                _fmt(last.get("test_top1"), 2),
+                _fmt(last.get("test_top5"), 2),
+            ]
+        )
     return rows
 
 
-def _layer_rows(summary: dict, init_summary: dict) -> List[List[str]]:
+def _layer_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per block: type, gates, nonlocality (full, content, positional, at init, per head)."""
     rows, gi = [], 0
     for l, t in enumerate(summary["layer_types"]):
         gates = summary["gates"][gi] if t == "gpsa" else None
-        rows.append([str(l + 1), t.upper(), _fmt(_mean(gates)) if gates else "–",
-                     " ".join(_fmt(g, 2) for g in gates) if gates else "–",
-                     _fmt(_mean(summary["nonlocality"][l]), 2), _fmt(_mean(summary["nonlocality_content"][l]), 2),
-                     _fmt(_mean(summary["nonlocality_positional"][l]), 2),
-                     _fmt(_mean(init_summary["nonlocality"][l]), 2),
-                     " ".join(_fmt(v, 2) for v in summary["nonlocality"][l])])
+        rows.append(
+            [
+                str(l + 1),
+                t.upper(),
+                _fmt(_mean(gates)) if gates else "–",
+                " ".join(_fmt(g, 2) for g in gates) if gates else "–",
+                _fmt(_mean(summary["nonlocality"][l]), 2),
+                _fmt(_mean(summary["nonlocality_content"][l]), 2),
+                _fmt(_mean(summary["nonlocality_positional"][l]), 2),
+                _fmt(_mean(init_summary["nonlocality"][l]), 2),
+                " ".join(_fmt(v, 2) for v in summary["nonlocality"][l]),
+            ]
+        )
         gi += t == "gpsa"
     return rows
 
@@ -108,7 +132,7 @@ def _centre(c) -> str:
     return "no peak" if c is None or None in c else f"({c[0]:+.2f}, {c[1]:+.2f})"
 
 
-def _centre_rows(summary: dict, init_summary: dict) -> List[List[str]]:
+def _centre_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per GPSA head: centre and span at init and after training."""
     ic, isp = init_summary["centres"], init_summary["spans"]
     rows = []
@@ -120,9 +144,18 @@ def _centre_rows(summary: dict, init_summary: dict) -> List[List[str]]:
     return rows
 
 
-def write_html(path: Path, title: str, model: ConViT, inputs: AnalysisInputs, summary: dict,
-               init_summary: dict, runs: List[Tuple[str, List[dict]]], figures: List[Tuple[Path, str]],
-               masking: Optional[List[dict]], checkpoint: Path) -> Path:
+def write_html(
+    path: Path,
+    title: str,
+    model: ConViT,
+    inputs: AnalysisInputs,
+    summary: dict,
+    init_summary: dict,
+    runs: list[tuple[str, list[dict]]],
+    figures: list[tuple[Path, str]],
+    masking: Optional[list[dict]],
+    checkpoint: Path,
+) -> Path:
     """Write the report page of ``model`` to ``path``: ``summary`` / ``init_summary`` are the
     :func:`locality_summary` of the model and of a fresh one, ``runs`` the (label, log) pairs,
     ``figures`` the (PNG, caption) pairs to embed, ``masking`` the masking table or None."""
@@ -130,26 +163,89 @@ def write_html(path: Path, title: str, model: ConViT, inputs: AnalysisInputs, su
     sections = [_NOTE.substitute(note=html.escape(inputs.note))] if inputs.note else []
     metrics = _metrics_rows(runs)
     if metrics:
-        sections.append(_section("Accuracy", "", ["run", "last epoch", "train loss", "val top-1 (last)",
-                                                  "val top-1 (best)", "test top-1", "test top-5"], metrics))
-    sections.append(_section("Gates and nonlocality per layer", _GATES_INTRO,
-                             ["layer", "type", "mean gate", "gates per head", "D", "D content", "D positional",
-                              "D fresh init", "D per head"], _layer_rows(summary, init_summary)))
+        sections.append(
+            _section(
+                "Accuracy",
+                "",
+                [
+                    "run",
+                    "last epoch",
+                    "train loss",
+                    "val top-1 (last)",
+                    "val top-1 (best)",
+                    "test top-1",
+                    "test top-5",
+                ],
+                metrics,
+            )
+        )
+    sections.append(
+        _section(
+            "Gates and nonlocality per layer",
+            _GATES_INTRO,
+            [
+                "layer",
+                "type",
+                "mean gate",
+                "gates per head",
+                "D",
+                "D content",
+                "D positional",
+                "D fresh init",
+                "D per head",
+            ],
+            _layer_rows(summary, init_summary),
+        )
+    )
     if summary["centres"]:
-        sections.append(_section("Positional attention centres and spans", _CENTRES_INTRO,
-                                 ["GPSA layer", "head", "centre at init", "span at init", "centre trained",
-                                  "span trained"], _centre_rows(summary, init_summary)))
+        sections.append(
+            _section(
+                "Positional attention centres and spans",
+                _CENTRES_INTRO,
+                ["GPSA layer", "head", "centre at init", "span at init", "centre trained", "span trained"],
+                _centre_rows(summary, init_summary),
+            )
+        )
     if masking:
-        sections.append(_section("Test-time masking", _MASKING_INTRO, ["masked", "k", "position embedding", "top-1"],
-                                 [[r["mode"], str(r["k"]), "removed" if r["remove_pos_embed"] else "kept",
-                                   _fmt(r["top1"], 2)] for r in masking]))
-    figs = [_FIGURE.substitute(png=base64.b64encode(Path(p).read_bytes()).decode("ascii"),
-                               name=html.escape(Path(p).name), caption=html.escape(caption)) for p, caption in figures]
+        sections.append(
+            _section(
+                "Test-time masking",
+                _MASKING_INTRO,
+                ["masked", "k", "position embedding", "top-1"],
+                [
+                    [
+                        r["mode"],
+                        str(r["k"]),
+                        "removed" if r["remove_pos_embed"] else "kept",
+                        _fmt(r["top1"], 2),
+                    ]
+                    for r in masking
+                ],
+            )
+        )
+    figs = [
+        _FIGURE.substitute(
+            png=base64.b64encode(Path(p).read_bytes()).decode("ascii"),
+            name=html.escape(Path(p).name),
+            caption=html.escape(caption),
+        )
+        for p, caption in figures
+    ]
     doc = _PAGE.substitute(
-        title=html.escape(title), checkpoint=html.escape(str(checkpoint)), depth=cfg.depth,
-        gpsa=cfg.local_up_to_layer, heads=cfg.num_heads, dim=cfg.embed_dim, grid_h=cfg.grid[0], grid_w=cfg.grid[1],
-        n_images=summary["num_images"], images_source=html.escape(inputs.images_source),
-        image_source=html.escape(inputs.source), sections="\n".join(sections), figures="\n".join(figs))
+        title=html.escape(title),
+        checkpoint=html.escape(str(checkpoint)),
+        depth=cfg.depth,
+        gpsa=cfg.local_up_to_layer,
+        heads=cfg.num_heads,
+        dim=cfg.embed_dim,
+        grid_h=cfg.grid[0],
+        grid_w=cfg.grid[1],
+        n_images=summary["num_images"],
+        images_source=html.escape(inputs.images_source),
+        image_source=html.escape(inputs.source),
+        sections="\n".join(sections),
+        figures="\n".join(figs),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc, encoding="utf-8")

@@ -1,6 +1,7 @@
 """What an analysis looks at besides the model: the checkpoint's metadata, and the images
 (a file given by the user, the first test images of the checkpoint's dataset, or random
 inputs, in that order of preference)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,12 +10,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-
 from safetensors import safe_open
 
-from ..checkpoint import read_metadata_json
 from ..data import build_data, eval_input_size, eval_transform, read_image
-from ..model import ConViTConfig
+from ..nn.model import ConViTConfig
+from ..weights.checkpoint import read_metadata_json
 
 __all__ = ["AnalysisInputs", "load_inputs", "read_metadata"]
 
@@ -42,8 +42,9 @@ class AnalysisInputs:
     test_set: Optional[torch.utils.data.Dataset] = None  # the dataset's test split, if loaded
 
 
-def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
-                max_images: int = 64) -> AnalysisInputs:
+def load_inputs(
+    cfg: ConViTConfig, meta: dict, image: Optional[Path] = None, max_images: int = 64
+) -> AnalysisInputs:
     """Images for the analysis, in this order of preference:
 
     1. ``image`` (a file), preprocessed with ``convit.data.eval_transform`` and the checkpoint's
@@ -70,8 +71,7 @@ def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
     dataset = data.get("dataset")
     if dataset:
         try:
-            bundle = build_data(dataset, data_path=data.get("data_path"), img_size=size[0],
-                                augment="none")
+            bundle = build_data(dataset, data_path=data.get("data_path"), img_size=size[0], augment="none")
             test_set = bundle.test
             n = min(max_images, len(test_set))
             test_images = torch.stack([test_set[i][0] for i in range(n)])
@@ -82,20 +82,44 @@ def load_inputs(cfg: ConViTConfig, meta: dict, image: Optional[Path] = None,
             raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
         native = data.get("native_size")
         t = eval_transform(size[0], data["mean"], data["std"], in_chans, native)
-        x = t(read_image(image, "L" if in_chans == 1 else "RGB", target_size=eval_input_size(size[0], native))).float()
+        x = t(
+            read_image(image, "L" if in_chans == 1 else "RGB", target_size=eval_input_size(size[0], native))
+        ).float()
         if tuple(x.shape[-2:]) != tuple(size):
             x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear")[0]
         if test_images is not None:
-            return AnalysisInputs(test_images, x, display(x), f"image {Path(image).name}",
-                                  f"test images of {dataset}", note, data, test_set)
-        return AnalysisInputs(x[None], x, display(x), f"image {Path(image).name}",
-                              f"image {Path(image).name}", note, data, test_set)
+            return AnalysisInputs(
+                test_images,
+                x,
+                display(x),
+                f"image {Path(image).name}",
+                f"test images of {dataset}",
+                note,
+                data,
+                test_set,
+            )
+        return AnalysisInputs(
+            x[None],
+            x,
+            display(x),
+            f"image {Path(image).name}",
+            f"image {Path(image).name}",
+            note,
+            data,
+            test_set,
+        )
     if test_images is not None:
-        return AnalysisInputs(test_images, test_images[0], display(test_images[0]),
-                              f"first test image of {dataset}", f"test images of {dataset}", note,
-                              data, test_set)
+        return AnalysisInputs(
+            test_images,
+            test_images[0],
+            display(test_images[0]),
+            f"first test image of {dataset}",
+            f"test images of {dataset}",
+            note,
+            data,
+            test_set,
+        )
     g = torch.Generator().manual_seed(0)
     images = torch.randn(min(max_images, 8), in_chans, *size, generator=g)
     note = (note + "; " if note else "") + "random N(0,1) inputs: content attention is not meaningful"
     return AnalysisInputs(images, images[0], display(images[0]), "random input", "random inputs", note, data)
-

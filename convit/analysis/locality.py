@@ -21,22 +21,34 @@ Conventions used everywhere in this module (and in ``docs/analysis.md``):
 * Results are averaged over the images of the batch (the positional part does not depend on
   the image).
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from ..attention import GPSA, AttentionMaps, Grid, relative_offsets
+from ..nn.attention import GPSA, AttentionMaps, Grid, relative_offsets
 
 __all__ = [
-    "pairwise_distances", "patch_attention", "attention_nonlocality", "layer_nonlocality",
-    "nonlocality", "gates", "positional_centres", "positional_spans", "centres_and_spans",
-    "attention_grids", "locality_summary", "eval_mode", "mean_pairwise_distance",
+    "pairwise_distances",
+    "patch_attention",
+    "attention_nonlocality",
+    "layer_nonlocality",
+    "nonlocality",
+    "gates",
+    "positional_centres",
+    "positional_spans",
+    "centres_and_spans",
+    "attention_grids",
+    "locality_summary",
+    "eval_mode",
+    "mean_pairwise_distance",
 ]
 
 
@@ -75,8 +87,10 @@ def patch_attention(attn: torch.Tensor, num_patches: int) -> torch.Tensor:
     if t == num_patches:
         return attn
     if t != num_patches + 1:
-        raise ValueError(f"attention over {t} tokens does not match a grid of {num_patches} patches "
-                         "(with or without one class token)")
+        raise ValueError(
+            f"attention over {t} tokens does not match a grid of {num_patches} patches "
+            "(with or without one class token)"
+        )
     a = attn[..., 1:, 1:]
     return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
 
@@ -97,11 +111,14 @@ def attention_nonlocality(attn: torch.Tensor, grid: Grid) -> torch.Tensor:
     return per_head
 
 
-def layer_nonlocality(maps: AttentionMaps, grid: Grid) -> Dict[str, Optional[torch.Tensor]]:
+def layer_nonlocality(maps: AttentionMaps, grid: Grid) -> dict[str, Optional[torch.Tensor]]:
     """Nonlocality of one block: ``full`` (the attention it applies, eq. 6), and for GPSA blocks
     the ``content`` and ``positional`` parts separately (None for MHSA)."""
-    out: Dict[str, Optional[torch.Tensor]] = {"full": attention_nonlocality(maps.combined, grid),
-                                              "content": None, "positional": None}
+    out: dict[str, Optional[torch.Tensor]] = {
+        "full": attention_nonlocality(maps.combined, grid),
+        "content": None,
+        "positional": None,
+    }
     if maps.positional is not None:
         out["content"] = attention_nonlocality(maps.content, grid)
         out["positional"] = attention_nonlocality(maps.positional, grid)
@@ -117,8 +134,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def nonlocality(model: nn.Module, images: torch.Tensor, chunk: int = 32
-                ) -> List[Dict[str, Optional[torch.Tensor]]]:
+def nonlocality(
+    model: nn.Module, images: torch.Tensor, chunk: int = 32
+) -> list[dict[str, Optional[torch.Tensor]]]:
     """:func:`layer_nonlocality` of every block (in order), each on its own input, in eval mode.
 
     Images go through in chunks of ``chunk`` (every block's [B, heads, T, T] maps are held at
@@ -126,10 +144,10 @@ def nonlocality(model: nn.Module, images: torch.Tensor, chunk: int = 32
     """
     grid = _model_grid(model, images)
     images = images.to(_device(model))
-    total: List[Dict[str, Optional[torch.Tensor]]] = []
+    total: list[dict[str, Optional[torch.Tensor]]] = []
     with eval_mode(model):
         for start in range(0, images.shape[0], chunk):
-            x = images[start:start + chunk]
+            x = images[start : start + chunk]
             w = x.shape[0] / images.shape[0]
             layers = [layer_nonlocality(m, grid) for m in model.attention_maps(x)]
             if not total:
@@ -142,12 +160,12 @@ def nonlocality(model: nn.Module, images: torch.Tensor, chunk: int = 32
     return total
 
 
-def gates(model: nn.Module) -> List[torch.Tensor]:
+def gates(model: nn.Module) -> list[torch.Tensor]:
     """sigma(lambda_h) per head for each GPSA block (eq. 6), ignoring any ``gate_override``."""
     return [torch.sigmoid(b.attn.gating_param.detach().float()).cpu() for b in model.gpsa_blocks()]
 
 
-def _pos_weights(layer: GPSA) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pos_weights(layer: GPSA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     w = layer.pos_proj.weight.detach().float().cpu()  # [heads, 3] in r order (dx, dy, d^2)
     return w[:, 0], w[:, 1], w[:, 2]
 
@@ -176,14 +194,16 @@ def positional_spans(layer: GPSA) -> torch.Tensor:
     return 1.0 / v2.abs()
 
 
-def centres_and_spans(model: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def centres_and_spans(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(centres [heads, 2], spans [heads]) for each GPSA block."""
     blocks = model.gpsa_blocks()
     return [positional_centres(b.attn) for b in blocks], [positional_spans(b.attn) for b in blocks]
 
 
 @torch.no_grad()
-def attention_grids(model: nn.Module, image: torch.Tensor, query: Tuple[int, int]) -> List[Dict[str, Optional[torch.Tensor]]]:
+def attention_grids(
+    model: nn.Module, image: torch.Tensor, query: tuple[int, int]
+) -> list[dict[str, Optional[torch.Tensor]]]:
     """What each head of each block attends to from one query patch, as [heads, H, W] grids.
 
     image: [C, H, W] or [1, C, H, W] (already normalised for the model).  query: (row, col) of
@@ -207,19 +227,26 @@ def attention_grids(model: nn.Module, image: torch.Tensor, query: Tuple[int, int
         maps = model.attention_maps(image)
     out = []
     for m in maps:
+
         def row(a: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             if a is None:
                 return None
             if a.ndim == 4:
                 a = a[0]
             return patch_attention(a.float(), n)[:, q].reshape(-1, h, w).cpu()
+
         cls_mass = None
         if m.content.shape[-1] == n + 1:  # MHSA with the class token at index 0
             cls_mass = m.content[0, :, q + 1, 0].float().cpu()
-        out.append({"content": row(m.content), "positional": row(m.positional),
-                    "combined": row(m.combined),
-                    "gate": None if m.gate is None else m.gate.detach().float().cpu(),
-                    "cls_mass": cls_mass})
+        out.append(
+            {
+                "content": row(m.content),
+                "positional": row(m.positional),
+                "combined": row(m.combined),
+                "gate": None if m.gate is None else m.gate.detach().float().cpu(),
+                "cls_mass": cls_mass,
+            }
+        )
     return out
 
 
@@ -227,10 +254,12 @@ def _floats(t: Optional[torch.Tensor]) -> Optional[list]:
     """Tensor -> nested lists of floats, with None for non-finite values (strict JSON)."""
     if t is None:
         return None
+
     def conv(x):
         if isinstance(x, list):
             return [conv(v) for v in x]
         return float(x) if math.isfinite(x) else None
+
     return conv(t.tolist())
 
 

@@ -12,10 +12,12 @@ absolute position embedding can be removed (temporarily zeroed; adding zero is t
 skipping it), which tells how much the model relies on it rather than on GPSA's relative
 positions.  Everything is restored on exit, even after an exception.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -29,8 +31,9 @@ MASK_MODES = {"none": None, "content": 1.0, "positional": 0.0}
 
 
 @contextmanager
-def masked(model: nn.Module, mode: str = "none", k: Optional[int] = None,
-           remove_pos_embed: bool = False) -> Iterator[nn.Module]:
+def masked(
+    model: nn.Module, mode: str = "none", k: Optional[int] = None, remove_pos_embed: bool = False
+) -> Iterator[nn.Module]:
     """Within the block, ``model`` runs with a part of its first k GPSA layers masked.
 
     mode: "none", "content" (keep only positional attention) or "positional" (keep only content
@@ -65,9 +68,15 @@ def masked(model: nn.Module, mode: str = "none", k: Optional[int] = None,
 
 
 @torch.no_grad()
-def evaluate_masked(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, torch.Tensor]],
-                    mode: str = "none", k: Optional[int] = None, remove_pos_embed: bool = False,
-                    device: Optional[torch.device] = None, max_batches: Optional[int] = None) -> float:
+def evaluate_masked(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    mode: str = "none",
+    k: Optional[int] = None,
+    remove_pos_embed: bool = False,
+    device: Optional[torch.device] = None,
+    max_batches: Optional[int] = None,
+) -> float:
     """Top-1 accuracy (percent) of ``model`` on ``loader`` under :func:`masked` (eval mode; the
     model's training mode, gates and position embedding are restored afterwards)."""
     device = device or next(model.parameters()).device
@@ -84,21 +93,45 @@ def evaluate_masked(model: nn.Module, loader: Iterable[Tuple[torch.Tensor, torch
     return 100.0 * correct / total
 
 
-def masking_table(model: nn.Module, loader, ks: Optional[List[int]] = None,
-                  device: Optional[torch.device] = None, max_batches: Optional[int] = None) -> List[dict]:
+def masking_table(
+    model: nn.Module,
+    loader,
+    ks: Optional[list[int]] = None,
+    device: Optional[torch.device] = None,
+    max_batches: Optional[int] = None,
+) -> list[dict]:
     """Top-1 of the unmasked model, then with the content / positional part of the first k GPSA
     blocks masked for each k in ``ks`` (default: every k from 1 to the number of GPSA blocks),
     then without the position embedding.  Rows: {"mode", "k", "remove_pos_embed", "top1"}."""
     n = len(model.gpsa_blocks())
     ks = list(range(1, n + 1)) if ks is None else ks
-    rows = [dict(mode="none", k=0, remove_pos_embed=False,
-                 top1=evaluate_masked(model, loader, device=device, max_batches=max_batches))]
+    rows = [
+        dict(
+            mode="none",
+            k=0,
+            remove_pos_embed=False,
+            top1=evaluate_masked(model, loader, device=device, max_batches=max_batches),
+        )
+    ]
     for mode in ("content", "positional"):
         for k in ks:
-            rows.append(dict(mode=mode, k=k, remove_pos_embed=False,
-                             top1=evaluate_masked(model, loader, mode, k, device=device, max_batches=max_batches)))
+            rows.append(
+                dict(
+                    mode=mode,
+                    k=k,
+                    remove_pos_embed=False,
+                    top1=evaluate_masked(model, loader, mode, k, device=device, max_batches=max_batches),
+                )
+            )
     if getattr(model, "pos_embed", None) is not None:
-        rows.append(dict(mode="none", k=0, remove_pos_embed=True,
-                         top1=evaluate_masked(model, loader, remove_pos_embed=True, device=device,
-                                              max_batches=max_batches)))
+        rows.append(
+            dict(
+                mode="none",
+                k=0,
+                remove_pos_embed=True,
+                top1=evaluate_masked(
+                    model, loader, remove_pos_embed=True, device=device, max_batches=max_batches
+                ),
+            )
+        )
     return rows

@@ -12,9 +12,10 @@ Examples::
 
 Every run gets its own folder ``OUTPUT/<variant>/f<fraction>/seed<k>/``; running the same
 command again skips finished runs and resumes unfinished ones from their ``last.pt``.  Runs go
-through the launchers of :mod:`convit.launch` (as ``convit study``'s): each under its folder's
+through the launchers of :mod:`convit.core.launch` (as ``convit study``'s): each under its folder's
 lock, job logs in ``OUTPUT/logs/``, a Slurm job requeued on preemption resuming its run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,37 +26,69 @@ from pathlib import Path
 
 import yaml
 
+from ..core.launch import add_launcher_arguments, options_from_args
+from ..core.presets import EXPERIMENT_SCALES
 from ..experiments.grids import GRIDS
 from ..experiments.results import write_results
 from ..experiments.runner import load_results, plan_runs, run_status, run_sweep
-from ..launch import add_launcher_arguments, options_from_args
-from ..presets import EXPERIMENT_SCALES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "presets:\n" + "\n".join(f"  {k}: {v.description}" for k, v in EXPERIMENT_SCALES.items())
     p.add_argument("grid", choices=list(GRIDS), help="which comparison of the paper to run")
-    p.add_argument("--preset", choices=list(EXPERIMENT_SCALES), default="digits-cpu",
-                   help="data, model size, recipe and default fractions/seeds (default: digits-cpu)")
+    p.add_argument(
+        "--preset",
+        choices=list(EXPERIMENT_SCALES),
+        default="digits-cpu",
+        help="data, model size, recipe and default fractions/seeds (default: digits-cpu)",
+    )
     p.add_argument("--output", metavar="DIR", help="sweep folder (default: runs/experiments/<grid>-<preset>)")
     p.add_argument("--seeds", type=int, metavar="N", help="number of seeds, 0..N-1 (default: the preset's)")
-    p.add_argument("--fractions", type=float, nargs="+", metavar="F",
-                   help="per-class fractions of the training split (default: the preset's)")
-    p.add_argument("--epochs", type=float, metavar="E",
-                   help="epochs at fraction 1; a fraction f runs round(E / f) epochs (default: the preset's)")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        metavar="F",
+        help="per-class fractions of the training split (default: the preset's)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=float,
+        metavar="E",
+        help="epochs at fraction 1; a fraction f runs round(E / f) epochs (default: the preset's)",
+    )
     p.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants of the grid")
     p.add_argument("--data-path", metavar="PATH", help="dataset folder or file (see `convit train --help`)")
-    p.add_argument("--set", dest="train_set", nargs="+", metavar="KEY=VALUE", default=[],
-                   help="TrainConfig fields for every run, e.g. lr=1e-3 device=cuda compile=true")
-    p.add_argument("--model-set", nargs="+", metavar="KEY=VALUE", default=[],
-                   help="ConViTConfig fields for every run's model, e.g. embed_dim=64")
+    p.add_argument(
+        "--set",
+        dest="train_set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="TrainConfig fields for every run, e.g. lr=1e-3 device=cuda compile=true",
+    )
+    p.add_argument(
+        "--model-set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="ConViTConfig fields for every run's model, e.g. embed_dim=64",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
-    p.add_argument("--table-only", action="store_true",
-                   help="do not train: rebuild the tables and figure from the finished runs in --output")
-    p.add_argument("--verbose", action="store_true", help="show each run's training output (else in train.log)")
-    add_launcher_arguments(p, jobs_help="runs trained at once: local processes or Slurm array tasks (give each one "
-                           "thread: --set threads=1)")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="do not train: rebuild the tables and figure from the finished runs in --output",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show each run's training output (else in train.log)"
+    )
+    add_launcher_arguments(
+        p,
+        jobs_help="runs trained at once: local processes or Slurm array tasks (give each one "
+        "thread: --set threads=1)",
+    )
 
 
 def _kv(items) -> dict:
@@ -82,25 +115,49 @@ def run(args: argparse.Namespace) -> int:
     train_over = _kv(args.train_set)
     if args.data_path:
         train_over["data_path"] = args.data_path
-    specs = plan_runs(args.grid, args.preset, output, fractions=args.fractions, seeds=args.seeds,
-                      base_epochs=args.epochs, variants=args.variants, train_overrides=train_over,
-                      model_overrides=_kv(args.model_set))
+    specs = plan_runs(
+        args.grid,
+        args.preset,
+        output,
+        fractions=args.fractions,
+        seeds=args.seeds,
+        base_epochs=args.epochs,
+        variants=args.variants,
+        train_overrides=train_over,
+        model_overrides=_kv(args.model_set),
+    )
     if args.dry_run:
         for s in specs:
-            print(f"{s.key:34s} {run_status(s):8s} {s.overrides['model']:14s} epochs {s.overrides['epochs']:5d}  "
-                  f"{json.dumps(s.variant.model_kwargs) if s.variant.model_kwargs else ''}")
+            print(
+                f"{s.key:34s} {run_status(s):8s} {s.overrides['model']:14s} epochs {s.overrides['epochs']:5d}  "
+                f"{json.dumps(s.variant.model_kwargs) if s.variant.model_kwargs else ''}"
+            )
         m = specs[0].overrides if specs else {}
-        print(f"{len(specs)} runs into {output}; architecture of the first: {json.dumps(m.get('model_kwargs'))}")
+        print(
+            f"{len(specs)} runs into {output}; architecture of the first: {json.dumps(m.get('model_kwargs'))}"
+        )
         return 0
-    meta = {"grid": args.grid, "preset": args.preset, "command": "convit " + " ".join(sys.argv[1:]),
-            "fractions": sorted({s.fraction for s in specs}), "seeds": sorted({s.seed for s in specs}),
-            "variants": list(dict.fromkeys(s.variant.name for s in specs)),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {
+        "grid": args.grid,
+        "preset": args.preset,
+        "command": "convit " + " ".join(sys.argv[1:]),
+        "fractions": sorted({s.fraction for s in specs}),
+        "seeds": sorted({s.seed for s in specs}),
+        "variants": list(dict.fromkeys(s.variant.name for s in specs)),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     options = options_from_args(args)
-    print(f"{args.grid} at {args.preset}: {len(specs)} runs into {output} ({args.launcher} launcher)", flush=True)
+    print(
+        f"{args.grid} at {args.preset}: {len(specs)} runs into {output} ({args.launcher} launcher)",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    run_sweep(specs, output, say=lambda s: print(s, flush=True), quiet=not args.verbose, meta=meta, options=options)
+    run_sweep(
+        specs, output, say=lambda s: print(s, flush=True), quiet=not args.verbose, meta=meta, options=options
+    )
     print((output / "results.md").read_text())
-    print(f"sweep finished in {time.perf_counter() - t0:.0f} s; tables: {output / 'results.md'}, "
-          f"{output / 'results.csv'}")
+    print(
+        f"sweep finished in {time.perf_counter() - t0:.0f} s; tables: {output / 'results.md'}, "
+        f"{output / 'results.csv'}"
+    )
     return 0

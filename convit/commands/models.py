@@ -1,17 +1,18 @@
 """``convit models``: the zoo as a table (parameters, FLOPs at the native resolution, GPSA layers)."""
+
 from __future__ import annotations
 
 import argparse
 
-from ..model import ConViTConfig
-from ..zoo import list_models, model_spec
+from ..nn.model import ConViTConfig
+from ..weights.zoo import list_models, model_spec
 
 
 def count_params_cfg(cfg: ConViTConfig) -> int:
     """Parameter count from the config alone (no weights are allocated)."""
     d, L, n = cfg.embed_dim, cfg.depth, cfg.grid[0] * cfg.grid[1]
     hidden = int(d * cfg.mlp_ratio)
-    embed = cfg.in_chans * cfg.patch_size ** 2 * d + d + d  # conv + bias + cls token
+    embed = cfg.in_chans * cfg.patch_size**2 * d + d + d  # conv + bias + cls token
     embed += (n + (cfg.local_up_to_layer == 0)) * d if cfg.use_pos_embed else 0
     mlp = d * hidden + hidden + hidden * d + d
     norms = 4 * d
@@ -36,7 +37,7 @@ def flops(cfg: ConViTConfig) -> int:
     """
     d, n = cfg.embed_dim, cfg.grid[0] * cfg.grid[1]
     hidden = int(d * cfg.mlp_ratio)
-    total = n * cfg.in_chans * cfg.patch_size ** 2 * d
+    total = n * cfg.in_chans * cfg.patch_size**2 * d
     for i in range(cfg.depth):
         gpsa = i < cfg.local_up_to_layer
         t = n if gpsa else n + 1
@@ -56,9 +57,18 @@ def run(args: argparse.Namespace) -> int:
         cfg = ConViTConfig(**spec.config)
         pre = spec.pretrained
         weights = "official+timm" if pre and pre.url else ("timm" if pre and pre.hf_hub_id else "-")
-        rows.append((name, f"{count_params_cfg(cfg) / 1e6:.2f}M", f"{flops(cfg) / 1e9:.2f}G",
-                     f"{cfg.local_up_to_layer}/{cfg.depth}", f"{cfg.num_heads}x{cfg.embed_dim // cfg.num_heads}",
-                     f"{cfg.img_size[0]}", weights, spec.description))
+        rows.append(
+            (
+                name,
+                f"{count_params_cfg(cfg) / 1e6:.2f}M",
+                f"{flops(cfg) / 1e9:.2f}G",
+                f"{cfg.local_up_to_layer}/{cfg.depth}",
+                f"{cfg.num_heads}x{cfg.embed_dim // cfg.num_heads}",
+                f"{cfg.img_size[0]}",
+                weights,
+                spec.description,
+            )
+        )
     header = ("model", "params", "GMACs", "GPSA", "heads", "res", "weights", "description")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:

@@ -11,6 +11,7 @@ Examples::
 
 Running the same command again skips finished runs and resumes unfinished ones.  See docs/study.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from ..launch import add_launcher_arguments, options_from_args, parse_duration
+from ..core.launch import add_launcher_arguments, options_from_args, parse_duration
 from ..study import describe_plan, finish_study, plan_study, run_study
 from ..study.driver import timeout_minutes
 from ..study.plan import plan_request
@@ -39,16 +40,27 @@ def _process_start() -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__.split("Examples::", 1)[1]
-    p.add_argument("data", nargs="?", metavar="DATA",
-                   help="image folder (DATA/train/<class>/ with optional DATA/val/ or DATA/test/, or DATA/<class>/) "
-                        "or digits, cifar10, fashion-mnist; with --plan: the data folder, if it moved")
-    p.add_argument("--budget", type=parse_duration, default=30 * 60.0, metavar="TIME",
-                   help="wall time for the whole study, e.g. 30m, 2h (default 30m)")
+    p.add_argument(
+        "data",
+        nargs="?",
+        metavar="DATA",
+        help="image folder (DATA/train/<class>/ with optional DATA/val/ or DATA/test/, or DATA/<class>/) "
+        "or digits, cifar10, fashion-mnist; with --plan: the data folder, if it moved",
+    )
+    p.add_argument(
+        "--budget",
+        type=parse_duration,
+        default=30 * 60.0,
+        metavar="TIME",
+        help="wall time for the whole study, e.g. 30m, 2h (default 30m)",
+    )
     p.add_argument("--output", metavar="DIR", help="study folder (default runs/study-<data name>)")
     p.add_argument("--plan", metavar="PLAN", help="run this plan.json exactly instead of planning")
     p.add_argument("--overwrite", action="store_true", help="replace another study in --output")
     p.add_argument("--seeds", type=int, default=2, help="seeds per size (default 2; the interval needs >= 2)")
-    p.add_argument("--sizes", type=int, nargs="+", metavar="N", help="images per class to compare (default: planned)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", metavar="N", help="images per class to compare (default: planned)"
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     p.add_argument("--data-path", metavar="PATH", help="where a built-in dataset's files are")
     p.add_argument("--dry-run", action="store_true", help="write and print the plan, run nothing")
@@ -66,11 +78,28 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.data).name if args.data else Path(args.plan).resolve().parent.name
     study = Path(args.output or f"runs/study-{name}")
     options = options_from_args(args)
-    request = None if args.plan else plan_request(str(Path(args.data).resolve()) if Path(args.data).is_dir()
-                                                  else args.data, args.budget, args.seeds, args.jobs, args.sizes,
-                                                  args.threads, args.data_path)
-    plan = plan_study(study, request, plan_file=args.plan, data_root=args.data if args.plan else None,
-                      overwrite=args.overwrite, t_start=t_start, say=lambda s: print(s, flush=True))
+    request = (
+        None
+        if args.plan
+        else plan_request(
+            str(Path(args.data).resolve()) if Path(args.data).is_dir() else args.data,
+            args.budget,
+            args.seeds,
+            args.jobs,
+            args.sizes,
+            args.threads,
+            args.data_path,
+        )
+    )
+    plan = plan_study(
+        study,
+        request,
+        plan_file=args.plan,
+        data_root=args.data if args.plan else None,
+        overwrite=args.overwrite,
+        t_start=t_start,
+        say=lambda s: print(s, flush=True),
+    )
     print(describe_plan(plan), flush=True)
     if args.dry_run:
         print(f"wrote {study / 'plan.json'}")
@@ -79,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     options.cpus_per_task = options.cpus_per_task or plan["threads"]
     records, failed = run_study(study, plan, options, say=lambda s: print(s, flush=True))
     verdict = finish_study(study, plan, records)
-    print(f"results: {study / 'results.csv'}; report: {study / 'report.html'} "
-          f"({time.perf_counter() - t_start:.0f} s in all)")
+    print(
+        f"results: {study / 'results.csv'}; report: {study / 'report.html'} "
+        f"({time.perf_counter() - t_start:.0f} s in all)"
+    )
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{n} (log: {o.log})" for n, o in failed.items()))
     print(verdict)

@@ -1,6 +1,6 @@
 """``convit train``: train a model with the DeiT recipe (no arguments: the digits main job).
 
-Every field of :class:`convit.config.TrainConfig` is a flag; ``--config FILE`` (YAML/TOML)
+Every field of :class:`convit.training.config.TrainConfig` is a flag; ``--config FILE`` (YAML/TOML)
 sets many at once and flags override it.  Under ``torchrun`` it trains with DDP::
 
     torchrun --standalone --nproc_per_node=2 -m convit.cli train --dataset cifar10
@@ -9,36 +9,55 @@ On Slurm, one DDP job over several nodes (submitit exports torchrun's variables 
 
     convit train --dataset cifar10 --launcher slurm --nodes 2 --gpus-per-node 4
 
-This is where the trainer meets the analysis: :func:`convit.train.fit` is given the hooks of
+This is where the trainer meets the analysis: :func:`convit.training.fit.fit` is given the hooks of
 :func:`convit.analysis.training_hooks` (per-epoch locality in the log, the report at the end).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 from ..analysis import training_hooks
-from ..config import TrainConfig, add_config_arguments, config_from_args, given_fields, load_config_file
-from ..engine import NonFiniteLossError
-from ..fileio import CheckpointSaveError
-from ..launch import add_launcher_arguments, options_from_args, submit_distributed
-from ..runs import read_resume, resolve_output
-from ..train import fit
+from ..core.fileio import CheckpointSaveError
+from ..core.launch import add_launcher_arguments, options_from_args, submit_distributed
+from ..training.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    given_fields,
+    load_config_file,
+)
+from ..training.engine import NonFiniteLossError
+from ..training.fit import fit
+from ..training.run_folder import read_resume, resolve_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("Precedence: defaults < preset (--preset, else chosen by --dataset) < --config file < flags. "
-                "The effective config is saved as <output>/config.yaml.")
+    p.epilog = (
+        "Precedence: defaults < preset (--preset, else chosen by --dataset) < --config file < flags. "
+        "The effective config is saved as <output>/config.yaml."
+    )
     add_config_arguments(p)
-    g = add_launcher_arguments(p, jobs_help=None, cpus_default="--threads, else Slurm's", launchers=("serial", "slurm"))
+    g = add_launcher_arguments(
+        p, jobs_help=None, cpus_default="--threads, else Slurm's", launchers=("serial", "slurm")
+    )
     g.add_argument("--nodes", type=int, default=1, help="Slurm: nodes of the one DDP job (default 1)")
-    g.add_argument("--tasks-per-node", type=int, metavar="T",
-                   help="Slurm: processes per node, one per GPU (default: --gpus-per-node, else 1)")
-    g.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                   help="Slurm: wait for the job and print its summary (default); --no-wait returns at submit")
+    g.add_argument(
+        "--tasks-per-node",
+        type=int,
+        metavar="T",
+        help="Slurm: processes per node, one per GPU (default: --gpus-per-node, else 1)",
+    )
+    g.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Slurm: wait for the job and print its summary (default); --no-wait returns at submit",
+    )
 
 
 def _config(args: argparse.Namespace) -> tuple:
@@ -53,15 +72,19 @@ def _config(args: argparse.Namespace) -> tuple:
     return config_from_args(args), None
 
 
-def train_job(settings: Dict[str, Any]) -> Dict[str, Any]:
+def train_job(settings: dict[str, Any]) -> dict[str, Any]:
     """One task of a Slurm training job (module level: submitit pickles it).  A requeued job
     (``SLURM_RESTART_COUNT`` > 0) or a folder with a last.pt continues from it."""
     folder = Path(settings["output"])
     if (folder / "last.pt").is_file() or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
-        cfg, state = read_resume(str(folder), {k: v for k, v in settings.items() if k not in ("resume", "overwrite")})
+        cfg, state = read_resume(
+            str(folder), {k: v for k, v in settings.items() if k not in ("resume", "overwrite")}
+        )
         if os.environ.get("RANK", "0") == "0":
-            print(f"resuming the run in {folder} (Slurm restart {os.environ.get('SLURM_RESTART_COUNT', '0')})",
-                  flush=True)
+            print(
+                f"resuming the run in {folder} (Slurm restart {os.environ.get('SLURM_RESTART_COUNT', '0')})",
+                flush=True,
+            )
     else:
         cfg, state = TrainConfig(**settings).validate(), None
     return fit(cfg, resume_state=state, **training_hooks())
@@ -75,9 +98,14 @@ def _submit(args: argparse.Namespace, cfg: TrainConfig) -> int:
         options.cpus_per_task = cfg.threads
     # the job resumes from its folder's last.pt itself (a --resume given now, or a requeue)
     settings = dict(cfg.to_dict(), output=str(resolve_output(cfg).resolve()), resume=None)
-    job = submit_distributed(train_job, (settings,), options, args.nodes, tasks, Path(settings["output"]) / "slurm")
-    print(f"submitted Slurm job {job.job_id}: {args.nodes} node(s) x {tasks} task(s); "
-          f"log: {job.paths.stdout} (errors: {job.paths.stderr})", flush=True)
+    job = submit_distributed(
+        train_job, (settings,), options, args.nodes, tasks, Path(settings["output"]) / "slurm"
+    )
+    print(
+        f"submitted Slurm job {job.job_id}: {args.nodes} node(s) x {tasks} task(s); "
+        f"log: {job.paths.stdout} (errors: {job.paths.stderr})",
+        flush=True,
+    )
     if not args.wait:
         return 0
     summary = job.results()[0]
@@ -98,7 +126,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"convit train: error: {e.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("convit train: interrupted; continue with `convit train --resume RUN_FOLDER` "
-              "(the folder holding last.pt)", file=sys.stderr)
+        print(
+            "convit train: interrupted; continue with `convit train --resume RUN_FOLDER` "
+            "(the folder holding last.pt)",
+            file=sys.stderr,
+        )
         return 130
     return 0

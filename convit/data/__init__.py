@@ -49,13 +49,24 @@ The modules, from the bottom up (none imports the trainer, the analysis or the e
 * :mod:`.device` -- whole splits held and augmented on the accelerator
   (:class:`DeviceImages`, :class:`TrainBatches`, :class:`EvalBatches`, :func:`device_splits`).
 """
+
 from __future__ import annotations
 
 from .build import DATASETS, DataBundle, build_data
 from .cifar import load_cifar10_npz
-from .datasets import (ImageFileDataset, TensorImageDataset, UnreadableSample, WorkerImageReadError, add_skipped,
-                       collate_skipping, collate_skipping_even, load_image, pixel_limit, read_skipped,
-                       set_max_image_pixels)
+from .datasets import (
+    ImageFileDataset,
+    TensorImageDataset,
+    UnreadableSample,
+    WorkerImageReadError,
+    add_skipped,
+    collate_skipping,
+    collate_skipping_even,
+    load_image,
+    pixel_limit,
+    read_skipped,
+    set_max_image_pixels,
+)
 from .device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .imagefolder import IMG_EXTENSIONS
 from .reader import ImageReadError, probe_image, read_image
@@ -64,11 +75,33 @@ from .splits import subsample_per_class
 from .transforms import AUGMENTS, eval_input_size, eval_transform, train_transform
 
 __all__ = [
-    "DATASETS", "AUGMENTS", "DataBundle", "build_data", "subsample_per_class",
-    "train_transform", "eval_transform", "load_image", "load_cifar10_npz", "cache_dir",
-    "TensorImageDataset", "ImageFileDataset", "IMG_EXTENSIONS", "read_image", "probe_image",
-    "ImageReadError", "UnreadableSample", "WorkerImageReadError", "collate_skipping", "collate_skipping_even",
-    "read_skipped", "add_skipped", "set_max_image_pixels", "pixel_limit",
+    "DATASETS",
+    "AUGMENTS",
+    "DataBundle",
+    "build_data",
+    "subsample_per_class",
+    "train_transform",
+    "eval_transform",
+    "load_image",
+    "load_cifar10_npz",
+    "cache_dir",
+    "TensorImageDataset",
+    "ImageFileDataset",
+    "IMG_EXTENSIONS",
+    "read_image",
+    "probe_image",
+    "ImageReadError",
+    "UnreadableSample",
+    "WorkerImageReadError",
+    "collate_skipping",
+    "collate_skipping_even",
+    "read_skipped",
+    "add_skipped",
+    "set_max_image_pixels",
+    "pixel_limit",
     "eval_input_size",
-    "DeviceImages", "TrainBatches", "EvalBatches", "device_splits",
+    "DeviceImages",
+    "TrainBatches",
+    "EvalBatches",
+    "device_splits",
 ]

@@ -10,11 +10,13 @@ coin, as torchvision draws them) and the same float operations, so a batch equal
 per-image results bit for bit (``tests/test_batched_transforms.py``) and a run's numbers do not
 change.  Any other step (resize, RandAugment, ...) returns None: the per-image path stays.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,13 @@ BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 def _crop_ok(t: v2.RandomCrop) -> bool:
     """A crop this module reproduces: fixed zero padding on every side, no pad-if-needed."""
     p = t.padding
-    return (p is not None and len(set(p)) == 1 and t.padding_mode == "constant" and not t.pad_if_needed
-            and all(v == 0 for v in t._fill.values()))
+    return (
+        p is not None
+        and len(set(p)) == 1
+        and t.padding_mode == "constant"
+        and not t.pad_if_needed
+        and all(v == 0 for v in t._fill.values())
+    )
 
 
 def _known(step: Callable) -> bool:
@@ -39,7 +46,7 @@ def _known(step: Callable) -> bool:
     return isinstance(step, (v2.RandomHorizontalFlip, v2.Normalize))
 
 
-def _draws(steps: List[Callable], count: int, h: int, w: int) -> List[Optional[torch.Tensor]]:
+def _draws(steps: list[Callable], count: int, h: int, w: int) -> list[Optional[torch.Tensor]]:
     """Every step's random draws for ``count`` images, image by image in pipeline order (as the
     per-image path makes them): per crop a [count, 2] (top, left), per flip a [count] coin
     ``torch.rand(1) < p``; None for a step that draws nothing."""
@@ -47,8 +54,12 @@ def _draws(steps: List[Callable], count: int, h: int, w: int) -> List[Optional[t
     for step in steps:
         if isinstance(step, v2.RandomCrop):
             pad, (ch, cw) = step.padding[0], step.size
-            bounds.append((h + 2 * pad - ch + 1 if h + 2 * pad > ch else 0,
-                           w + 2 * pad - cw + 1 if w + 2 * pad > cw else 0))
+            bounds.append(
+                (
+                    h + 2 * pad - ch + 1 if h + 2 * pad > ch else 0,
+                    w + 2 * pad - cw + 1 if w + 2 * pad > cw else 0,
+                )
+            )
             h, w = ch, cw
         else:
             bounds.append(None)
@@ -60,14 +71,18 @@ def _draws(steps: List[Callable], count: int, h: int, w: int) -> List[Optional[t
         # row-major order (image, crop, top/left) is the per-image order, draws the same stream
         flat = torch.randint(0, ns.pop(), (count, len(crops), 2))
         return [flat[:, crops.index(k)] if k in crops else None for k in range(len(steps))]
-    values: List[list] = [[] for _ in steps]
+    values: list[list] = [[] for _ in steps]
     randint, rand = torch.randint, torch.rand
     for _ in range(count):
         for k, step in enumerate(steps):
             if bounds[k] is not None:
                 top_n, left_n = bounds[k]
-                values[k].append((int(randint(0, top_n, size=())) if top_n else 0,
-                                  int(randint(0, left_n, size=())) if left_n else 0))
+                values[k].append(
+                    (
+                        int(randint(0, top_n, size=())) if top_n else 0,
+                        int(randint(0, left_n, size=())) if left_n else 0,
+                    )
+                )
             elif isinstance(step, v2.RandomHorizontalFlip):
                 values[k].append(bool(rand(1) < step.p))
     return [torch.tensor(v) if _draws_for(step) else None for step, v in zip(steps, values)]
@@ -77,18 +92,19 @@ def _draws_for(step: Callable) -> bool:
     return isinstance(step, (v2.RandomCrop, v2.RandomHorizontalFlip))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vector_randint_is_serial() -> bool:
     """Whether ``torch.randint(0, n, (k,))`` draws what k calls ``torch.randint(0, n, ())`` draw
     and leaves the generator where they leave it (it does on CPU: one draw per element, in
     order); checked once on a private generator, so another torch falls back to the loop."""
     a, b = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
     loop = torch.stack([torch.randint(0, 3, (), generator=a) for _ in range(97)])
-    return torch.equal(loop, torch.randint(0, 3, (97,), generator=b)) and \
-        torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    return torch.equal(loop, torch.randint(0, 3, (97,), generator=b)) and torch.equal(
+        torch.rand(4, generator=a), torch.rand(4, generator=b)
+    )
 
 
-def _crop(x: torch.Tensor, pad: int, size: List[int], corners: torch.Tensor) -> torch.Tensor:
+def _crop(x: torch.Tensor, pad: int, size: list[int], corners: torch.Tensor) -> torch.Tensor:
     """Zero-pad then cut each image at its (top, left): one gather for the batch, over each
     padded image's flattened pixels (fewer index tensors than indexing rows and columns)."""
     x = F.pad(x, (pad,) * 4)  # (B, C, H+2p, W+2p)
@@ -100,7 +116,7 @@ def _crop(x: torch.Tensor, pad: int, size: List[int], corners: torch.Tensor) -> 
 
 
 @functools.lru_cache(maxsize=16)
-def _window(wp: int, ch: int, cw: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _window(wp: int, ch: int, cw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The flat positions of a ch x cw crop at (0, 0) of rows wp wide, and the (row, column)
     strides of those rows; made once per shape (a few tensor ops fewer per batch: at 8x8
     images, each op costs as much as the arithmetic).  Read only."""
@@ -115,8 +131,11 @@ def batched(transform: Callable) -> Optional[BatchTransform]:
         return None
 
     # Normalize's mean and std as the float32 images' [1, C, 1, 1], made once
-    stats = {k: tuple(torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (t.mean, t.std))
-             for k, t in enumerate(steps) if isinstance(t, v2.Normalize)}
+    stats = {
+        k: tuple(torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (t.mean, t.std))
+        for k, t in enumerate(steps)
+        if isinstance(t, v2.Normalize)
+    }
 
     def apply(images: torch.Tensor) -> torch.Tensor:
         draws = _draws(steps, len(images), images.shape[-2], images.shape[-1])
@@ -155,8 +174,14 @@ class SampledBatches:
     sampler: any iterable of positions with a length (shuffling samplers are set per epoch by
     their owner, as for a DataLoader)."""
 
-    def __init__(self, dataset: Any, batch_size: int, sampler: Iterable[int], drop_last: bool = False,
-                 even: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        sampler: Iterable[int],
+        drop_last: bool = False,
+        even: bool = False,
+    ) -> None:
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.drop_last, self.even = drop_last, even
 
@@ -164,10 +189,10 @@ class SampledBatches:
         n = len(self.sampler)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            images, labels = self.dataset.batch(order[start:start + self.batch_size])
+            images, labels = self.dataset.batch(order[start : start + self.batch_size])
             if self.even:  # mixup pairs images: an odd batch loses its last once made (its draws taken)
                 keep = len(labels) - len(labels) % 2
                 images, labels = images[:keep], labels[:keep]

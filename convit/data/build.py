@@ -5,10 +5,11 @@ seeded validation hold-out *before* subsampling (so it is the same for every
 ``sampling_ratio``); then ``round(sampling_ratio * n_c)`` images (at least one) of each class of
 what is left. The test set is always the dataset's own test split.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from .transforms import AUGMENTS, eval_input_size, eval_transform, tensor_eval_t
 
 __all__ = ["DATASETS", "DataBundle", "build_data"]
 
-DATASETS: Tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
 
 @dataclass
@@ -42,16 +43,16 @@ class DataBundle:
     train: Dataset
     val: Optional[Dataset]
     test: Dataset
-    class_names: List[str]
+    class_names: list[str]
     in_chans: int
     img_size: int
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     train_labels: np.ndarray
     name: str = ""
     native_size: Optional[int] = None
     augment: str = "none"
-    skipped: List[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -68,8 +69,15 @@ def _load_source(name: str, data_path: Optional[str], download: bool) -> Source:
     return load_imagefolder(data_path)
 
 
-def _make_dataset(src: Source, images: Union[torch.Tensor, List[str]], labels: np.ndarray,
-                  indices: np.ndarray, transform: Callable, wants_pil: bool, **files) -> Dataset:
+def _make_dataset(
+    src: Source,
+    images: Union[torch.Tensor, list[str]],
+    labels: np.ndarray,
+    indices: np.ndarray,
+    transform: Callable,
+    wants_pil: bool,
+    **files,
+) -> Dataset:
     """The view ``indices`` of one split: in memory for tensors, read from disk for paths
     (``files``: :class:`ImageFileDataset`'s options)."""
     if isinstance(images, torch.Tensor):
@@ -83,12 +91,15 @@ def _refuse_skipped(src: Source) -> None:
     skipped = {**src.train_skipped, **src.test_skipped}
     if skipped:
         listed = "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:20])
-        raise ValueError(f"{len(skipped)} image file(s) cannot be read and reading is strict: {listed}"
-                         + (f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""))
+        raise ValueError(
+            f"{len(skipped)} image file(s) cannot be read and reading is strict: {listed}"
+            + (f"; and {len(skipped) - 20} more" if len(skipped) > 20 else "")
+        )
 
 
-def _check_arguments(name: str, sampling_ratio: float, val_fraction: float, augment: str,
-                     img_size: Optional[int]) -> None:
+def _check_arguments(
+    name: str, sampling_ratio: float, val_fraction: float, augment: str, img_size: Optional[int]
+) -> None:
     """Reject bad arguments before anything is loaded, naming the accepted values."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -101,10 +112,17 @@ def _check_arguments(name: str, sampling_ratio: float, val_fraction: float, augm
         raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
 
 
-def build_data(name: str = "digits", data_path: Optional[str] = None,
-               img_size: Optional[int] = None, sampling_ratio: float = 1.0, seed: int = 0,
-               val_fraction: float = 0.0, augment: str = "auto", download: bool = False,
-               strict: bool = False) -> DataBundle:
+def build_data(
+    name: str = "digits",
+    data_path: Optional[str] = None,
+    img_size: Optional[int] = None,
+    sampling_ratio: float = 1.0,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    augment: str = "auto",
+    download: bool = False,
+    strict: bool = False,
+) -> DataBundle:
     """Load dataset ``name`` and return its train / val / test splits, transformed.
 
     ``val`` is a per-class ``val_fraction`` of the train split chosen with ``seed`` before
@@ -129,8 +147,9 @@ def build_data(name: str = "digits", data_path: Optional[str] = None,
     pool, val_idx = holdout_per_class(src.train_labels, float(val_fraction), seed)
     train_idx = pool[subsample_per_class(src.train_labels[pool], sampling_ratio, seed)]
 
-    t_train, wants_pil = train_transform(aug, size, src.mean, src.std, src.in_chans,
-                                         src.native_size, src.hflip)
+    t_train, wants_pil = train_transform(
+        aug, size, src.mean, src.std, src.in_chans, src.native_size, src.hflip
+    )
     if src.native_size is not None:
         t_eval = tensor_eval_transform(size, src.native_size, src.mean, src.std)
     else:
@@ -138,14 +157,43 @@ def build_data(name: str = "digits", data_path: Optional[str] = None,
 
     reading = dict(strict=strict)
     evaluating = dict(reading, target_size=eval_input_size(size, src.native_size))
-    train = _make_dataset(src, src.train_images, src.train_labels, train_idx, t_train, wants_pil,
-                          rejected=src.train_skipped, **reading)
-    val = (_make_dataset(src, src.train_images, src.train_labels, val_idx, t_eval, False, **evaluating)
-           if val_fraction > 0 else None)
-    test = _make_dataset(src, src.test_images, src.test_labels,
-                         np.arange(len(src.test_labels)), t_eval, False, rejected=src.test_skipped, **evaluating)
-    return DataBundle(train=train, val=val, test=test, class_names=list(src.class_names),
-                      in_chans=src.in_chans, img_size=size, mean=tuple(src.mean),
-                      std=tuple(src.std), train_labels=src.train_labels[train_idx].copy(),
-                      name=name, native_size=src.native_size, augment=aug,
-                      skipped=list(src.skipped))
+    train = _make_dataset(
+        src,
+        src.train_images,
+        src.train_labels,
+        train_idx,
+        t_train,
+        wants_pil,
+        rejected=src.train_skipped,
+        **reading,
+    )
+    val = (
+        _make_dataset(src, src.train_images, src.train_labels, val_idx, t_eval, False, **evaluating)
+        if val_fraction > 0
+        else None
+    )
+    test = _make_dataset(
+        src,
+        src.test_images,
+        src.test_labels,
+        np.arange(len(src.test_labels)),
+        t_eval,
+        False,
+        rejected=src.test_skipped,
+        **evaluating,
+    )
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        class_names=list(src.class_names),
+        in_chans=src.in_chans,
+        img_size=size,
+        mean=tuple(src.mean),
+        std=tuple(src.std),
+        train_labels=src.train_labels[train_idx].copy(),
+        name=name,
+        native_size=src.native_size,
+        augment=aug,
+        skipped=list(src.skipped),
+    )

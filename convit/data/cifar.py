@@ -4,20 +4,21 @@ file (``cifar10_jpeg.npz``) decoded once and then cached.
 The npz holds ``{train,test}_bytes`` (the JPEGs concatenated), ``{train,test}_offsets``
 (image ``i`` is ``bytes[off[i]:off[i + 1]]``), ``{train,test}_labels`` and ``classes``.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from ..fileio import atomic_save
+from ..core.fileio import atomic_save
 from .sources import Source, cache_dir, nhwc_to_tensor
 
 try:  # deprecated in torchvision 0.29; Pillow decodes the same pixels when it is gone
@@ -33,7 +34,7 @@ _CIFAR10_NPZ = "cifar10_jpeg.npz"
 _CIFAR10_SHARED = os.path.join("..", "shared", "data", _CIFAR10_NPZ)  # relative to the cwd
 
 #: The arrays of a decoded CIFAR-10: ``(train_x, train_y, test_x, test_y, classes)``.
-Cifar10Arrays = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, List[str]]
+Cifar10Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]
 
 
 def _decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -50,14 +51,15 @@ def _decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
             flat = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
             with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs
                 warnings.simplefilter("ignore", DeprecationWarning)
-                images = decode_jpeg([flat[offsets[i]:offsets[i + 1]] for i in range(n)],
-                                     mode=ImageReadMode.RGB)
+                images = decode_jpeg(
+                    [flat[offsets[i] : offsets[i + 1]] for i in range(n)], mode=ImageReadMode.RGB
+                )
             return torch.stack(images).permute(0, 2, 3, 1).contiguous().numpy()
         except (RuntimeError, ValueError, AttributeError):
             pass
     out = None
     for i in range(n):
-        with Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())) as im:
+        with Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]].tobytes())) as im:
             arr = np.asarray(im.convert("RGB"))
         if out is None:
             out = np.empty((n, *arr.shape), dtype=np.uint8)
@@ -71,8 +73,7 @@ def _read_cache(cached: Path) -> Optional[Cifar10Arrays]:
         return None
     try:
         with np.load(cached) as z:
-            return (z["train_x"], z["train_y"], z["test_x"], z["test_y"],
-                    [str(c) for c in z["classes"]])
+            return (z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]])
     except (OSError, ValueError, KeyError) as e:
         warnings.warn(f"ignoring unreadable cache {cached}: {e}")
         return None
@@ -86,16 +87,23 @@ def _write_cache(arrays: Cifar10Arrays, cached: Path) -> None:
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                         classes=np.array(classes))
+                np.savez(
+                    f,
+                    train_x=train_x,
+                    train_y=train_y,
+                    test_x=test_x,
+                    test_y=test_y,
+                    classes=np.array(classes),
+                )
 
         atomic_save(write, cached, "CIFAR-10 cache")
     except OSError as e:
         warnings.warn(f"could not cache decoded CIFAR-10 in {cached.parent}: {e}")
 
 
-def load_cifar10_npz(path: Union[str, os.PathLike], cache: Optional[Union[str, os.PathLike]] = None
-                     ) -> Cifar10Arrays:
+def load_cifar10_npz(
+    path: Union[str, os.PathLike], cache: Optional[Union[str, os.PathLike]] = None
+) -> Cifar10Arrays:
     """Load the packed-JPEG CIFAR-10 file: ``(train_x, train_y, test_x, test_y, classes)``.
 
     ``*_x`` are uint8 [N, 32, 32, 3], ``*_y`` int64. Decoding 60k JPEGs takes ~10 s, so the
@@ -124,7 +132,7 @@ def load_cifar10_npz(path: Union[str, os.PathLike], cache: Optional[Union[str, o
     return train_x, train_y, test_x, test_y, classes
 
 
-def _find_cifar(name: str, data_path: Optional[str]) -> Tuple[Optional[Tuple[str, Path]], List[str]]:
+def _find_cifar(name: str, data_path: Optional[str]) -> tuple[Optional[tuple[str, Path]], list[str]]:
     """Locate CIFAR data: ``("npz", file)`` or ``("torchvision", root)``, plus places tried."""
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     tried = []
@@ -147,21 +155,24 @@ def _find_cifar(name: str, data_path: Optional[str]) -> Tuple[Optional[Tuple[str
     return None, tried
 
 
-def _load_pickles(name: str, where: Optional[Tuple[str, Path]], tried: List[str],
-                  data_path: Optional[str], download: bool
-                  ) -> Tuple[np.ndarray, List[int], np.ndarray, List[int], List[str]]:
+def _load_pickles(
+    name: str, where: Optional[tuple[str, Path]], tried: list[str], data_path: Optional[str], download: bool
+) -> tuple[np.ndarray, list[int], np.ndarray, list[int], list[str]]:
     """torchvision's pickle folder, found at ``where`` or (``download``) fetched."""
     if where is None and not download:
-        how = (f"put {_CIFAR10_NPZ} in {os.path.dirname(_CIFAR10_SHARED)} or in DIR, "
-               if name == "cifar10" else "")
+        how = (
+            f"put {_CIFAR10_NPZ} in {os.path.dirname(_CIFAR10_SHARED)} or in DIR, "
+            if name == "cifar10"
+            else ""
+        )
         raise FileNotFoundError(
             f"{name} not found; looked for: {', '.join(tried)}. To fix: {how}"
             f"pass --data-path DIR where DIR holds torchvision's "
             f"{'cifar-10-batches-py' if name == 'cifar10' else 'cifar-100-python'} folder, "
-            f"or pass --download to fetch it with torchvision.")
+            f"or pass --download to fetch it with torchvision."
+        )
     cls = CIFAR10 if name == "cifar10" else CIFAR100
-    root = where[1] if where is not None else (
-        Path(data_path).expanduser() if data_path else cache_dir())
+    root = where[1] if where is not None else (Path(data_path).expanduser() if data_path else cache_dir())
     tr = cls(str(root), train=True, download=where is None)
     te = cls(str(root), train=False, download=False)
     return tr.data, tr.targets, te.data, te.targets, list(tr.classes)
@@ -175,6 +186,16 @@ def load_cifar(name: str, data_path: Optional[str], download: bool) -> Source:
     else:
         xtr, ytr, xte, yte, classes = _load_pickles(name, where, tried, data_path, download)
     mean, std = (_CIFAR10_MEAN, _CIFAR10_STD) if name == "cifar10" else (_CIFAR100_MEAN, _CIFAR100_STD)
-    return Source(nhwc_to_tensor(xtr), np.asarray(ytr, dtype=np.int64), nhwc_to_tensor(xte),
-                  np.asarray(yte, dtype=np.int64), class_names=classes, in_chans=3,
-                  native_size=32, mean=mean, std=std, hflip=True, default_augment="small")
+    return Source(
+        nhwc_to_tensor(xtr),
+        np.asarray(ytr, dtype=np.int64),
+        nhwc_to_tensor(xte),
+        np.asarray(yte, dtype=np.int64),
+        class_names=classes,
+        in_chans=3,
+        native_size=32,
+        mean=mean,
+        std=std,
+        hflip=True,
+        default_augment="small",
+    )

@@ -8,26 +8,37 @@ A file that cannot be read is never replaced by another sample (that would count
 twice and change accuracy): the dataset returns an :class:`UnreadableSample` and
 :func:`collate_skipping` leaves it out of the batch, so metrics are over the images read.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from ..fileio import atomic_save
+from ..core.fileio import atomic_save
 from .batched import batched
 from .reader import ImageReadError, read_image
 
-__all__ = ["TensorImageDataset", "ImageFileDataset", "UnreadableSample", "WorkerImageReadError",
-           "collate_skipping", "collate_skipping_even", "read_skipped", "add_skipped", "load_image"]
+__all__ = [
+    "TensorImageDataset",
+    "ImageFileDataset",
+    "UnreadableSample",
+    "WorkerImageReadError",
+    "collate_skipping",
+    "collate_skipping_even",
+    "read_skipped",
+    "add_skipped",
+    "load_image",
+]
 
 
 class TensorImageDataset(Dataset):
@@ -38,8 +49,14 @@ class TensorImageDataset(Dataset):
     PIL-only DeiT pipeline). ``labels`` holds the labels of the view, in order.
     """
 
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
-                 transform: Callable, to_pil: bool = False):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        transform: Callable,
+        to_pil: bool = False,
+    ):
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)[self.indices]
@@ -51,7 +68,7 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitems__(self, items: List[int]) -> List[Tuple[torch.Tensor, int]]:
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, int]]:
         """A DataLoader batch: the per-image results of ``__getitem__``, made in one batched pass
         when :func:`~convit.data.batched.batched` reproduces the transform (same draws, same values)."""
         if self._batched is None:
@@ -64,7 +81,7 @@ class TensorImageDataset(Dataset):
         """Whether :meth:`batch` can transform whole batches at once (see ``batched``)."""
         return self._batched is not None
 
-    def batch(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B, C, h, w] and labels [B] at ``positions`` (a 1-D long tensor) of this view,
         the images transformed in one batched pass: the stacked ``__getitem__`` results."""
         if self._batched is None:
@@ -72,7 +89,7 @@ class TensorImageDataset(Dataset):
         x = self._batched(self.images[self._indices_t[positions]])
         return x, self._labels_t[positions]
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = self.images[self.indices[i]]
         if self.to_pil:
             u8 = x if x.dtype == torch.uint8 else (x * 255).round().clamp(0, 255).to(torch.uint8)
@@ -99,7 +116,7 @@ class UnreadableSample:
 
     __slots__ = ("path", "reason", "shape")
 
-    def __init__(self, path: str, reason: str, shape: Tuple[int, ...]):
+    def __init__(self, path: str, reason: str, shape: tuple[int, ...]):
         self.path, self.reason, self.shape = path, reason, shape
 
     def __repr__(self) -> str:
@@ -107,31 +124,33 @@ class UnreadableSample:
 
     def __len__(self) -> int:
         """``default_collate`` asks a sample's length: say what to use instead."""
-        raise TypeError(f"{self.path} could not be read ({self.reason}); make the DataLoader with "
-                        f"collate_fn=convit.data.collate_skipping to leave unreadable files out")
+        raise TypeError(
+            f"{self.path} could not be read ({self.reason}); make the DataLoader with "
+            f"collate_fn=convit.data.collate_skipping to leave unreadable files out"
+        )
 
 
-def _empty_batch(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+def _empty_batch(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """0 images of the shape the samples of ``batch`` have (or would have had)."""
-    shape: Tuple[int, ...] = (0,)
+    shape: tuple[int, ...] = (0,)
     for b in batch:
         shape = b.shape if isinstance(b, UnreadableSample) else tuple(b[0].shape)
         break
     return torch.empty((0, *shape)), torch.empty(0, dtype=torch.long)
 
 
-def collate_skipping(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+def collate_skipping(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """``default_collate`` of the readable samples of ``batch``; unreadable ones are left out,
     so a batch may be smaller (an all-unreadable batch has 0 images, of the right shape)."""
     good = [b for b in batch if not isinstance(b, UnreadableSample)]
     return default_collate(good) if good else _empty_batch(batch)
 
 
-def collate_skipping_even(batch: Sequence) -> Tuple[torch.Tensor, torch.Tensor]:
+def collate_skipping_even(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`collate_skipping` that also drops the last readable sample of an odd batch:
     timm's mixup / cutmix pairs each image with another and needs an even batch."""
     good = [b for b in batch if not isinstance(b, UnreadableSample)]
-    good = good[:len(good) - len(good) % 2]
+    good = good[: len(good) - len(good) % 2]
     return default_collate(good) if good else _empty_batch(batch)
 
 
@@ -172,29 +191,40 @@ class ImageFileDataset(Dataset):
 
     collate_fn = staticmethod(collate_skipping)
 
-    def __init__(self, samples: List[Tuple[str, int]], transform: Callable, in_chans: int = 3, *,
-                 strict: bool = False, target_size: Optional[int] = None, max_pixels: Optional[int] = -1,
-                 failed_log: Optional[Union[str, os.PathLike]] = None, rejected: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: Callable,
+        in_chans: int = 3,
+        *,
+        strict: bool = False,
+        target_size: Optional[int] = None,
+        max_pixels: Optional[int] = -1,
+        failed_log: Optional[Union[str, os.PathLike]] = None,
+        rejected: Optional[dict[str, str]] = None,
+    ):
         self.samples = samples
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
         self.transform = transform
         self.mode = "L" if in_chans == 1 else "RGB"
         self.strict, self.target_size, self.max_pixels = strict, target_size, max_pixels
         self.failed_log, self.rejected = failed_log, dict(rejected or {})
-        self.failed: List[str] = []
-        self.reasons: Dict[str, str] = {}
-        self._shape: Optional[Tuple[int, ...]] = None
+        self.failed: list[str] = []
+        self.reasons: dict[str, str] = {}
+        self._shape: Optional[tuple[int, ...]] = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> Union[Tuple[torch.Tensor, int], UnreadableSample]:
+    def __getitem__(self, i: int) -> Union[tuple[torch.Tensor, int], UnreadableSample]:
         path, y = self.samples[i]
         try:
             img = read_image(path, self.mode, max_pixels=self.max_pixels, target_size=self.target_size)
         except ImageReadError as e:
             if self.strict:
-                raise (e if get_worker_info() is None else WorkerImageReadError(e.path, e.reason, e.format)) from None
+                raise (
+                    e if get_worker_info() is None else WorkerImageReadError(e.path, e.reason, e.format)
+                ) from None
             return self._unreadable(path, e)
         x = self.transform(img)
         if self._shape is None:
@@ -206,14 +236,16 @@ class ImageFileDataset(Dataset):
         if path not in self.reasons:
             self.failed.append(path)
             self.reasons[path] = e.reason
-            warnings.warn(f"skipping unreadable image ({len(self.failed)} so far, never replaced "
-                          f"by another): {e}", stacklevel=3)
+            warnings.warn(
+                f"skipping unreadable image ({len(self.failed)} so far, never replaced by another): {e}",
+                stacklevel=3,
+            )
             if self.failed_log is not None:
                 with open(self.failed_log, "a", encoding="utf-8") as f:
                     f.write(_skipped_line(path, e.reason))
         return UnreadableSample(path, e.reason, self._item_shape())
 
-    def _item_shape(self) -> Tuple[int, ...]:
+    def _item_shape(self) -> tuple[int, ...]:
         """The shape of one transformed image: of a real one once read, else of a blank
         image (with every random generator restored, so seeded augmentation is unchanged)."""
         if self._shape is None:
@@ -224,7 +256,7 @@ class ImageFileDataset(Dataset):
             np.random.set_state(npy)
         return self._shape
 
-    def skipped(self) -> Dict[str, str]:
+    def skipped(self) -> dict[str, str]:
         """Every file of this split left out so far, path -> reason: at scan time
         (``rejected``), in this process, and, with ``failed_log``, in its DataLoader workers."""
         out = {**self.rejected, **self.reasons}
@@ -237,10 +269,10 @@ def _skipped_line(path: str, reason: str) -> str:
     return f"{path}\t{' '.join(reason.split())}\n"
 
 
-def read_skipped(path: Optional[Union[str, os.PathLike]]) -> Dict[str, str]:
+def read_skipped(path: Optional[Union[str, os.PathLike]]) -> dict[str, str]:
     """A list of skipped files (``path<TAB>reason`` lines, as ``failed_log`` holds them) as
     path -> reason, each file once; {} when there is no such file."""
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     if path is not None and os.path.exists(path):
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             name, _, reason = line.partition("\t")
@@ -248,7 +280,7 @@ def read_skipped(path: Optional[Union[str, os.PathLike]]) -> Dict[str, str]:
     return out
 
 
-def add_skipped(path: Union[str, os.PathLike], entries: Dict[str, str]) -> None:
+def add_skipped(path: Union[str, os.PathLike], entries: dict[str, str]) -> None:
     """Add ``entries`` (path -> reason) to the list at ``path``, each file once (rewritten
     whole, atomically); nothing is written while the list would be empty."""
     merged = read_skipped(path)

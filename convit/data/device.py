@@ -10,10 +10,12 @@ batched tensor ops on the device.  Everything also runs on CPU (that is how it i
 :func:`device_splits` builds the splits with :func:`convit.data.build_data`, so the
 validation hold-out and the per-class subset are exactly those of the DataLoader path.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -34,9 +36,16 @@ class DeviceImages:
     pad: zero padding of the random crop (0 disables cropping); hflip: random mirror.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
-                 std: Sequence[float], device: torch.device | str = "cpu", pad: int = 4,
-                 hflip: bool = True) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        pad: int = 4,
+        hflip: bool = True,
+    ) -> None:
         if images.ndim != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
         if len(labels) != len(images):
@@ -49,14 +58,13 @@ class DeviceImages:
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.pad, self.hflip = int(pad), bool(hflip)
         # Padded once, so a crop is a plain gather (the padding is zeros: black, as torchvision).
-        self._padded = (torch.nn.functional.pad(self.images, (self.pad,) * 4) if self.pad > 0
-                        else self.images)
+        self._padded = torch.nn.functional.pad(self.images, (self.pad,) * 4) if self.pad > 0 else self.images
 
     def __len__(self) -> int:
         return len(self.images)
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,12 +74,13 @@ class DeviceImages:
             x = x / 255.0
         return (x - self.mean) / self.std
 
-    def batch(self, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``idx``, normalised, not augmented (evaluation)."""
         return self.normalise(self.images[idx]), self.labels[idx]
 
-    def augmented_batch(self, idx: torch.Tensor, generator: torch.Generator
-                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def augmented_batch(
+        self, idx: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``idx`` randomly cropped (offsets uniform in [0, 2*pad]) and flipped (p = 0.5),
         then normalised: one advanced-indexing gather for crop and flip together."""
         b = idx.shape[0]
@@ -87,18 +96,22 @@ class DeviceImages:
             cols = torch.where(flip, (w - 1) - ar_w, ar_w)
         rows = oy + ar_h  # [b, h]
         cols = ox + cols  # [b, w]
-        x = self._padded[idx.view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
-                         rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+        x = self._padded[
+            idx.view(b, 1, 1, 1),
+            torch.arange(c, device=dev).view(1, c, 1, 1),
+            rows.view(b, 1, h, 1),
+            cols.view(b, 1, 1, w),
+        ]
         return self.normalise(x), self.labels[idx]
 
 
 class TrainBatches:
     """One epoch of shuffled, augmented batches of a :class:`DeviceImages` (an iterable with
-    ``len``, as :func:`convit.engine.train_one_epoch` wants).
+    ``len``, as :func:`convit.training.engine.train_one_epoch` wants).
 
     The shuffle and the augmentation draw from a generator seeded by ``(seed, epoch)`` (call
     :meth:`set_epoch`), so an epoch is reproducible.  The ragged last batch is dropped when
-    there are at least two full ones (the rule of :func:`convit.train.fit`); with ``even``
+    there are at least two full ones (the rule of :func:`convit.training.fit.fit`); with ``even``
     (mixup/cutmix need pairs) an odd last batch loses one image.
     """
 
@@ -116,12 +129,12 @@ class TrainBatches:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(self.seed * 100_003 + self.epoch * 1_009 + 17)
         n = len(self.data)
         perm = torch.randperm(n, device=self.data.device, generator=self.generator)
         for i in range(len(self)):
-            idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
             if self.even and idx.shape[0] % 2:
                 idx = idx[:-1]
             if idx.shape[0] == 0:
@@ -138,31 +151,46 @@ class EvalBatches:
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.data), self.batch_size):
             idx = torch.arange(i, min(i + self.batch_size, len(self.data)), device=self.data.device)
             yield self.data.batch(idx)
 
 
-def _split_tensors(ds: Dataset) -> Tuple[torch.Tensor, torch.Tensor]:
+def _split_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Stored images and labels of a :class:`convit.data.TensorImageDataset` view."""
     if not isinstance(ds, TensorImageDataset):
-        raise ValueError("the on-device data path needs an in-memory dataset (digits, fashion-mnist, "
-                         f"cifar10, cifar100), not {type(ds).__name__}")
+        raise ValueError(
+            "the on-device data path needs an in-memory dataset (digits, fashion-mnist, "
+            f"cifar10, cifar100), not {type(ds).__name__}"
+        )
     idx = torch.from_numpy(ds.indices)
     return ds.images[idx], torch.from_numpy(ds.labels)
 
 
-def device_splits(dataset: str, device: torch.device | str, data_path: Optional[str] = None,
-                  sampling_ratio: float = 1.0, seed: int = 0, val_fraction: float = 0.0,
-                  download: bool = False) -> Dict[str, Any]:
+def device_splits(
+    dataset: str,
+    device: torch.device | str,
+    data_path: Optional[str] = None,
+    sampling_ratio: float = 1.0,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    download: bool = False,
+) -> dict[str, Any]:
     """train / val / test :class:`DeviceImages` with exactly the splits of ``build_data``
     (same hold-out, same per-class subset for the seed), plus the bundle's metadata.
 
     CIFAR-10 from ``cifar10_jpeg.npz`` is decoded once by ``load_cifar10_npz`` (and cached).
     """
-    b = build_data(dataset, data_path, sampling_ratio=sampling_ratio, seed=seed,
-                   val_fraction=val_fraction, augment="none", download=download)
+    b = build_data(
+        dataset,
+        data_path,
+        sampling_ratio=sampling_ratio,
+        seed=seed,
+        val_fraction=val_fraction,
+        augment="none",
+        download=download,
+    )
     if b.native_size is None:
         raise ValueError(f"the on-device data path needs a fixed-size dataset, not {dataset}")
     pad = max(1, b.img_size // 8)  # the `small` augmentation of convit.data

@@ -1,4 +1,5 @@
 """scikit-learn's 8x8 handwritten digits: bundled with scikit-learn, so nothing to download."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,11 +23,19 @@ def load_digits() -> Source:
     d = _sklearn_digits()
     images = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)
     labels = d.target.astype(np.int64)
-    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0,
-                              stratify=labels)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=labels)
     tr, te = np.sort(tr), np.sort(te)
     train = images[tr]
-    return Source(train, labels[tr], images[te], labels[te],
-                  class_names=[str(int(c)) for c in d.target_names], in_chans=1, native_size=8,
-                  mean=(float(train.mean()),), std=(float(train.std()),), hflip=False,
-                  default_augment="small")
+    return Source(
+        train,
+        labels[tr],
+        images[te],
+        labels[te],
+        class_names=[str(int(c)) for c in d.target_names],
+        in_chans=1,
+        native_size=8,
+        mean=(float(train.mean()),),
+        std=(float(train.std()),),
+        hflip=False,
+        default_augment="small",
+    )

@@ -9,11 +9,12 @@ The idx reader stays ours rather than ``torchvision.datasets.mnist.read_image_fi
 the ``.gz`` files Debian ships (it only reads what its own download step has unpacked). Both
 give the same arrays on an unpacked file (tests/test_data_library.py checks it).
 """
+
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import numpy as np
 from torchvision.datasets import FashionMNIST
@@ -23,10 +24,24 @@ from .sources import Source, cache_dir, nhwc_to_tensor
 __all__ = ["load_fashion_mnist", "read_idx"]
 
 _FASHION_MEAN, _FASHION_STD = (0.2860,), (0.3530,)
-_FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                    "Sneaker", "Bag", "Ankle boot"]
-_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+_FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -38,14 +53,14 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not a uint8 idx file")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} but holds {len(data) - offset} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims).copy()
 
 
-def _fashion_dirs(data_path: Optional[str]) -> List[Path]:
+def _fashion_dirs(data_path: Optional[str]) -> list[Path]:
     """The folders searched, in order."""
     dirs = []
     if data_path:
@@ -54,7 +69,7 @@ def _fashion_dirs(data_path: Optional[str]) -> List[Path]:
     return dirs + [Path(_FASHION_SYSTEM_DIR)]
 
 
-def _find_idx_files(folder: Path) -> Tuple[Dict[str, Path], List[str]]:
+def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """The four Fashion-MNIST files in ``folder`` (``.gz`` or not), and the missing names."""
     found, missing = {}, []
     for name in _FASHION_FILES:
@@ -66,17 +81,21 @@ def _find_idx_files(folder: Path) -> Tuple[Dict[str, Path], List[str]]:
     return found, missing
 
 
-def _not_found(report: List[str]) -> FileNotFoundError:
+def _not_found(report: list[str]) -> FileNotFoundError:
     """The error that lists every folder searched and what was missing in each."""
     return FileNotFoundError(
-        "Fashion-MNIST not found. Looked for " + ", ".join(n + ".gz" for n in _FASHION_FILES)
-        + " in:\n" + "\n".join(report) + "\nGet it with `apt-get install "
+        "Fashion-MNIST not found. Looked for "
+        + ", ".join(n + ".gz" for n in _FASHION_FILES)
+        + " in:\n"
+        + "\n".join(report)
+        + "\nGet it with `apt-get install "
         "dataset-fashion-mnist` (installs to " + _FASHION_SYSTEM_DIR + "), put the four "
         "files in a folder and pass --data-path DIR, or pass --download to fetch them "
-        "with torchvision.")
+        "with torchvision."
+    )
 
 
-def _download(data_path: Optional[str]) -> Dict[str, Path]:
+def _download(data_path: Optional[str]) -> dict[str, Path]:
     """Fetch the files with torchvision into ``data_path`` (or the cache folder)."""
     root = Path(data_path).expanduser() if data_path else cache_dir()
     FashionMNIST(str(root), train=True, download=True)
@@ -93,15 +112,25 @@ def load_fashion_mnist(data_path: Optional[str], download: bool) -> Source:
         found, missing = _find_idx_files(d)
         if not missing:
             break
-        report.append(f"  {d}: " + ("folder does not exist" if not d.is_dir()
-                                    else "missing " + ", ".join(missing)))
+        report.append(
+            f"  {d}: " + ("folder does not exist" if not d.is_dir() else "missing " + ", ".join(missing))
+        )
     else:
         if not download:
             raise _not_found(report)
         found = _download(data_path)
     xtr, ytr = read_idx(found[_FASHION_FILES[0]]), read_idx(found[_FASHION_FILES[1]])
     xte, yte = read_idx(found[_FASHION_FILES[2]]), read_idx(found[_FASHION_FILES[3]])
-    return Source(nhwc_to_tensor(xtr), ytr.astype(np.int64), nhwc_to_tensor(xte),
-                  yte.astype(np.int64), class_names=list(_FASHION_CLASSES), in_chans=1,
-                  native_size=28, mean=_FASHION_MEAN, std=_FASHION_STD, hflip=True,
-                  default_augment="small")
+    return Source(
+        nhwc_to_tensor(xtr),
+        ytr.astype(np.int64),
+        nhwc_to_tensor(xte),
+        yte.astype(np.int64),
+        class_names=list(_FASHION_CLASSES),
+        in_chans=1,
+        native_size=28,
+        mean=_FASHION_MEAN,
+        std=_FASHION_STD,
+        hflip=True,
+        default_augment="small",
+    )

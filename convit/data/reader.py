@@ -19,19 +19,28 @@ Kept ours rather than torchvision's ``pil_loader`` / ``decode_image``: those con
 ``.convert("RGB")`` alone, which drops alpha (showing whatever colour transparent pixels
 hide), clips 16-bit images to white and ignores EXIF orientation.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageReadError", "ImageNotFoundError", "ImageReadWarning", "read_image",
-           "probe_image", "convert_image", "BACKGROUND"]
+__all__ = [
+    "ImageReadError",
+    "ImageNotFoundError",
+    "ImageReadWarning",
+    "read_image",
+    "probe_image",
+    "convert_image",
+    "BACKGROUND",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -88,9 +97,11 @@ def _check_pixels(im: Image.Image, max_pixels: Optional[int]) -> None:
     """Refuse, before decoding, an image over ``max_pixels`` (Pillow's bomb limit by default)."""
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
-        raise _Refused(f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                       f"(Pillow's decompression-bomb guard, Image.MAX_IMAGE_PIXELS); raise it with "
-                       f"--max-image-pixels / max_pixels= if the file is trusted")
+        raise _Refused(
+            f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
+            f"(Pillow's decompression-bomb guard, Image.MAX_IMAGE_PIXELS); raise it with "
+            f"--max-image-pixels / max_pixels= if the file is trusted"
+        )
     if w < 1 or h < 1:
         raise _Refused(f"the image has no pixels ({w}x{h})")
 
@@ -138,7 +149,7 @@ def _format_of(e: BaseException) -> Optional[str]:
     return fmt
 
 
-def _reduction(size: Tuple[int, int], target_size: Optional[int]) -> int:
+def _reduction(size: tuple[int, int], target_size: Optional[int]) -> int:
     """The integer factor an image of ``size`` may shrink by and keep its shorter side at
     least ``_KEEP_FACTOR * target_size`` (1: leave it alone)."""
     if not target_size:
@@ -146,7 +157,7 @@ def _reduction(size: Tuple[int, int], target_size: Optional[int]) -> int:
     return max(1, min(size) // (_KEEP_FACTOR * target_size))
 
 
-def _decode(im: Image.Image, path: PathLike, target_size: Optional[int]) -> Tuple[Image.Image, int]:
+def _decode(im: Image.Image, path: PathLike, target_size: Optional[int]) -> tuple[Image.Image, int]:
     """Decode the first frame, smaller when ``target_size`` allows: JPEG through its DCT
     scaling (``draft``, 1/2 to 1/8, never below the size asked), any other format by
     ``Image.reduce`` (box averaging) right after decoding, so conversions never see the
@@ -165,10 +176,15 @@ def _decode(im: Image.Image, path: PathLike, target_size: Optional[int]) -> Tupl
 
 #: EXIF Orientation (tag 0x0112) -> the transpose that makes the picture upright (EXIF 2.3,
 #: the table of ``ImageOps.exif_transpose``).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _orientation(im: Image.Image, path: PathLike) -> int:
@@ -178,20 +194,33 @@ def _orientation(im: Image.Image, path: PathLike) -> int:
         value = im.getexif().get(0x0112, 1)
         return int(value) if int(value) in _UPRIGHT else 1
     except Exception as e:  # noqa: BLE001 - any EXIF parsing failure means "orientation unknown"
-        warnings.warn(ImageReadWarning(path, f"EXIF orientation ignored (unreadable EXIF: "
-                                             f"{_reason(e, im.format)})"), stacklevel=4)
+        warnings.warn(
+            ImageReadWarning(path, f"EXIF orientation ignored (unreadable EXIF: {_reason(e, im.format)})"),
+            stacklevel=4,
+        )
         return 1
 
 
 #: Modes Pillow converts by their meaning, and the working mode each becomes.
-_PILLOW_MODES = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "RGBA", "RGB": "RGB",
-                 "RGBA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB",
-                 "LAB": "RGB", "HSV": "RGB"}
+_PILLOW_MODES = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
 _ROWS_PER_STEP_PIXELS = 1 << 22  # numpy conversions work on strips of about this many pixels
 
 
-def to_working_mode(im: Image.Image, bits: Optional[int] = None, signed: bool = False
-                    ) -> Image.Image:
+def to_working_mode(im: Image.Image, bits: Optional[int] = None, signed: bool = False) -> Image.Image:
     """Any decoded Pillow image as ``L``, ``LA``, ``RGB`` or ``RGBA``, by what its values mean.
 
     Palettes and colour-key transparency (``transparency`` in ``info``) expand to alpha;
@@ -218,7 +247,7 @@ def to_working_mode(im: Image.Image, bits: Optional[int] = None, signed: bool = 
         raise _Refused(f"Pillow cannot convert its mode {m} to RGB ({e})") from e
 
 
-def declared_depth(im: Image.Image) -> Tuple[Optional[int], bool]:
+def declared_depth(im: Image.Image) -> tuple[Optional[int], bool]:
     """``(bits, signed)`` per sample as the file declares them: TIFF's BitsPerSample (258)
     and SampleFormat (339, 2 = signed); ``(None, False)`` for other formats."""
     tags = getattr(im, "tag_v2", None)
@@ -230,10 +259,11 @@ def declared_depth(im: Image.Image) -> Tuple[Optional[int], bool]:
         if value is None:
             return None
         return int(max(value)) if isinstance(value, (tuple, list)) else int(value)
+
     return largest(258), largest(339) == 2
 
 
-def _strips(im: Image.Image) -> Iterator[Tuple[int, np.ndarray]]:
+def _strips(im: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
     """``(y, rows)``: the pixels of a one-band image as numpy strips of bounded size, so a
     large image is never copied whole as wide integers or floats."""
     w, h = im.size
@@ -250,11 +280,11 @@ def _scaled(im: Image.Image, lo: float, hi: float) -> Image.Image:
     span = float(hi - lo) or 1.0
     for y, rows in _strips(im):
         v = (rows.astype(np.float64) - lo) * (255.0 / span)
-        out[y:y + rows.shape[0]] = np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, 255)
+        out[y : y + rows.shape[0]] = np.clip(np.rint(np.nan_to_num(v, nan=0.0)), 0, 255)
     return Image.fromarray(out)
 
 
-def _range(im: Image.Image) -> Tuple[float, float]:
+def _range(im: Image.Image) -> tuple[float, float]:
     """Smallest and largest finite value of a one-band image ((0, 0) if none is finite)."""
     lo, hi = np.inf, -np.inf
     for _, rows in _strips(im):
@@ -298,8 +328,7 @@ def _composite(im: Image.Image) -> Image.Image:
     """``LA`` / ``RGBA`` on the :data:`BACKGROUND` colour, as ``L`` / ``RGB``."""
     base = im.mode[:-1]
     flat = im.convert(base)
-    return Image.composite(flat, Image.new(base, im.size, (BACKGROUND,) * len(base)),
-                           im.getchannel("A"))
+    return Image.composite(flat, Image.new(base, im.size, (BACKGROUND,) * len(base)), im.getchannel("A"))
 
 
 def finish(im: Image.Image, mode: Optional[str]) -> Image.Image:
@@ -319,8 +348,9 @@ def convert_image(im: Image.Image, mode: Optional[str]) -> Image.Image:
     return finish(to_working_mode(im, *declared_depth(im)), mode)
 
 
-def _read_open(im: Image.Image, path: PathLike, mode: Optional[str], target_size: Optional[int]
-               ) -> Image.Image:
+def _read_open(
+    im: Image.Image, path: PathLike, mode: Optional[str], target_size: Optional[int]
+) -> Image.Image:
     """The steps after ``Image.open``: decode (reduced), convert, orient, finish. Reduction
     comes before converting for :data:`_REDUCIBLE` modes, else after."""
     depth = declared_depth(im)
@@ -352,8 +382,13 @@ def _opened(path: PathLike, max_pixels: Optional[int]) -> Iterator[Image.Image]:
         raise ImageReadError(path, _reason(e, fmt), fmt) from e
 
 
-def read_image(path: PathLike, mode: Optional[str] = "RGB", *,
-               max_pixels: Optional[int] = -1, target_size: Optional[int] = None) -> Image.Image:
+def read_image(
+    path: PathLike,
+    mode: Optional[str] = "RGB",
+    *,
+    max_pixels: Optional[int] = -1,
+    target_size: Optional[int] = None,
+) -> Image.Image:
     """Read an image file as a decoded PIL image in ``mode`` (``"RGB"``, ``"L"``, or None).
 
     mode: ``"RGB"`` / ``"L"`` give the picture as a viewer shows it (alpha composited on
@@ -383,12 +418,14 @@ def read_image(path: PathLike, mode: Optional[str] = "RGB", *,
         if text in seen or issubclass(w.category, Image.DecompressionBombWarning):
             continue  # our own pixel limit already decided
         seen.add(text)
-        warnings.warn(w.message if isinstance(w.message, ImageReadWarning) else ImageReadWarning(path, text),
-                      stacklevel=2)
+        warnings.warn(
+            w.message if isinstance(w.message, ImageReadWarning) else ImageReadWarning(path, text),
+            stacklevel=2,
+        )
     return out
 
 
-def probe_image(path: PathLike, max_pixels: Optional[int] = -1) -> Tuple[str, str, Tuple[int, int]]:
+def probe_image(path: PathLike, max_pixels: Optional[int] = -1) -> tuple[str, str, tuple[int, int]]:
     """``(format, mode, size)`` from the header alone, with the pixel limit of
     :func:`read_image`: the cheap check of a dataset scan. Raises :class:`ImageReadError`."""
     with warnings.catch_warnings():

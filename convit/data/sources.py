@@ -5,12 +5,13 @@ train and test splits and says how to treat them; the hold-out, the subsampling 
 transforms are applied afterwards, identically for every dataset, by
 :func:`convit.data.build_data`.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,22 +30,22 @@ class Source:
     out of each split (path -> reason), ``skipped`` all of them.
     """
 
-    train_images: Union[torch.Tensor, List[str]]
+    train_images: Union[torch.Tensor, list[str]]
     train_labels: np.ndarray
-    test_images: Union[torch.Tensor, List[str]]
+    test_images: Union[torch.Tensor, list[str]]
     test_labels: np.ndarray
-    class_names: List[str]
+    class_names: list[str]
     in_chans: int
     native_size: Optional[int]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     hflip: bool
     default_augment: str
-    train_skipped: Dict[str, str] = field(default_factory=dict)
-    test_skipped: Dict[str, str] = field(default_factory=dict)
+    train_skipped: dict[str, str] = field(default_factory=dict)
+    test_skipped: dict[str, str] = field(default_factory=dict)
 
     @property
-    def skipped(self) -> List[str]:
+    def skipped(self) -> list[str]:
         return [*self.train_skipped, *self.test_skipped]
 
 

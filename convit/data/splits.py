@@ -9,9 +9,10 @@ class from one shared random stream and rounds the per-class counts its own way 
 of 14 of a 145-image class at 0.1), so the held-out images -- and every run's results -- would
 change, and its selections are not nested across fractions.
 """
+
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,8 +55,7 @@ def subsample_per_class(labels: Sequence[int], ratio: float, seed: int) -> np.nd
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
-def holdout_per_class(labels: np.ndarray, fraction: float, seed: int
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+def holdout_per_class(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (rest, held_out), holding out ``round(fraction * n_c)`` per class.
 
     Every class keeps at least one image in ``rest`` so that it can still be trained on.

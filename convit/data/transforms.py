@@ -10,31 +10,45 @@ photo eval transform: timm resizes the PIL image (8-bit result) before convertin
 the float tensor, so the pixels differ (up to 0.48 after normalisation on a random photo) and
 timm's takes neither arrays, tensors nor a one-channel output.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import random
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
 from timm.data.auto_augment import RandAugment
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from .reader import convert_image
 
-__all__ = ["AUGMENTS", "train_transform", "eval_transform", "tensor_eval_transform", "check_stats",
-           "eval_input_size", "MAX_ASPECT"]
+__all__ = [
+    "AUGMENTS",
+    "train_transform",
+    "eval_transform",
+    "tensor_eval_transform",
+    "check_stats",
+    "eval_input_size",
+    "MAX_ASPECT",
+]
 
-AUGMENTS: Tuple[str, ...] = ("auto", "deit", "small", "none")
+AUGMENTS: tuple[str, ...] = ("auto", "deit", "small", "none")
 
 # DeiT's ImageNet recipe (Touvron et al. 2021), as used by ConViT.
-_DEIT_AUG = dict(auto_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4, re_prob=0.25,
-                 re_mode="pixel", re_count=1, interpolation="bicubic")
+_DEIT_AUG = dict(
+    auto_augment="rand-m9-mstd0.5-inc1",
+    color_jitter=0.4,
+    re_prob=0.25,
+    re_mode="pixel",
+    re_count=1,
+    interpolation="bicubic",
+)
 # The one change to DeiT's RandAugment (see docs/augmentation.md): timm's
 # ``PosterizeIncreasing`` keeps ``4 - int(0.4 * m)`` bits, i.e. 0 bits when the sampled magnitude
 # ``m`` (N(9, 0.5), clipped to [0, 10]) reaches 10. Old Pillow turned 0 bits into an all-black
@@ -126,8 +140,8 @@ class _CapAspect:
         if isinstance(img, Image.Image):
             return img.crop((left, top, left + new_w, top + new_h))
         if isinstance(img, np.ndarray):
-            return img[top:top + new_h, left:left + new_w]
-        return img[..., top:top + new_h, left:left + new_w]
+            return img[top : top + new_h, left : left + new_w]
+        return img[..., top : top + new_h, left : left + new_w]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_aspect={self.max_aspect})"
@@ -140,8 +154,7 @@ def eval_input_size(img_size: int, native_size: Optional[int] = None) -> int:
     return img_size if native_size is not None else int(img_size / _CROP_PCT)
 
 
-def _geometry_eval(img_size: int, native_size: Optional[int], inputs_native: bool = False
-                   ) -> List[Callable]:
+def _geometry_eval(img_size: int, native_size: Optional[int], inputs_native: bool = False) -> list[Callable]:
     """Resize steps of the eval transform.
 
     Fixed-size datasets (``native_size`` known) resize the whole image to ``img_size``
@@ -153,8 +166,10 @@ def _geometry_eval(img_size: int, native_size: Optional[int], inputs_native: boo
         if inputs_native and img_size == native_size:
             return []
         return [v2.Resize((img_size, img_size), interpolation=_BICUBIC, antialias=True)]
-    return [v2.Resize(int(img_size / _CROP_PCT), interpolation=_BICUBIC, antialias=True),
-            v2.CenterCrop(img_size)]
+    return [
+        v2.Resize(int(img_size / _CROP_PCT), interpolation=_BICUBIC, antialias=True),
+        v2.CenterCrop(img_size),
+    ]
 
 
 def check_stats(mean: Sequence[float], std: Sequence[float], in_chans: int) -> None:
@@ -166,12 +181,19 @@ def check_stats(mean: Sequence[float], std: Sequence[float], in_chans: int) -> N
     ``round(255 * mean)``, and Pillow refuses a 3-value colour on a greyscale ("L") image.
     """
     if len(mean) != len(std) or len(mean) not in (1, in_chans):
-        raise ValueError(f"mean and std must both have 1 or in_chans={in_chans} values, got "
-                         f"mean={tuple(mean)}, std={tuple(std)}")
+        raise ValueError(
+            f"mean and std must both have 1 or in_chans={in_chans} values, got "
+            f"mean={tuple(mean)}, std={tuple(std)}"
+        )
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], in_chans: int,
-                   native_size: Optional[int] = None) -> Callable:
+def eval_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+    native_size: Optional[int] = None,
+) -> Callable:
     """Transform for a PIL image, numpy array or tensor at evaluation / predict time.
 
     Output is a normalised float tensor [in_chans, img_size, img_size]. With ``native_size``
@@ -183,15 +205,23 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], i
     """
     check_stats(mean, std, in_chans)
     cap = [_CapAspect()] if native_size is None else []
-    return v2.Compose([*cap, _ToFloatImage(in_chans), *_geometry_eval(img_size, native_size),
-                       v2.Normalize(list(mean), list(std))])
+    return v2.Compose(
+        [
+            *cap,
+            _ToFloatImage(in_chans),
+            *_geometry_eval(img_size, native_size),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
 
 
-def tensor_eval_transform(img_size: int, native_size: int, mean: Sequence[float],
-                          std: Sequence[float]) -> Callable:
+def tensor_eval_transform(
+    img_size: int, native_size: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable:
     """Eval transform for in-memory datasets, whose items are already float [C, H, W]."""
-    return v2.Compose([*_geometry_eval(img_size, native_size, inputs_native=True),
-                       v2.Normalize(list(mean), list(std))])
+    return v2.Compose(
+        [*_geometry_eval(img_size, native_size, inputs_native=True), v2.Normalize(list(mean), list(std))]
+    )
 
 
 def _rand_augment_of(transform: Callable) -> RandAugment:
@@ -202,10 +232,12 @@ def _rand_augment_of(transform: Callable) -> RandAugment:
     """
     found = [t for t in getattr(transform, "transforms", ()) if isinstance(t, RandAugment)]
     if len(found) != 1:
-        raise RuntimeError(f"expected one timm RandAugment in the DeiT pipeline, found "
-                           f"{len(found)} in {transform!r}; convit's posterize fix "
-                           f"(convit.data.transforms._cap_posterize) needs updating for this "
-                           f"timm version")
+        raise RuntimeError(
+            f"expected one timm RandAugment in the DeiT pipeline, found "
+            f"{len(found)} in {transform!r}; convit's posterize fix "
+            f"(convit.data.transforms._cap_posterize) needs updating for this "
+            f"timm version"
+        )
     return found[0]
 
 
@@ -223,9 +255,11 @@ def _cap_posterize(transform: Callable) -> None:
     ra = _rand_augment_of(transform)
     ops = [op for op in ra.ops if getattr(op, "name", None) == _POSTERIZE_OP]
     if len(ops) != 1 or not hasattr(ops[0], "magnitude_max"):
-        raise RuntimeError(f"expected one timm AugmentOp {_POSTERIZE_OP!r} with a magnitude_max "
-                           f"in {ra!r}; convit's posterize fix needs updating for this timm "
-                           f"version")
+        raise RuntimeError(
+            f"expected one timm AugmentOp {_POSTERIZE_OP!r} with a magnitude_max "
+            f"in {ra!r}; convit's posterize fix needs updating for this timm "
+            f"version"
+        )
     op = ops[0]
     op.magnitude_max = min(op.magnitude_max or _POSTERIZE_MAX_MAGNITUDE, _POSTERIZE_MAX_MAGNITUDE)
     probe = copy.copy(op)  # shallow: same functions and cap, own prob/magnitude
@@ -235,32 +269,43 @@ def _cap_posterize(transform: Callable) -> None:
         try:
             out = probe(Image.new(mode, (1, 1), white))
         except (ValueError, TypeError) as e:
-            raise RuntimeError(f"timm's {_POSTERIZE_OP} still fails at its highest magnitude "
-                               f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}: {e}") from e
+            raise RuntimeError(
+                f"timm's {_POSTERIZE_OP} still fails at its highest magnitude "
+                f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}: {e}"
+            ) from e
         finally:
             random.setstate(rng_state)
         if not any(np.asarray(out).ravel()):
-            raise RuntimeError(f"timm's {_POSTERIZE_OP} keeps 0 bits at its highest magnitude "
-                               f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}")
+            raise RuntimeError(
+                f"timm's {_POSTERIZE_OP} keeps 0 bits at its highest magnitude "
+                f"after capping it at {_POSTERIZE_MAX_MAGNITUDE}"
+            )
 
 
-def _small_steps(img_size: int, native_size: Optional[int], hflip: bool) -> List[Callable]:
+def _small_steps(img_size: int, native_size: Optional[int], hflip: bool) -> list[Callable]:
     """The geometry of ``small``: resize if needed, padded random crop, optional flip."""
-    size_step = (v2.Resize((img_size, img_size), interpolation=_BICUBIC, antialias=True)
-                 if native_size is not None else
-                 v2.Resize(img_size, interpolation=_BICUBIC, antialias=True))
+    size_step = (
+        v2.Resize((img_size, img_size), interpolation=_BICUBIC, antialias=True)
+        if native_size is not None
+        else v2.Resize(img_size, interpolation=_BICUBIC, antialias=True)
+    )
     if native_size == img_size:
         size_step = None
-    steps = [*([size_step] if size_step else []),
-             v2.RandomCrop(img_size, padding=max(1, img_size // 8))]
+    steps = [*([size_step] if size_step else []), v2.RandomCrop(img_size, padding=max(1, img_size // 8))]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return steps
 
 
-def train_transform(augment: str, img_size: int, mean: Sequence[float], std: Sequence[float],
-                    in_chans: int, native_size: Optional[int] = None, hflip: bool = True
-                    ) -> Tuple[Callable, bool]:
+def train_transform(
+    augment: str,
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+    native_size: Optional[int] = None,
+    hflip: bool = True,
+) -> tuple[Callable, bool]:
     """Training transform for ``augment`` in ``deit`` / ``small`` / ``none``.
 
     Returns ``(transform, wants_pil)``. ``wants_pil`` is True for ``deit`` (timm's
@@ -279,15 +324,22 @@ def train_transform(augment: str, img_size: int, mean: Sequence[float], std: Seq
     mean, std = tuple(mean), tuple(std)
     check_stats(mean, std, in_chans)
     if augment == "deit":
-        transform = create_transform(img_size, is_training=True, mean=mean, std=std,
-                                     hflip=0.5 if hflip else 0.0, **_DEIT_AUG)
+        transform = create_transform(
+            img_size, is_training=True, mean=mean, std=std, hflip=0.5 if hflip else 0.0, **_DEIT_AUG
+        )
         _cap_posterize(transform)
         return transform, True
     head = [] if native_size is not None else [_CapAspect(), _ToFloatImage(in_chans)]
     if augment == "none":
-        return v2.Compose([*head, *_geometry_eval(img_size, native_size, inputs_native=True),
-                           v2.Normalize(list(mean), list(std))]), False
+        return v2.Compose(
+            [
+                *head,
+                *_geometry_eval(img_size, native_size, inputs_native=True),
+                v2.Normalize(list(mean), list(std)),
+            ]
+        ), False
     if augment == "small":
-        return v2.Compose([*head, *_small_steps(img_size, native_size, hflip),
-                           v2.Normalize(list(mean), list(std))]), False
+        return v2.Compose(
+            [*head, *_small_steps(img_size, native_size, hflip), v2.Normalize(list(mean), list(std))]
+        ), False
     raise ValueError(f"unknown augment {augment!r}; known: {', '.join(AUGMENTS)}")

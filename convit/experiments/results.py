@@ -15,33 +15,64 @@ Files written by :func:`write_results`:
 * ``locality_over_training.png`` when the runs logged locality: nonlocality per block and gate
   per GPSA block over training, per variant and fraction (the paper's Figs. 5-6).
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
-from .figures import grouped_figure, locality_figure, sample_efficiency_figure
 from .grids import PAPER_ABLATION, PAPER_SAMPLE_EFFICIENCY
 from .summary import Cell, by_label_and_fraction, locality_series, mean_of, mean_std, relative_gain, summarize
+from .sweep_figures import grouped_figure, locality_figure, sample_efficiency_figure
 
-__all__ = ["mean_std", "relative_gain", "Cell", "summarize", "markdown", "locality_markdown", "write_results",
-           "FIGURE_NAMES"]
+__all__ = [
+    "mean_std",
+    "relative_gain",
+    "Cell",
+    "summarize",
+    "markdown",
+    "locality_markdown",
+    "write_results",
+    "FIGURE_NAMES",
+]
 
-FIGURE_NAMES = {"sample-efficiency": "top1_vs_fraction.png", "ablation": "ablation.png",
-                "locality-strength": "locality_strength.png", "gpsa-layers": "gpsa_layers.png"}
+FIGURE_NAMES = {
+    "sample-efficiency": "top1_vs_fraction.png",
+    "ablation": "ablation.png",
+    "locality-strength": "locality_strength.png",
+    "gpsa-layers": "gpsa_layers.png",
+}
 
-_RUN_COLUMNS = ["grid", "preset", "variant", "label", "fraction", "images_per_class", "seed", "test_top1",
-                "val_top1", "best_val_top1", "best_epoch", "epochs", "train_images", "params", "wall_s", "cpu_s",
-                "resumed"]
+_RUN_COLUMNS = [
+    "grid",
+    "preset",
+    "variant",
+    "label",
+    "fraction",
+    "images_per_class",
+    "seed",
+    "test_top1",
+    "val_top1",
+    "best_val_top1",
+    "best_epoch",
+    "epochs",
+    "train_images",
+    "params",
+    "wall_s",
+    "cpu_s",
+    "resumed",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
+
 
 def _pm(mean: float, std: float, digits: int = 2) -> str:
     if math.isnan(mean):
@@ -56,31 +87,40 @@ def _gain(g: float, sd: float = math.nan) -> str:
     return f"{100 * g:+.1f}%" + ("" if math.isnan(sd) else f" (± {100 * sd:.1f})")
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows]]
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *["| " + " | ".join(r) + " |" for r in rows],
+    ]
 
 
-def _footer(cells: Sequence[Cell]) -> List[str]:
+def _footer(cells: Sequence[Cell]) -> list[str]:
     params = {c.label: c.params for c in cells if c.params}
     wall, cpu = sum(c.wall_s for c in cells), sum(c.cpu_s for c in cells)
     out = [""]
     if params:
         out.append("Parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".  ")
-    out.append(f"Training time, all runs: {wall:.0f} s ({wall / 60:.1f} min)"
-               + (f"; process CPU time {cpu:.0f} s ({cpu / 3600:.2f} CPU-hours)." if cpu else "."))
+    out.append(
+        f"Training time, all runs: {wall:.0f} s ({wall / 60:.1f} min)"
+        + (f"; process CPU time {cpu:.0f} s ({cpu / 3600:.2f} CPU-hours)." if cpu else ".")
+    )
     return out
 
 
 def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
     """The summary as Markdown: one table per fraction, plus the paper's numbers alongside."""
-    lines = [f"## {title or grid}", "",
-             "Top-1 (%) of the final model, mean ± std over seeds (n = seeds). Test: the dataset's test "
-             "split, never used for any choice. Val: held out from the training split. Gain: the paper's "
-             "relative improvement over the baseline, (top1 - top1_base) / top1_base, from the seed "
-             "means; in brackets the std of the per-seed (paired) gains.", ""]
+    lines = [
+        f"## {title or grid}",
+        "",
+        "Top-1 (%) of the final model, mean ± std over seeds (n = seeds). Test: the dataset's test "
+        "split, never used for any choice. Val: held out from the training split. Gain: the paper's "
+        "relative improvement over the baseline, (top1 - top1_base) / top1_base, from the seed "
+        "means; in brackets the std of the per-seed (paired) gains.",
+        "",
+    ]
     if grid == "sample-efficiency":
-        by_f: Dict[float, Dict[str, Cell]] = {}
+        by_f: dict[float, dict[str, Cell]] = {}
         for c in cells:
             by_f.setdefault(c.fraction, {})[c.variant] = c
         rows = []
@@ -88,29 +128,60 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
             cv, de = d.get("convit"), d.get("deit")
             paper = PAPER_SAMPLE_EFFICIENCY.get(f)
             per_class = (cv or de).images_per_class
-            rows.append([f"{f:g}", f"{per_class:.0f}" if per_class else "-",
-                         f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
-                         str((cv or de).n),
-                         _pm(de.test_mean, de.test_std) if de else "-",
-                         _pm(cv.test_mean, cv.test_std) if cv else "-",
-                         _gain(cv.gain_test, cv.gain_test_sd) if cv else "-",
-                         _pm(de.val_mean, de.val_std) if de else "-",
-                         _pm(cv.val_mean, cv.val_std) if cv else "-",
-                         _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
-                         (f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
-                          if paper else "-")])
-        lines += _table(["fraction", "images/class", "train images", "n", "DeiT test", "ConViT test", "gain (test)",
-                         "DeiT val", "ConViT val", "gain (val)", "paper ImageNet DeiT-S → ConViT-S (gain)"],
-                        rows)
+            rows.append(
+                [
+                    f"{f:g}",
+                    f"{per_class:.0f}" if per_class else "-",
+                    f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
+                    str((cv or de).n),
+                    _pm(de.test_mean, de.test_std) if de else "-",
+                    _pm(cv.test_mean, cv.test_std) if cv else "-",
+                    _gain(cv.gain_test, cv.gain_test_sd) if cv else "-",
+                    _pm(de.val_mean, de.val_std) if de else "-",
+                    _pm(cv.val_mean, cv.val_std) if cv else "-",
+                    _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
+                    (
+                        f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
+                        if paper
+                        else "-"
+                    ),
+                ]
+            )
+        lines += _table(
+            [
+                "fraction",
+                "images/class",
+                "train images",
+                "n",
+                "DeiT test",
+                "ConViT test",
+                "gain (test)",
+                "DeiT val",
+                "ConViT val",
+                "gain (val)",
+                "paper ImageNet DeiT-S → ConViT-S (gain)",
+            ],
+            rows,
+        )
         return "\n".join(lines + _footer(cells)) + "\n"
     fractions = sorted({c.fraction for c in cells})
     for f in fractions:
         per_class = next((c.images_per_class for c in cells if c.fraction == f and c.images_per_class), None)
-        lines += ["", f"### fraction {f:g}" + (f" ({per_class:.0f} images per class)" if per_class else ""), ""]
+        lines += [
+            "",
+            f"### fraction {f:g}" + (f" ({per_class:.0f} images per class)" if per_class else ""),
+            "",
+        ]
         rows = []
         for c in (c for c in cells if c.fraction == f):
-            row = [c.label, str(c.n), _pm(c.test_mean, c.test_std), _gain(c.gain_test, c.gain_test_sd),
-                   _pm(c.val_mean, c.val_std), _gain(c.gain_val, c.gain_val_sd)]
+            row = [
+                c.label,
+                str(c.n),
+                _pm(c.test_mean, c.test_std),
+                _gain(c.gain_test, c.gain_test_sd),
+                _pm(c.val_mean, c.val_std),
+                _gain(c.gain_val, c.gain_val_sd),
+            ]
             if grid == "ablation":
                 paper = PAPER_ABLATION.get(c.variant)
                 row.append(f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else "-")
@@ -122,16 +193,19 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
     return "\n".join(lines + _footer(cells)) + "\n"
 
 
-def _layer_means(records: Sequence[Dict[str, Any]], key: str, which: int) -> List[float]:
+def _layer_means(records: Sequence[dict[str, Any]], key: str, which: int) -> list[float]:
     """Per layer, the mean over heads and seeds of locality ``key`` at evaluated epoch ``which``
     (0: the first evaluated epoch, -1: the last)."""
-    per_run = [[v for v in series[which][1] if not math.isnan(v)]
-               for series in (locality_series(r, key) for r in records) if series]
+    per_run = [
+        [v for v in series[which][1] if not math.isnan(v)]
+        for series in (locality_series(r, key) for r in records)
+        if series
+    ]
     n_layers = min((len(x) for x in per_run), default=0)
     return [statistics.fmean(run[i] for run in per_run) for i in range(n_layers)]
 
 
-def locality_markdown(records: Sequence[Dict[str, Any]]) -> str:
+def locality_markdown(records: Sequence[dict[str, Any]]) -> str:
     """Locality over training (the paper's Figs. 5-7) from the runs' logged evaluations: per
     variant and fraction, each layer's nonlocality (eq. 8, mean over heads) and each GPSA
     layer's gate sigma(lambda) (mean over heads), at the first and the last evaluated epoch,
@@ -148,15 +222,29 @@ def locality_markdown(records: Sequence[Dict[str, Any]]) -> str:
             rows.append([label, f"{f:g}", f"{per_class:.0f}" if per_class else "-", str(len(rs)), *cells])
     if not rows:
         return ""
-    lines = ["", "### Locality over training (first → last evaluated epoch, mean over heads and seeds)", "",
-             "Nonlocality: mean distance (in patches) attended, per block; gates: sigma(lambda) of each "
-             "GPSA block (1 = positional attention only, 0 = content only).", ""]
-    return "\n".join(lines + _table(["variant", "fraction", "images/class", "n", "nonlocality per block",
-                                     "gate per GPSA block"], rows)) + "\n"
+    lines = [
+        "",
+        "### Locality over training (first → last evaluated epoch, mean over heads and seeds)",
+        "",
+        "Nonlocality: mean distance (in patches) attended, per block; gates: sigma(lambda) of each "
+        "GPSA block (1 = positional attention only, 0 = content only).",
+        "",
+    ]
+    return (
+        "\n".join(
+            lines
+            + _table(
+                ["variant", "fraction", "images/class", "n", "nonlocality per block", "gate per GPSA block"],
+                rows,
+            )
+        )
+        + "\n"
+    )
 
 
-def write_results(records: Sequence[Dict[str, Any]], output: Path, grid: str = "",
-                  title: str = "") -> Dict[str, Path]:
+def write_results(
+    records: Sequence[dict[str, Any]], output: Path, grid: str = "", title: str = ""
+) -> dict[str, Path]:
     """Write results.csv, summary.csv, results.md and the grid's figure into ``output``."""
     output = Path(output)
     grid = grid or (records[0]["grid"] if records else "")

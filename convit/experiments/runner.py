@@ -3,7 +3,7 @@
 Layout of a sweep folder::
 
     DIR/sweep.json                          what was asked for (grid, preset, fractions, seeds)
-    DIR/<variant>/f<fraction>/seed<k>/      one run folder of convit.train.fit (config.yaml,
+    DIR/<variant>/f<fraction>/seed<k>/      one run folder of convit.training.fit.fit (config.yaml,
                                             log.jsonl, last.pt, model.safetensors, ...)
         train.log                           the run's console output
         result.json                         written atomically when the run has finished
@@ -18,6 +18,7 @@ command again therefore only redoes the epoch that was interrupted.
 Seed ``k`` fixes the validation hold-out, the per-class subset and the initialisation, and is
 shared by every variant, so variants are compared on the same images (paired by seed).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,26 +28,38 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import yaml
 from safetensors import safe_open
 
 from ..analysis import training_hooks
-from ..config import TrainConfig, build_config
-from ..fileio import atomic_save, read_jsonl
-from ..launch import LaunchOptions, Outcome, launch, run_lock
-from ..model import DATA_DERIVED_FIELDS, ConViTConfig
-from ..presets import ExperimentScale, experiment_scale
-from ..train import fit
-from ..zoo import model_spec
+from ..core.fileio import atomic_save, read_jsonl
+from ..core.launch import LaunchOptions, Outcome, launch, run_lock
+from ..core.presets import ExperimentScale, experiment_scale
+from ..nn.model import DATA_DERIVED_FIELDS, ConViTConfig
+from ..training.config import TrainConfig, build_config
+from ..training.fit import fit
+from ..weights.zoo import model_spec
 from .grids import Variant, epochs_for_fraction, grid_variants
 from .results import write_results
 
-__all__ = ["RunSpec", "plan_runs", "run_folder", "run_status", "settings_diff", "execute_run", "run_sweep",
-           "locked_run", "SweepError", "load_results", "RESULT_FILE"]
+__all__ = [
+    "RunSpec",
+    "plan_runs",
+    "run_folder",
+    "run_status",
+    "settings_diff",
+    "execute_run",
+    "run_sweep",
+    "locked_run",
+    "SweepError",
+    "load_results",
+    "RESULT_FILE",
+]
 
 RESULT_FILE = "result.json"
 #: TrainConfig fields that differ between a fresh run and its resumption; not "settings".
@@ -63,8 +76,8 @@ class RunSpec:
     fraction: float
     seed: int
     folder: Path
-    overrides: Dict[str, Any]  # TrainConfig fields, everything but output/resume/overwrite
-    backend: str = "fit"  # "device": convit.train.fit on on-device batches (the preset's backend)
+    overrides: dict[str, Any]  # TrainConfig fields, everything but output/resume/overwrite
+    backend: str = "fit"  # "device": convit.training.fit.fit on on-device batches (the preset's backend)
 
     @property
     def key(self) -> str:
@@ -76,7 +89,7 @@ def run_folder(output: os.PathLike, variant: str, fraction: float, seed: int) ->
     return Path(output) / variant / f"f{fraction:g}" / f"seed{seed}"
 
 
-def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+def _pinned_architecture(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Every ConViTConfig field of ``model`` with ``kwargs`` on top (but those taken from the
     data), so a run's config.yaml states the whole architecture and a later change of the zoo's
     defaults cannot silently change an experiment (the runner then refuses to mix results)."""
@@ -86,8 +99,9 @@ def _pinned_architecture(model: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in arch.items() if k not in DATA_DERIVED_FIELDS}
 
 
-def _model_for(preset: ExperimentScale, variant: Variant,
-               overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def _model_for(
+    preset: ExperimentScale, variant: Variant, overrides: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
     """The zoo name and (pinned, complete) ConViTConfig fields of ``variant`` at ``preset``'s size.
 
     Precedence: the zoo's config < the preset's shared sizes < its ConViT-only fields <
@@ -106,7 +120,7 @@ def _model_for(preset: ExperimentScale, variant: Variant,
     return {"model": name, "model_kwargs": _pinned_architecture(name, kw)}
 
 
-def _full_recipe(train: Dict[str, Any]) -> Dict[str, Any]:
+def _full_recipe(train: dict[str, Any]) -> dict[str, Any]:
     """Every TrainConfig field: its default, then ``train`` on top.  With every field given, the
     trainer's named presets (which may be retuned at any time) have no effect on a sweep."""
     base = TrainConfig().to_dict()
@@ -114,11 +128,17 @@ def _full_recipe(train: Dict[str, Any]) -> Dict[str, Any]:
     return base
 
 
-def plan_runs(grid: str, preset: ExperimentScale | str, output: os.PathLike,
-              fractions: Optional[Sequence[float]] = None, seeds: Optional[int] = None,
-              base_epochs: Optional[float] = None, variants: Optional[List[str]] = None,
-              train_overrides: Optional[Dict[str, Any]] = None,
-              model_overrides: Optional[Dict[str, Any]] = None) -> List[RunSpec]:
+def plan_runs(
+    grid: str,
+    preset: ExperimentScale | str,
+    output: os.PathLike,
+    fractions: Optional[Sequence[float]] = None,
+    seeds: Optional[int] = None,
+    base_epochs: Optional[float] = None,
+    variants: Optional[list[str]] = None,
+    train_overrides: Optional[dict[str, Any]] = None,
+    model_overrides: Optional[dict[str, Any]] = None,
+) -> list[RunSpec]:
     """Every run of ``grid`` at ``preset`` (an experiment scale, or its name): variants x
     fractions x seeds, in that nesting order reversed (seed-major, then fraction, then variant)
     so that an interrupted sweep already has complete comparisons for the first seed.
@@ -147,13 +167,21 @@ def plan_runs(grid: str, preset: ExperimentScale | str, output: os.PathLike,
             epochs = epochs_for_fraction(base, f)
             for v in vs:
                 model = _model_for(p, v, model_overrides)
-                over = {**_full_recipe(p.train), "dataset": p.dataset, **model, "sampling_ratio": f, "seed": seed,
-                        "epochs": epochs, "scale_epochs": False,
-                        "warmup_epochs": min(p.base_warmup / f, epochs / 2),
-                        "eval_every": max(1, int(math.ceil(epochs / max(1, p.eval_points))))}
+                over = {
+                    **_full_recipe(p.train),
+                    "dataset": p.dataset,
+                    **model,
+                    "sampling_ratio": f,
+                    "seed": seed,
+                    "epochs": epochs,
+                    "scale_epochs": False,
+                    "warmup_epochs": min(p.base_warmup / f, epochs / 2),
+                    "eval_every": max(1, int(math.ceil(epochs / max(1, p.eval_points)))),
+                }
                 over.update(train_overrides or {})
-                specs.append(RunSpec(grid, p.name, v, f, seed, run_folder(output, v.name, f, seed), over,
-                                     p.backend))
+                specs.append(
+                    RunSpec(grid, p.name, v, f, seed, run_folder(output, v.name, f, seed), over, p.backend)
+                )
     return specs
 
 
@@ -161,11 +189,12 @@ def plan_runs(grid: str, preset: ExperimentScale | str, output: os.PathLike,
 # One run
 # ---------------------------------------------------------------------------------------------
 
+
 def _atomic_write_json(path: Path, obj: Any) -> None:
     atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)), path, "result")
 
 
-def _settings(cfg_dict: Dict[str, Any]) -> Dict[str, Any]:
+def _settings(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg_dict.items() if k not in _RUN_ONLY_FIELDS}
 
 
@@ -174,7 +203,7 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
+def _stored_settings(folder: Path) -> Optional[dict[str, Any]]:
     """Settings of the run whose ``last.pt`` is in ``folder`` (from its config.yaml), or None."""
     path = folder / "config.yaml"
     if not (folder / "last.pt").is_file() or not path.is_file():
@@ -185,7 +214,7 @@ def _stored_settings(folder: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def settings_diff(stored: Optional[Dict[str, Any]], planned: Dict[str, Any]) -> List[str]:
+def settings_diff(stored: Optional[dict[str, Any]], planned: dict[str, Any]) -> list[str]:
     """The settings in which a stored run differs from the plan (empty: the same run).
 
     A TrainConfig field added since the run was stored counts as the same when the plan leaves
@@ -195,9 +224,12 @@ def settings_diff(stored: Optional[Dict[str, Any]], planned: Dict[str, Any]) -> 
     if stored is None:
         return sorted(planned)
     defaults = _plain(TrainConfig().to_dict())
-    return sorted(k for k in set(planned) | set(stored)
-                  if (k in stored and k in planned and stored[k] != planned[k])
-                  or (k not in stored and planned[k] != defaults.get(k)))
+    return sorted(
+        k
+        for k in set(planned) | set(stored)
+        if (k in stored and k in planned and stored[k] != planned[k])
+        or (k not in stored and planned[k] != defaults.get(k))
+    )
 
 
 def run_status(spec: RunSpec) -> str:
@@ -206,18 +238,22 @@ def run_status(spec: RunSpec) -> str:
     result_path = spec.folder / RESULT_FILE
     planned = _plain(_settings(build_config(spec.overrides).to_dict()))
     if result_path.is_file():
-        return "done" if not settings_diff(json.loads(result_path.read_text()).get("settings"), planned) else "stale"
+        return (
+            "done"
+            if not settings_diff(json.loads(result_path.read_text()).get("settings"), planned)
+            else "stale"
+        )
     stored = _stored_settings(spec.folder)
     return "partial" if stored is not None and not settings_diff(_plain(stored), planned) else "todo"
 
 
-def _default_fit(backend: str) -> Callable[[TrainConfig], Dict[str, Any]]:
-    """:func:`convit.train.fit` with ``convit train``'s hooks (locality log, report: each only
+def _default_fit(backend: str) -> Callable[[TrainConfig], dict[str, Any]]:
+    """:func:`convit.training.fit.fit` with ``convit train``'s hooks (locality log, report: each only
     if the run's config asks), on on-device batches for the ``device`` backend."""
     return functools.partial(fit, on_device=backend == "device", **training_hooks())
 
 
-def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = True) -> Dict[str, Any]:
+def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = True) -> dict[str, Any]:
     """Run (or skip, or resume) one run; returns its result record (also in ``result.json``).
 
     The record holds the spec (variant, fraction, seed, settings), the final model's test and
@@ -232,8 +268,10 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
         record = json.loads(result_path.read_text())
         diff = settings_diff(record.get("settings"), planned)
         if diff:
-            raise ValueError(f"{folder} holds a finished run with different settings ({', '.join(diff)}); "
-                             "use another --output, or delete that folder to redo it")
+            raise ValueError(
+                f"{folder} holds a finished run with different settings ({', '.join(diff)}); "
+                "use another --output, or delete that folder to redo it"
+            )
         record["skipped"] = True
         return record
 
@@ -256,16 +294,32 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     facts, log = _model_facts(folder), _log_entries(folder)
     record = {
-        "grid": spec.grid, "preset": spec.preset, "variant": spec.variant.name, "label": spec.variant.label,
-        "role": spec.variant.role, "baseline": spec.variant.baseline, "fraction": spec.fraction,
-        "seed": spec.seed, "settings": planned,
-        "test_top1": summary.get("test_top1"), "test_top5": summary.get("test_top5"),
-        "val_top1": summary.get("val_top1"), "best_val_top1": summary.get("best_val_top1"),
-        "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
-        "train_images": summary.get("train_images"), "params": facts["params"],
-        "images_per_class": (summary["train_images"] / facts["classes"]
-                             if facts["classes"] and summary.get("train_images") else None),
-        "wall_s": wall, "cpu_s": cpu, "resumed": resumed, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "grid": spec.grid,
+        "preset": spec.preset,
+        "variant": spec.variant.name,
+        "label": spec.variant.label,
+        "role": spec.variant.role,
+        "baseline": spec.variant.baseline,
+        "fraction": spec.fraction,
+        "seed": spec.seed,
+        "settings": planned,
+        "test_top1": summary.get("test_top1"),
+        "test_top5": summary.get("test_top5"),
+        "val_top1": summary.get("val_top1"),
+        "best_val_top1": summary.get("best_val_top1"),
+        "best_epoch": summary.get("best_epoch"),
+        "epochs": summary.get("epochs"),
+        "train_images": summary.get("train_images"),
+        "params": facts["params"],
+        "images_per_class": (
+            summary["train_images"] / facts["classes"]
+            if facts["classes"] and summary.get("train_images")
+            else None
+        ),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "resumed": resumed,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "epochs_cpu_s": sum(e.get("epoch_cpu_time_s", 0.0) for e in log),  # every attempt's epochs
         "evals": [e for e in log if "val_top1" in e or "test_top1" in e],  # metrics and locality
     }
@@ -274,17 +328,17 @@ def execute_run(spec: RunSpec, fit_fn: Optional[Callable] = None, quiet: bool = 
     return record
 
 
-def _log_entries(folder: Path) -> List[Dict[str, Any]]:
+def _log_entries(folder: Path) -> list[dict[str, Any]]:
     """The run's log.jsonl, read once (none when the fit wrote no log): result.json keeps its evaluated
     epochs and CPU time, so a sweep folder can keep result.json alone and drop the per-epoch log."""
     path = folder / "log.jsonl"
     return read_jsonl(path) if path.is_file() else []
 
 
-def _model_facts(folder: Path) -> Dict[str, Optional[int]]:
+def _model_facts(folder: Path) -> dict[str, Optional[int]]:
     """Parameter count and number of classes of the run's final model (model.safetensors)."""
     path = folder / "model.safetensors"
-    facts: Dict[str, Optional[int]] = {"params": None, "classes": None}
+    facts: dict[str, Optional[int]] = {"params": None, "classes": None}
     if not path.is_file():
         return facts
     try:
@@ -305,13 +359,21 @@ def _model_facts(folder: Path) -> Dict[str, Optional[int]]:
 # A sweep
 # ---------------------------------------------------------------------------------------------
 
-def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Callable] = None,
-              say: Callable[[str], None] = print, quiet: bool = True, meta: Optional[Dict[str, Any]] = None,
-              jobs: int = 1, options: Optional[LaunchOptions] = None) -> List[Dict[str, Any]]:
+
+def run_sweep(
+    specs: Sequence[RunSpec],
+    output: os.PathLike,
+    fit_fn: Optional[Callable] = None,
+    say: Callable[[str], None] = print,
+    quiet: bool = True,
+    meta: Optional[dict[str, Any]] = None,
+    jobs: int = 1,
+    options: Optional[LaunchOptions] = None,
+) -> list[dict[str, Any]]:
     """Run every spec (skipping finished ones), then write the tables and the figure.
 
     Returns the records in plan order.  With ``options`` (``jobs`` > 1: local), each run is a
-    task of :func:`convit.launch.launch` (:func:`locked_run`, logs in ``output/logs``); failed
+    task of :func:`convit.core.launch.launch` (:func:`locked_run`, logs in ``output/logs``); failed
     runs raise a :class:`SweepError` naming their logs once the rest and the tables are done.
     Else runs train here with ``fit_fn`` and an exception propagates at once; either way the
     same call later continues where it stopped.
@@ -322,16 +384,20 @@ def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Ca
         _atomic_write_json(out / "sweep.json", meta)
     t0 = time.perf_counter()
 
-    def report(i: int, spec: RunSpec, r: Dict[str, Any], seconds: float) -> None:
+    def report(i: int, spec: RunSpec, r: dict[str, Any], seconds: float) -> None:
         state = "done before, skipped" if r["skipped"] else ("resumed" if r["resumed"] else "trained")
-        say(f"[{i}/{len(specs)}] {spec.key}: test {_fmt(r['test_top1'])}  val {_fmt(r['val_top1'])}  "
-            f"({state}, {seconds:.0f} s; sweep {time.perf_counter() - t0:.0f} s)")
+        say(
+            f"[{i}/{len(specs)}] {spec.key}: test {_fmt(r['test_top1'])}  val {_fmt(r['val_top1'])}  "
+            f"({state}, {seconds:.0f} s; sweep {time.perf_counter() - t0:.0f} s)"
+        )
 
     options = options or (LaunchOptions("local", jobs) if jobs > 1 else None)
-    failed: List[Outcome] = []
+    failed: list[Outcome] = []
     if options is not None:
         if fit_fn is not None:
-            raise ValueError("launched runs use the default trainer in their own processes; fit_fn must be None")
+            raise ValueError(
+                "launched runs use the default trainer in their own processes; fit_fn must be None"
+            )
         records = _launched(specs, out, options, quiet, say, report, failed)
     else:
         records = []
@@ -341,7 +407,9 @@ def run_sweep(specs: Sequence[RunSpec], output: os.PathLike, fit_fn: Optional[Ca
             report(i, spec, records[-1], time.perf_counter() - t)
     write_results(records, out, grid=specs[0].grid if specs else "")
     if failed:
-        raise SweepError(f"{len(failed)} run(s) failed: " + "; ".join(f"{o.name} (log: {o.log})" for o in failed))
+        raise SweepError(
+            f"{len(failed)} run(s) failed: " + "; ".join(f"{o.name} (log: {o.log})" for o in failed)
+        )
     return records
 
 
@@ -349,7 +417,7 @@ class SweepError(ValueError):
     """Runs of a launched sweep failed (the others finished; their results are written)."""
 
 
-def locked_run(spec: RunSpec, quiet: bool = True) -> Dict[str, Any]:
+def locked_run(spec: RunSpec, quiet: bool = True) -> dict[str, Any]:
     """:func:`execute_run` under ``<folder>/lock`` (a launcher's task; module level, pickled):
     waits while another process or job holds the run, then finds it finished (skipped) or
     resumes it, so two never train the same run."""
@@ -357,9 +425,15 @@ def locked_run(spec: RunSpec, quiet: bool = True) -> Dict[str, Any]:
         return execute_run(spec, quiet=quiet)
 
 
-def _launched(specs: Sequence[RunSpec], out: Path, options: LaunchOptions, quiet: bool,
-              say: Callable[[str], None], report: Callable[[int, RunSpec, Dict[str, Any], float], None],
-              failed: List[Outcome]) -> List[Dict[str, Any]]:
+def _launched(
+    specs: Sequence[RunSpec],
+    out: Path,
+    options: LaunchOptions,
+    quiet: bool,
+    say: Callable[[str], None],
+    report: Callable[[int, RunSpec, dict[str, Any], float], None],
+    failed: list[Outcome],
+) -> list[dict[str, Any]]:
     """Every spec as a task of ``options``' launcher; the finished runs' records in plan order
     (failed runs' outcomes appended to ``failed``)."""
     index = {spec.key.replace("/", "-"): i for i, spec in enumerate(specs)}
@@ -375,7 +449,7 @@ def _launched(specs: Sequence[RunSpec], out: Path, options: LaunchOptions, quiet
     return [o.value for o in launch(tasks, options, out / "logs", say, told) if o.ok]
 
 
-def load_results(output: os.PathLike, grid: Optional[str] = None) -> List[Dict[str, Any]]:
+def load_results(output: os.PathLike, grid: Optional[str] = None) -> list[dict[str, Any]]:
     """Every finished run's record under ``output`` (for re-tabulating without training); with
     ``grid``, only that grid's runs, in the grid's variant order (as a sweep reports them)."""
     records = []

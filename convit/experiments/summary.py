@@ -9,18 +9,28 @@ Run records are the dicts of :func:`convit.experiments.runner.load_results` (one
 ``result.json``); tables (:mod:`.results`) and figures (:mod:`.figures`) read only what this
 module computes from them.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
-__all__ = ["mean_std", "relative_gain", "Cell", "summarize", "mean_of", "by_label_and_fraction",
-           "locality_series", "locality_curves"]
+__all__ = [
+    "mean_std",
+    "relative_gain",
+    "Cell",
+    "summarize",
+    "mean_of",
+    "by_label_and_fraction",
+    "locality_series",
+    "locality_curves",
+]
 
 
-def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1); the std of a single value is NaN."""
     vals = [float(v) for v in values]
     if not vals:
@@ -48,14 +58,16 @@ class Cell:
     val_mean: float
     val_std: float
     baseline: bool
-    gain_test: float = math.nan      # ratio of means vs the baseline (paper definition)
-    gain_test_sd: float = math.nan   # std over seeds of the paired per-seed gains
+    gain_test: float = math.nan  # ratio of means vs the baseline (paper definition)
+    gain_test_sd: float = math.nan  # std over seeds of the paired per-seed gains
     gain_val: float = math.nan
     gain_val_sd: float = math.nan
     train_images: Optional[float] = None
     images_per_class: Optional[float] = None
     wall_s: float = 0.0
-    cpu_s: float = 0.0  # per run the larger of cpu_s (its last attempt) and epochs_cpu_s (every attempt's epochs)
+    cpu_s: float = (
+        0.0  # per run the larger of cpu_s (its last attempt) and epochs_cpu_s (every attempt's epochs)
+    )
     params: Optional[int] = None
 
 
@@ -63,41 +75,57 @@ def _num(v: Any) -> Optional[float]:
     return None if v is None else float(v)
 
 
-def mean_of(records: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
+def mean_of(records: Sequence[dict[str, Any]], key: str) -> Optional[float]:
     """Mean of ``key`` over the records that have it; None when none has."""
     vals = [float(r[key]) for r in records if r.get(key) is not None]
     return statistics.fmean(vals) if vals else None
 
 
-def _cell(variant: str, fraction: float, rs: Sequence[Dict[str, Any]]) -> Cell:
+def _cell(variant: str, fraction: float, rs: Sequence[dict[str, Any]]) -> Cell:
     tm, ts = mean_std([x for x in (_num(r.get("test_top1")) for r in rs) if x is not None])
     vm, vs = mean_std([x for x in (_num(r.get("val_top1")) for r in rs) if x is not None])
-    return Cell(variant, rs[0].get("label", variant), fraction, len(rs), tm, ts, vm, vs, bool(rs[0].get("baseline")),
-                train_images=mean_of(rs, "train_images"), images_per_class=mean_of(rs, "images_per_class"),
-                wall_s=sum(float(r.get("wall_s") or 0) for r in rs),
-                cpu_s=sum(max(float(r.get("cpu_s") or 0), float(r.get("epochs_cpu_s") or 0)) for r in rs),
-                params=next((int(r["params"]) for r in rs if r.get("params")), None))
+    return Cell(
+        variant,
+        rs[0].get("label", variant),
+        fraction,
+        len(rs),
+        tm,
+        ts,
+        vm,
+        vs,
+        bool(rs[0].get("baseline")),
+        train_images=mean_of(rs, "train_images"),
+        images_per_class=mean_of(rs, "images_per_class"),
+        wall_s=sum(float(r.get("wall_s") or 0) for r in rs),
+        cpu_s=sum(max(float(r.get("cpu_s") or 0), float(r.get("epochs_cpu_s") or 0)) for r in rs),
+        params=next((int(r["params"]) for r in rs if r.get("params")), None),
+    )
 
 
-def _add_gains(cell: Cell, mine: Sequence[Dict[str, Any]], base: Cell, theirs: Sequence[Dict[str, Any]]) -> None:
+def _add_gains(
+    cell: Cell, mine: Sequence[dict[str, Any]], base: Cell, theirs: Sequence[dict[str, Any]]
+) -> None:
     """The gain of ``cell`` over ``base`` from the seed means, and the spread of the paired per-seed gains."""
     cell.gain_test = relative_gain(cell.test_mean, base.test_mean)
     cell.gain_val = relative_gain(cell.val_mean, base.val_mean)
     for metric in ("test", "val"):
         ours = {r["seed"]: _num(r.get(f"{metric}_top1")) for r in mine}
         ref = {r["seed"]: _num(r.get(f"{metric}_top1")) for r in theirs}
-        paired = [relative_gain(ours[s], ref[s]) for s in ours
-                  if s in ref and ours[s] is not None and ref[s] is not None]
+        paired = [
+            relative_gain(ours[s], ref[s])
+            for s in ours
+            if s in ref and ours[s] is not None and ref[s] is not None
+        ]
         setattr(cell, f"gain_{metric}_sd", mean_std(paired)[1])
 
 
-def summarize(records: Sequence[Dict[str, Any]]) -> List[Cell]:
+def summarize(records: Sequence[dict[str, Any]]) -> list[Cell]:
     """Group run records by (variant, fraction); mean/std over seeds; gains vs the baseline.
 
     Variants keep the order they first appear in (the grid's order); fractions are ascending.
     """
-    order: List[str] = list(dict.fromkeys(r["variant"] for r in records))
-    groups: Dict[Tuple[str, float], List[Dict[str, Any]]] = {}
+    order: list[str] = list(dict.fromkeys(r["variant"] for r in records))
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["variant"], float(r["fraction"])), []).append(r)
     cells = {(v, f): _cell(v, f, rs) for (v, f), rs in groups.items()}
@@ -110,9 +138,9 @@ def summarize(records: Sequence[Dict[str, Any]]) -> List[Cell]:
     return [cells[(v, f)] for f in fractions for v in order if (v, f) in cells]
 
 
-def by_label_and_fraction(records: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, float], List[Dict[str, Any]]]:
+def by_label_and_fraction(records: Sequence[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
     """The records grouped by (label, fraction), in the order they first appear."""
-    groups: Dict[Tuple[str, float], List[Dict[str, Any]]] = {}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r.get("label", r["variant"]), float(r["fraction"])), []).append(r)
     return groups
@@ -123,14 +151,17 @@ def _head_mean(heads: Optional[Sequence[Optional[float]]]) -> float:
     return statistics.fmean(vals) if vals else math.nan
 
 
-def locality_series(record: Dict[str, Any], key: str) -> List[Tuple[float, List[float]]]:
+def locality_series(record: dict[str, Any], key: str) -> list[tuple[float, list[float]]]:
     """Locality ``key`` (``"nonlocality"`` per block, ``"gates"`` per GPSA block) over one run's
     training: ``[(epoch, [mean over heads per block]), ...]`` for each evaluation that logged it."""
-    return [(e["epoch"], [_head_mean(heads) for heads in e["locality"][key]])
-            for e in record.get("evals") or [] if (e.get("locality") or {}).get(key)]
+    return [
+        (e["epoch"], [_head_mean(heads) for heads in e["locality"][key]])
+        for e in record.get("evals") or []
+        if (e.get("locality") or {}).get(key)
+    ]
 
 
-def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[float], List[List[float]]]:
+def locality_curves(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
     """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
     [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
     runs = []
@@ -140,5 +171,10 @@ def locality_curves(records: Sequence[Dict[str, Any]], key: str) -> Tuple[List[f
             total = r.get("epochs") or series[-1][0]
             runs.append([(epoch / total, values) for epoch, values in series])
     n = min((len(run) for run in runs), default=0)
-    return ([runs[0][i][0] for i in range(n)],
-            [[statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))] for i in range(n)])
+    return (
+        [runs[0][i][0] for i in range(n)],
+        [
+            [statistics.fmean(run[i][1][b] for run in runs) for b in range(len(runs[0][i][1]))]
+            for i in range(n)
+        ],
+    )

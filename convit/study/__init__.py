@@ -7,8 +7,9 @@ it matter at my data size?  One command from a folder to a verdict.
 * :mod:`.verdict`  paired differences by seed, 95% intervals, the sentence, results.csv
 * :mod:`.report`   report.html
 * :mod:`.runs`     the study folder: data view, one run = one ``fit`` (locked, resumable)
-* :mod:`.driver`   plan, run (any launcher of :mod:`convit.launch`), finish
+* :mod:`.driver`   plan, run (any launcher of :mod:`convit.core.launch`), finish
 """
+
 from __future__ import annotations
 
 from .driver import describe_plan, finish_study, plan_study, run_study

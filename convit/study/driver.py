@@ -1,19 +1,29 @@
 """A whole study, from a folder to a verdict: plan (or reuse one), run what is not done, write
 results.csv, report.html and the sentence.  :mod:`convit.commands.study` parses the flags and
 calls :func:`plan_study`, :func:`run_study` and :func:`finish_study` in turn."""
+
 from __future__ import annotations
 
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
-from ..launch import LaunchOptions, Outcome, launch
+from ..core.launch import LaunchOptions, Outcome, launch
 from .inspect import inspect_data
 from .plan import make_plan
 from .report import write_report
-from .runs import PLAN_FILE, RESULT_FILE, execute_run, load_plan, plan_runs, prepare_data, run_state, save_plan
+from .runs import (
+    PLAN_FILE,
+    RESULT_FILE,
+    execute_run,
+    load_plan,
+    plan_runs,
+    prepare_data,
+    run_state,
+    save_plan,
+)
 from .verdict import compare, sentence, write_csv
 
 __all__ = ["plan_study", "run_study", "finish_study", "describe_plan", "timeout_minutes"]
@@ -32,12 +42,21 @@ def _clear(study: Path) -> None:
 
 
 def _refuse(study: Path, why: str) -> None:
-    raise ValueError(f"{study} holds another study ({why}); pass --overwrite to replace it, or another --output")
+    raise ValueError(
+        f"{study} holds another study ({why}); pass --overwrite to replace it, or another --output"
+    )
 
 
-def plan_study(study: Path, request: Optional[Dict[str, Any]], *, plan_file: Optional[str] = None,
-               data_root: Optional[str] = None, overwrite: bool = False, t_start: Optional[float] = None,
-               say: Callable[[str], None] = print) -> Dict[str, Any]:
+def plan_study(
+    study: Path,
+    request: Optional[dict[str, Any]],
+    *,
+    plan_file: Optional[str] = None,
+    data_root: Optional[str] = None,
+    overwrite: bool = False,
+    t_start: Optional[float] = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """The study's plan: ``plan_file``'s, the one already in ``study`` when it was asked for with
     the same ``request``, or a new one (data inspected, models timed, sized to the budget).
     A different plan already in ``study`` is refused unless ``overwrite``."""
@@ -65,24 +84,28 @@ def plan_study(study: Path, request: Optional[Dict[str, Any]], *, plan_file: Opt
     return plan
 
 
-def describe_plan(plan: Dict[str, Any]) -> str:
+def describe_plan(plan: dict[str, Any]) -> str:
     """The plan's size and estimated time, in two lines."""
     m, runs = plan["model"], len(plan["levels"]) * len(plan["seeds"]) * 2
     sizes = ", ".join(f"{lv['images_per_class']} ({lv['epochs']} epochs)" for lv in plan["levels"])
-    return (f"plan: {runs} runs = 2 models x {len(plan['levels'])} sizes x {len(plan['seeds'])} seeds; images per "
-            f"class (epochs): {sizes}\n      ConViT {m['params']['convit']:,} / DeiT {m['params']['deit']:,} "
-            f"parameters, {m['resolution']}px input, {m['patch_size']}px patches ({m['grid']}x{m['grid']}); "
-            f"{plan['threads']} thread(s) per run; estimated {plan['estimate_s'] / 60:.1f} min "
-            f"(budget {plan['request']['budget_s'] / 60:.1f} min)")
+    return (
+        f"plan: {runs} runs = 2 models x {len(plan['levels'])} sizes x {len(plan['seeds'])} seeds; images per "
+        f"class (epochs): {sizes}\n      ConViT {m['params']['convit']:,} / DeiT {m['params']['deit']:,} "
+        f"parameters, {m['resolution']}px input, {m['patch_size']}px patches ({m['grid']}x{m['grid']}); "
+        f"{plan['threads']} thread(s) per run; estimated {plan['estimate_s'] / 60:.1f} min "
+        f"(budget {plan['request']['budget_s'] / 60:.1f} min)"
+    )
 
 
-def timeout_minutes(plan: Dict[str, Any]) -> int:
+def timeout_minutes(plan: dict[str, Any]) -> int:
     """A job's time limit: three times the estimated study (a run is shorter), at least 11 min
     (submitit counts any interruption of a shorter job as a timeout, never as a preemption)."""
     return max(11, int(3 * plan["estimate_s"] / 60) + 5)
 
 
-def _say_outcome(say: Callable[[str], None], done: List[int], total: int, t0: float) -> Callable[[Outcome], None]:
+def _say_outcome(
+    say: Callable[[str], None], done: list[int], total: int, t0: float
+) -> Callable[[Outcome], None]:
     def tell(o: Outcome) -> None:
         if not o.ok:
             say(f"run {o.name} FAILED: {o.error}; log: {o.log}")
@@ -92,17 +115,21 @@ def _say_outcome(say: Callable[[str], None], done: List[int], total: int, t0: fl
             return
         done[0] += 1
         top1 = "-" if r.get("top1") is None else f"{r['top1']:.2f}%"
-        say(f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.get('status')}, {time.perf_counter() - t0:.0f} s)")
+        say(
+            f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.get('status')}, {time.perf_counter() - t0:.0f} s)"
+        )
+
     return tell
 
 
-def run_study(study: Path, plan: Dict[str, Any], options: LaunchOptions,
-              say: Callable[[str], None] = print) -> Tuple[List[Dict[str, Any]], Dict[str, Outcome]]:
+def run_study(
+    study: Path, plan: dict[str, Any], options: LaunchOptions, say: Callable[[str], None] = print
+) -> tuple[list[dict[str, Any]], dict[str, Outcome]]:
     """Run every unfinished run of ``plan`` (resuming partial ones) under ``options``; runs held
     by another process are waited for and picked up if they end unfinished.  Returns the
     finished runs' records and the failed runs' outcomes."""
     names = [r["name"] for r in plan_runs(study, plan)]
-    failed: Dict[str, Outcome] = {}
+    failed: dict[str, Outcome] = {}
     done = [sum(run_state(study, n) == "done" for n in names)]
     if done[0]:
         say(f"{done[0]} of {len(names)} runs already finished (kept)")
@@ -119,12 +146,15 @@ def run_study(study: Path, plan: Dict[str, Any], options: LaunchOptions,
         for o in launch(tasks, options, study / "logs", say, _say_outcome(say, done, len(names), t0)):
             if not o.ok:
                 failed[o.name] = o
-    records = [json.loads((study / "runs" / n / RESULT_FILE).read_text()) for n in names
-               if (study / "runs" / n / RESULT_FILE).is_file()]
+    records = [
+        json.loads((study / "runs" / n / RESULT_FILE).read_text())
+        for n in names
+        if (study / "runs" / n / RESULT_FILE).is_file()
+    ]
     return records, failed
 
 
-def finish_study(study: Path, plan: Dict[str, Any], records: List[Dict[str, Any]]) -> str:
+def finish_study(study: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """Write results.csv, report.html and verdict.txt; returns the verdict sentence."""
     comparisons = compare(records)
     verdict = sentence(comparisons)

@@ -4,15 +4,17 @@ seed, mean and spread), the paired differences, and the gates and nonlocality of
 A self-contained page (figures embedded as base64 PNGs, drawn on matplotlib's Agg canvas like
 :mod:`convit.analysis.figures`), built from the runs' ``result.json`` records alone.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import io
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -61,7 +63,7 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def accuracy_figure(records: Sequence[Dict[str, Any]]) -> Figure:
+def accuracy_figure(records: Sequence[dict[str, Any]]) -> Figure:
     """Top-1 against images per class (log scale): every seed a dot, the mean a line, the
     spread (min to max over seeds) a band."""
     fig = Figure(figsize=(7, 4.2))
@@ -71,41 +73,52 @@ def accuracy_figure(records: Sequence[Dict[str, Any]]) -> Figure:
         sizes = sorted({r["images_per_class"] for r in rs})
         if not sizes:
             continue
-        ax.scatter([r["images_per_class"] for r in rs], [r["top1"] for r in rs], s=14, alpha=.6,
-                   color=_COLOURS[v])
+        ax.scatter(
+            [r["images_per_class"] for r in rs], [r["top1"] for r in rs], s=14, alpha=0.6, color=_COLOURS[v]
+        )
         by = [[r["top1"] for r in rs if r["images_per_class"] == n] for n in sizes]
         ax.plot(sizes, [statistics.fmean(b) for b in by], color=_COLOURS[v], label=f"{_LABELS[v]} (mean)")
-        ax.fill_between(sizes, [min(b) for b in by], [max(b) for b in by], color=_COLOURS[v], alpha=.15)
+        ax.fill_between(sizes, [min(b) for b in by], [max(b) for b in by], color=_COLOURS[v], alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("training images per class")
     ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=.3)
+    ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return fig
 
 
-def _pair_rows(comparisons: Sequence[Comparison]) -> List[List[str]]:
+def _pair_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
     rows = []
     for c in comparisons:
         h = c.half_width
-        rows.append([c.images_per_class, c.n, f"{statistics.fmean(c.convit):.2f}", f"{statistics.fmean(c.deit):.2f}",
-                     " ".join(f"{d:+.2f}" for d in c.differences), f"{c.mean:+.2f}",
-                     "–" if h is None else f"[{c.mean - h:+.2f}, {c.mean + h:+.2f}]",
-                     "yes" if c.clear else "no"])
+        rows.append(
+            [
+                c.images_per_class,
+                c.n,
+                f"{statistics.fmean(c.convit):.2f}",
+                f"{statistics.fmean(c.deit):.2f}",
+                " ".join(f"{d:+.2f}" for d in c.differences),
+                f"{c.mean:+.2f}",
+                "–" if h is None else f"[{c.mean - h:+.2f}, {c.mean + h:+.2f}]",
+                "yes" if c.clear else "no",
+            ]
+        )
     return rows
 
 
-def _layer_means(records: Sequence[Dict[str, Any]], key: str) -> List[float]:
+def _layer_means(records: Sequence[dict[str, Any]], key: str) -> list[float]:
     """Per layer, the mean over heads and runs of locality[key] (runs with it logged)."""
     per_run = [r["locality"][key] for r in records if r.get("locality") and r["locality"].get(key)]
     if not per_run:
         return []
     layers = len(per_run[0])
-    return [statistics.fmean(h for run in per_run for h in (run[i] or []) if h is not None) for i in range(layers)]
+    return [
+        statistics.fmean(h for run in per_run for h in (run[i] or []) if h is not None) for i in range(layers)
+    ]
 
 
-def _locality_rows(records: Sequence[Dict[str, Any]]) -> List[List[str]]:
+def _locality_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for n in sorted({r["images_per_class"] for r in records}):
         for v in ("convit", "deit"):
@@ -113,32 +126,69 @@ def _locality_rows(records: Sequence[Dict[str, Any]]) -> List[List[str]]:
             gates = _layer_means(rs, "gates") if v == "convit" else []
             nonloc = _layer_means(rs, "nonlocality")
             if rs:
-                rows.append([n, _LABELS[v], " ".join(f"{g:.2f}" for g in gates) or "–",
-                             " ".join(f"{d:.2f}" for d in nonloc) or "–"])
+                rows.append(
+                    [
+                        n,
+                        _LABELS[v],
+                        " ".join(f"{g:.2f}" for g in gates) or "–",
+                        " ".join(f"{d:.2f}" for d in nonloc) or "–",
+                    ]
+                )
     return rows
 
 
-def write_report(path: Path, records: Sequence[Dict[str, Any]], comparisons: Sequence[Comparison],
-                 verdict: str, plan: Dict[str, Any]) -> Path:
+def write_report(
+    path: Path,
+    records: Sequence[dict[str, Any]],
+    comparisons: Sequence[Comparison],
+    verdict: str,
+    plan: dict[str, Any],
+) -> Path:
     """Write the study's report.html to ``path``."""
     m, d = plan["model"], plan["data"]
-    setup = (f"{len(d['classes'])} classes; test split: {d['test_images']} images ({d['test_from']}); "
-             f"both models {m['convit']['model_kwargs']['depth']} blocks, width "
-             f"{m['convit']['model_kwargs']['embed_dim']}, {m['resolution']}x{m['resolution']} input, "
-             f"{m['patch_size']}x{m['patch_size']} patches ({m['grid']}x{m['grid']} grid); parameters ConViT "
-             f"{m['params']['convit']:,}, DeiT {m['params']['deit']:,}; seeds {plan['seeds']}; epochs per size "
-             + ", ".join(f"{lv['images_per_class']}: {lv['epochs']}" for lv in plan["levels"])
-             + ". The recipe is fixed by the plan; nothing is tuned on the test split.")
-    run_rows = [[r["name"], r["images_per_class"], r["seed"], f"{r['top1']:.2f}", r["epochs"],
-                 f"{r['seconds']:.0f}", r.get("attempts", 1)]
-                for r in sorted(records, key=lambda r: (r["variant"], r["images_per_class"], r["seed"]))]
+    setup = (
+        f"{len(d['classes'])} classes; test split: {d['test_images']} images ({d['test_from']}); "
+        f"both models {m['convit']['model_kwargs']['depth']} blocks, width "
+        f"{m['convit']['model_kwargs']['embed_dim']}, {m['resolution']}x{m['resolution']} input, "
+        f"{m['patch_size']}x{m['patch_size']} patches ({m['grid']}x{m['grid']} grid); parameters ConViT "
+        f"{m['params']['convit']:,}, DeiT {m['params']['deit']:,}; seeds {plan['seeds']}; epochs per size "
+        + ", ".join(f"{lv['images_per_class']}: {lv['epochs']}" for lv in plan["levels"])
+        + ". The recipe is fixed by the plan; nothing is tuned on the test split."
+    )
+    run_rows = [
+        [
+            r["name"],
+            r["images_per_class"],
+            r["seed"],
+            f"{r['top1']:.2f}",
+            r["epochs"],
+            f"{r['seconds']:.0f}",
+            r.get("attempts", 1),
+        ]
+        for r in sorted(records, key=lambda r: (r["variant"], r["images_per_class"], r["seed"]))
+    ]
     page = _PAGE.substitute(
-        data=html.escape(str(d["name"])), sentence=html.escape(verdict), setup=html.escape(setup),
+        data=html.escape(str(d["name"])),
+        sentence=html.escape(verdict),
+        setup=html.escape(setup),
         accuracy=_png(accuracy_figure(records)),
-        pairs=_table(["images/class", "seeds", "ConViT mean", "DeiT mean", "differences", "mean", "95% interval",
-                      "clear?"], _pair_rows(comparisons)),
-        locality=_table(["images/class", "model", "gate per GPSA layer", "nonlocality per layer"],
-                        _locality_rows(records)),
-        runs=_table(["run", "images/class", "seed", "top-1", "epochs", "seconds", "attempts"], run_rows))
+        pairs=_table(
+            [
+                "images/class",
+                "seeds",
+                "ConViT mean",
+                "DeiT mean",
+                "differences",
+                "mean",
+                "95% interval",
+                "clear?",
+            ],
+            _pair_rows(comparisons),
+        ),
+        locality=_table(
+            ["images/class", "model", "gate per GPSA layer", "nonlocality per layer"], _locality_rows(records)
+        ),
+        runs=_table(["run", "images/class", "seed", "top-1", "epochs", "seconds", "attempts"], run_rows),
+    )
     path.write_text(page)
     return path

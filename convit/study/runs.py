@@ -1,4 +1,4 @@
-"""A study folder: its plan, its data view, and its runs (one :func:`convit.train.fit` each).
+"""A study folder: its plan, its data view, and its runs (one :func:`convit.training.fit.fit` each).
 
 Layout::
 
@@ -18,6 +18,7 @@ waiting (a run locked by another process is left to it: ``busy``), skips a finis
 otherwise trains, resuming from ``last.pt`` when there is one, so a stopped or preempted run
 loses at most its current epoch and ends with the result of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,17 +29,26 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from ..analysis import log_locality
-from ..config import TrainConfig
-from ..fileio import atomic_save, read_jsonl
-from ..launch import run_lock as _lock
-from ..train import fit
+from ..core.fileio import atomic_save, read_jsonl
+from ..core.launch import run_lock as _lock
+from ..training.config import TrainConfig
+from ..training.fit import fit
 from .plan import study_runs
 
-__all__ = ["PLAN_FILE", "RESULT_FILE", "save_plan", "load_plan", "plan_runs", "prepare_data", "execute_run",
-           "run_state", "is_locked"]
+__all__ = [
+    "PLAN_FILE",
+    "RESULT_FILE",
+    "save_plan",
+    "load_plan",
+    "plan_runs",
+    "prepare_data",
+    "execute_run",
+    "run_state",
+    "is_locked",
+]
 
 PLAN_FILE, RESULT_FILE = "plan.json", "result.json"
 
@@ -48,13 +58,13 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1)), path, "json")
 
 
-def save_plan(study: Path, plan: Dict[str, Any]) -> Path:
+def save_plan(study: Path, plan: dict[str, Any]) -> Path:
     study.mkdir(parents=True, exist_ok=True)
     write_json(study / PLAN_FILE, plan)
     return study / PLAN_FILE
 
 
-def load_plan(path: os.PathLike) -> Dict[str, Any]:
+def load_plan(path: os.PathLike) -> dict[str, Any]:
     """The plan in ``path`` (a plan.json, or a study folder holding one)."""
     path = Path(path)
     path = path / PLAN_FILE if path.is_dir() else path
@@ -63,12 +73,12 @@ def load_plan(path: os.PathLike) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def plan_runs(study: Path, plan: Dict[str, Any]) -> List[Dict[str, Any]]:
+def plan_runs(study: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's runs, reading the data from ``study``'s data view."""
     return study_runs(plan, str(study / "data"))
 
 
-def prepare_data(study: Path, plan: Dict[str, Any], root: Optional[str] = None) -> None:
+def prepare_data(study: Path, plan: dict[str, Any], root: Optional[str] = None) -> None:
     """Link the plan's training and test files into ``study/data/{train,val}/<class>/`` (image
     folders only; ``root`` replaces the plan's data folder, for a plan moved to another machine).
     Links are numbered in the plan's order, so every process sees the same sorted samples."""
@@ -113,7 +123,7 @@ def run_state(study: Path, name: str) -> str:
     return "partial" if (folder / "last.pt").is_file() else "todo"
 
 
-def execute_run(study: str, name: str) -> Dict[str, Any]:
+def execute_run(study: str, name: str) -> dict[str, Any]:
     """Run ``name`` of the study in ``study`` (a module-level function: launchers pickle it);
     returns its result record, ``{"status": "busy"}`` when another process holds it."""
     study_dir = Path(study)
@@ -130,23 +140,38 @@ def execute_run(study: str, name: str) -> Dict[str, Any]:
         return _train(runs[name], folder)
 
 
-def _train(run: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+def _train(run: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Train (or resume) one run in ``folder`` (its lock held) and write result.json."""
     last = folder / "last.pt"
     resumed = last.is_file()
-    cfg = TrainConfig(**run["settings"], output=str(folder), resume=str(last) if resumed else None,
-                      overwrite=True).validate()
+    cfg = TrainConfig(
+        **run["settings"], output=str(folder), resume=str(last) if resumed else None, overwrite=True
+    ).validate()
     with open(folder / "attempts.log", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resumed else 'start'} pid {os.getpid()} "
-                f"on {socket.gethostname()} job {os.environ.get('SLURM_JOB_ID', '-')}\n")
+        f.write(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resumed else 'start'} pid {os.getpid()} "
+            f"on {socket.gethostname()} job {os.environ.get('SLURM_JOB_ID', '-')}\n"
+        )
     t0 = time.perf_counter()
-    with open(folder / "train.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with (
+        open(folder / "train.log", "a") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         summary = fit(cfg, on_eval=log_locality)
     entries = [e for e in read_jsonl(folder / "log.jsonl") if "locality" in e]
     attempts = (folder / "attempts.log").read_text().count("\n")
     record = {k: run[k] for k in ("name", "variant", "fraction", "images_per_class", "seed", "epochs")}
-    record.update(top1=summary.get("test_top1"), top5=summary.get("test_top5"), test_loss=summary.get("test_loss"),
-                  seconds=time.perf_counter() - t0, train_images=summary.get("train_images"), attempts=attempts,
-                  resumed=resumed, locality=entries[-1]["locality"] if entries else None, status="trained")
+    record.update(
+        top1=summary.get("test_top1"),
+        top5=summary.get("test_top5"),
+        test_loss=summary.get("test_loss"),
+        seconds=time.perf_counter() - t0,
+        train_images=summary.get("train_images"),
+        attempts=attempts,
+        resumed=resumed,
+        locality=entries[-1]["locality"] if entries else None,
+        status="trained",
+    )
     write_json(folder / RESULT_FILE, record)
     return record

@@ -5,17 +5,18 @@ run will use) and decoding a few of the data's files; :func:`run_seconds` turns 
 wall time of one run (start-up, epochs, per-epoch checkpoint, final evaluation).  The plan is
 sized with these (:mod:`convit.study.plan`); they are estimates, printed as such.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import torch
 
 from ..data import eval_transform, read_image
-from ..model import ConViT, ConViTConfig, count_params
+from ..nn.model import ConViT, ConViTConfig, count_params
 
 __all__ = ["Timing", "measure", "run_seconds", "STARTUP_S", "EPOCH_OVERHEAD_S"]
 
@@ -29,17 +30,19 @@ EPOCH_OVERHEAD_S = 0.04
 class Timing:
     """Seconds per training image (step + data), per evaluated image, and start-up per run."""
 
-    train_s: Dict[str, float]  # per variant, a training image (forward, backward, step)
-    eval_s: Dict[str, float]  # per variant, an evaluated image
+    train_s: dict[str, float]  # per variant, a training image (forward, backward, step)
+    eval_s: dict[str, float]  # per variant, an evaluated image
     load_s: float  # per image read from disk and transformed (0 for in-memory data)
     startup_s: float  # per run
-    params: Dict[str, int]
+    params: dict[str, int]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _time_model(model: ConViT, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4) -> Dict[str, float]:
+def _time_model(
+    model: ConViT, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4
+) -> dict[str, float]:
     """Seconds per image of a training step and of an evaluation, after one warm-up step."""
     x = torch.randn(batch, in_chans, res, res)
     y = torch.randint(0, num_classes, (batch,))
@@ -60,7 +63,7 @@ def _time_model(model: ConViT, batch: int, res: int, in_chans: int, num_classes:
     return {"train": train, "eval": (time.perf_counter() - t0) / (steps * batch)}
 
 
-def _time_loading(root: Optional[str], files: List[str], res: int) -> float:
+def _time_loading(root: Optional[str], files: list[str], res: int) -> float:
     """Seconds to read and transform one of ``files`` (the first few), 0 without files."""
     if root is None or not files:
         return 0.0
@@ -72,9 +75,19 @@ def _time_loading(root: Optional[str], files: List[str], res: int) -> float:
     return (time.perf_counter() - t0) / len(picked)
 
 
-def measure(architectures: Dict[str, Dict[str, Any]], *, res: int, in_chans: int, num_classes: int, batch: int,
-            threads: int, root: Optional[str] = None, files: Optional[List[str]] = None,
-            probe_s_per_file: float = 0.0, n_files: int = 0) -> Timing:
+def measure(
+    architectures: dict[str, dict[str, Any]],
+    *,
+    res: int,
+    in_chans: int,
+    num_classes: int,
+    batch: int,
+    threads: int,
+    root: Optional[str] = None,
+    files: Optional[list[str]] = None,
+    probe_s_per_file: float = 0.0,
+    n_files: int = 0,
+) -> Timing:
     """Time both models and the data on this machine, in ``threads`` threads (then restored)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -82,8 +95,9 @@ def measure(architectures: Dict[str, Dict[str, Any]], *, res: int, in_chans: int
         train, evals, params = {}, {}, {}
         for name, arch in architectures.items():
             torch.manual_seed(0)
-            model = ConViT(ConViTConfig(**arch["model_kwargs"], img_size=res, in_chans=in_chans,
-                                        num_classes=num_classes))
+            model = ConViT(
+                ConViTConfig(**arch["model_kwargs"], img_size=res, in_chans=in_chans, num_classes=num_classes)
+            )
             params[name] = count_params(model)
             t = _time_model(model, batch, res, in_chans, num_classes)
             train[name], evals[name] = t["train"], t["eval"]
@@ -97,5 +111,4 @@ def run_seconds(timing: Timing, variant: str, *, train_images: int, epochs: int,
     """Estimated wall time of one run: start-up, ``epochs`` over ``train_images``, one evaluation."""
     per_train = timing.train_s[variant] + timing.load_s
     per_eval = timing.eval_s[variant] + timing.load_s
-    return (timing.startup_s + epochs * (train_images * per_train + EPOCH_OVERHEAD_S)
-            + test_images * per_eval)
+    return timing.startup_s + epochs * (train_images * per_train + EPOCH_OVERHEAD_S) + test_images * per_eval

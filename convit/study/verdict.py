@@ -7,24 +7,67 @@ the data order and the test split, so each seed gives one paired difference
 :data:`T975`); when it contains 0 the sentence says there is no clear difference, and with one
 seed it says the seeds cannot tell.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional
 
 __all__ = ["T975", "t975", "Comparison", "paired", "compare", "sentence", "write_csv", "CSV_COLUMNS"]
 
 #: t(0.975, df) for df = 1..30 (Student's t, two-sided 95%).
-T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
-        2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
-        2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+T975 = (
+    12.706205,
+    4.302653,
+    3.182446,
+    2.776445,
+    2.570582,
+    2.446912,
+    2.364624,
+    2.306004,
+    2.262157,
+    2.228139,
+    2.200985,
+    2.178813,
+    2.160369,
+    2.144787,
+    2.131450,
+    2.119905,
+    2.109816,
+    2.100922,
+    2.093024,
+    2.085963,
+    2.079614,
+    2.073873,
+    2.068658,
+    2.063899,
+    2.059539,
+    2.055529,
+    2.051831,
+    2.048407,
+    2.045230,
+    2.042272,
+)
 
-CSV_COLUMNS = ("variant", "fraction", "images_per_class", "seed", "top1", "epochs", "seconds", "top5",
-               "test_loss", "train_images", "attempts", "name")
+CSV_COLUMNS = (
+    "variant",
+    "fraction",
+    "images_per_class",
+    "seed",
+    "top1",
+    "epochs",
+    "seconds",
+    "top5",
+    "test_loss",
+    "train_images",
+    "attempts",
+    "name",
+)
 
 
 def t975(df: int) -> float:
@@ -35,8 +78,12 @@ def t975(df: int) -> float:
     if df <= len(T975):
         return T975[df - 1]
     z = 1.959964
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 @dataclass
@@ -44,9 +91,9 @@ class Comparison:
     """ConViT minus DeiT at one size: the paired differences and their 95% interval."""
 
     images_per_class: int
-    differences: List[float]
-    convit: List[float]
-    deit: List[float]
+    differences: list[float]
+    convit: list[float]
+    deit: list[float]
 
     @property
     def n(self) -> int:
@@ -70,16 +117,18 @@ class Comparison:
         return h is not None and abs(self.mean) > h
 
 
-def paired(records: Sequence[Dict[str, Any]]) -> Dict[int, Dict[int, Dict[str, float]]]:
+def paired(records: Sequence[dict[str, Any]]) -> dict[int, dict[int, dict[str, float]]]:
     """images_per_class -> seed -> variant -> top-1, of the finished runs."""
-    out: Dict[int, Dict[int, Dict[str, float]]] = {}
+    out: dict[int, dict[int, dict[str, float]]] = {}
     for r in records:
         if r.get("top1") is not None:
-            out.setdefault(int(r["images_per_class"]), {}).setdefault(int(r["seed"]), {})[r["variant"]] = r["top1"]
+            out.setdefault(int(r["images_per_class"]), {}).setdefault(int(r["seed"]), {})[r["variant"]] = r[
+                "top1"
+            ]
     return out
 
 
-def compare(records: Sequence[Dict[str, Any]]) -> List[Comparison]:
+def compare(records: Sequence[dict[str, Any]]) -> list[Comparison]:
     """One :class:`Comparison` per size with at least one seed where both models finished."""
     out = []
     for n, seeds in sorted(paired(records).items()):
@@ -110,15 +159,21 @@ def sentence(comparisons: Sequence[Comparison]) -> str:
     parts = [_phrase(c, " images per class" if i == 0 else "") for i, c in enumerate(comparisons)]
     text = "; ".join(parts)
     seeds = sorted({c.n for c in comparisons})
-    n = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
+    n = (
+        f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}"
+        if len(seeds) == 1
+        else f"{seeds[0]}-{seeds[-1]} seeds"
+    )
     detail = "paired differences, 95% interval" if seeds[-1] > 1 else "too few seeds for an interval"
     return f"{text[0].upper()}{text[1:]} ({n}; {detail})."
 
 
-def write_csv(records: Sequence[Dict[str, Any]], path: Path) -> Path:
+def write_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """results.csv: one row per finished run, sorted by variant, size and seed."""
-    rows = sorted((r for r in records if r.get("top1") is not None),
-                  key=lambda r: (r["variant"], r["images_per_class"], r["seed"]))
+    rows = sorted(
+        (r for r in records if r.get("top1") is not None),
+        key=lambda r: (r["variant"], r["images_per_class"], r["seed"]),
+    )
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()

@@ -14,6 +14,7 @@ still finish.  This module imports nothing from convit: ``convit study``, ``conv
 and ``convit train`` (one DDP job over ``nodes`` x ``tasks_per_node`` Slurm tasks,
 :func:`submit_distributed`) all add its flags with :func:`add_launcher_arguments`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,27 @@ import re
 import shutil
 import time
 import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional
 
-__all__ = ["LAUNCHERS", "LaunchOptions", "Outcome", "Resumable", "launch", "slurm_available", "parse_duration",
-           "add_launcher_arguments", "options_from_args", "run_lock", "submit_distributed"]
+__all__ = [
+    "LAUNCHERS",
+    "LaunchOptions",
+    "Outcome",
+    "Resumable",
+    "launch",
+    "slurm_available",
+    "parse_duration",
+    "add_launcher_arguments",
+    "options_from_args",
+    "run_lock",
+    "submit_distributed",
+]
 
 LAUNCHERS = ("serial", "local", "slurm")
-Task = Tuple[str, Callable[..., Any], tuple]
+Task = tuple[str, Callable[..., Any], tuple]
 
 
 @dataclass
@@ -50,9 +63,9 @@ class LaunchOptions:
     account: Optional[str] = None
     qos: Optional[str] = None
     gpus_per_node: Optional[int] = None
-    slurm: Dict[str, str] = field(default_factory=dict)
+    slurm: dict[str, str] = field(default_factory=dict)
 
-    def check(self) -> "LaunchOptions":
+    def check(self) -> LaunchOptions:
         """``self``, or a ValueError naming what is wrong (an unknown launcher, no sbatch)."""
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"unknown launcher {self.launcher!r}; known: {', '.join(LAUNCHERS)}")
@@ -99,9 +112,13 @@ class Resumable(_Checkpointable):  # type: ignore[misc,valid-type]
         return self.fn(*self.args)
 
 
-def launch(tasks: Sequence[Task], options: LaunchOptions, log_dir: os.PathLike,
-           say: Callable[[str], None] = print, on_outcome: Callable[[Outcome], None] = lambda o: None
-           ) -> List[Outcome]:
+def launch(
+    tasks: Sequence[Task],
+    options: LaunchOptions,
+    log_dir: os.PathLike,
+    say: Callable[[str], None] = print,
+    on_outcome: Callable[[Outcome], None] = lambda o: None,
+) -> list[Outcome]:
     """Run every task as ``options`` says; returns one :class:`Outcome` per task, in order, and
     passes each to ``on_outcome`` as soon as it is known."""
     options.check()
@@ -136,12 +153,20 @@ def _told(outcome: Outcome, on_outcome: Callable[[Outcome], None]) -> Outcome:
     return outcome
 
 
-def _slurm_parameters(o: LaunchOptions) -> Dict[str, Any]:
-    params: Dict[str, Any] = {"timeout_min": o.timeout_min, "slurm_array_parallelism": o.jobs,
-                              "name": "convit"}
-    for key, value in (("slurm_partition", o.partition), ("cpus_per_task", o.cpus_per_task),
-                       ("slurm_mem", o.mem), ("slurm_account", o.account), ("slurm_qos", o.qos),
-                       ("gpus_per_node", o.gpus_per_node)):
+def _slurm_parameters(o: LaunchOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "timeout_min": o.timeout_min,
+        "slurm_array_parallelism": o.jobs,
+        "name": "convit",
+    }
+    for key, value in (
+        ("slurm_partition", o.partition),
+        ("cpus_per_task", o.cpus_per_task),
+        ("slurm_mem", o.mem),
+        ("slurm_account", o.account),
+        ("slurm_qos", o.qos),
+        ("gpus_per_node", o.gpus_per_node),
+    ):
         if value is not None:
             params[key] = value
     if o.slurm:
@@ -169,11 +194,12 @@ def _wait(name: str, job: Any) -> Outcome:
         return Outcome(name, error=lines[-1] if lines else type(e).__name__, log=str(job.paths.stderr))
 
 
-def _throttled(executor: Any, tasks: Sequence[Task], jobs: int,
-               on_outcome: Callable[[Outcome], None]) -> List[Outcome]:
+def _throttled(
+    executor: Any, tasks: Sequence[Task], jobs: int, on_outcome: Callable[[Outcome], None]
+) -> list[Outcome]:
     """Submit to ``executor`` (which starts everything it is given at once) ``jobs`` at a time."""
-    outcomes: Dict[int, Outcome] = {}
-    running: Dict[int, Any] = {}
+    outcomes: dict[int, Outcome] = {}
+    running: dict[int, Any] = {}
     queue = list(range(len(tasks)))
     try:
         _pool(executor, tasks, jobs, on_outcome, queue, running, outcomes)
@@ -184,8 +210,15 @@ def _throttled(executor: Any, tasks: Sequence[Task], jobs: int,
     return [outcomes[i] for i in range(len(tasks))]
 
 
-def _pool(executor: Any, tasks: Sequence[Task], jobs: int, on_outcome: Callable[[Outcome], None],
-          queue: List[int], running: Dict[int, Any], outcomes: Dict[int, Outcome]) -> None:
+def _pool(
+    executor: Any,
+    tasks: Sequence[Task],
+    jobs: int,
+    on_outcome: Callable[[Outcome], None],
+    queue: list[int],
+    running: dict[int, Any],
+    outcomes: dict[int, Outcome],
+) -> None:
     while queue or running:
         while queue and len(running) < jobs:
             i = queue.pop(0)
@@ -202,6 +235,7 @@ def _pool(executor: Any, tasks: Sequence[Task], jobs: int, on_outcome: Callable[
 # Flags, shared by every command that launches
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_duration(text: str) -> float:
     """Seconds in ``30m``, ``2h``, ``90s``, ``1h30m`` or a bare number of minutes."""
     t = text.strip().lower()
@@ -213,42 +247,68 @@ def parse_duration(text: str) -> float:
     return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
 
 
-def add_launcher_arguments(p: argparse.ArgumentParser, jobs_help: Optional[str] = "runs at once (local processes "
-                           "or Slurm array tasks)", time_default: str = "60 min", cpus_default: str = "Slurm's",
-                           launchers: Sequence[str] = LAUNCHERS) -> argparse._ArgumentGroup:
+def add_launcher_arguments(
+    p: argparse.ArgumentParser,
+    jobs_help: Optional[str] = "runs at once (local processes or Slurm array tasks)",
+    time_default: str = "60 min",
+    cpus_default: str = "Slurm's",
+    launchers: Sequence[str] = LAUNCHERS,
+) -> argparse._ArgumentGroup:
     """``--launcher`` (one of ``launchers``), ``--jobs`` (unless ``jobs_help`` is None) and the
     Slurm flags (``--partition --time --cpus-per-task --mem --account --qos --gpus-per-node
     --slurm KEY=VALUE``), in a group "launchers", which is returned."""
     g = p.add_argument_group("launchers")
-    g.add_argument("--launcher", choices=list(launchers), default="serial",
-                   help=f"{', '.join(launchers)} (default serial)")
+    g.add_argument(
+        "--launcher",
+        choices=list(launchers),
+        default="serial",
+        help=f"{', '.join(launchers)} (default serial)",
+    )
     if jobs_help is not None:
         g.add_argument("--jobs", type=int, default=1, metavar="N", help=jobs_help + " (default 1)")
     g.add_argument("--partition", help="Slurm partition")
-    g.add_argument("--time", type=parse_duration, metavar="TIME",
-                   help=f"time limit per job, e.g. 30m, 2h (default: {time_default})")
+    g.add_argument(
+        "--time",
+        type=parse_duration,
+        metavar="TIME",
+        help=f"time limit per job, e.g. 30m, 2h (default: {time_default})",
+    )
     g.add_argument("--cpus-per-task", type=int, help=f"Slurm CPUs per task (default: {cpus_default})")
     g.add_argument("--mem", help="Slurm memory per job, e.g. 4G")
     g.add_argument("--account", help="Slurm account")
     g.add_argument("--qos", help="Slurm quality of service")
     g.add_argument("--gpus-per-node", type=int, help="Slurm GPUs per node of a job")
-    g.add_argument("--slurm", nargs="+", metavar="KEY=VALUE", default=[],
-                   help="other #SBATCH options, passed through (e.g. constraint=avx512)")
+    g.add_argument(
+        "--slurm",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="other #SBATCH options, passed through (e.g. constraint=avx512)",
+    )
     return g
 
 
 def options_from_args(args: argparse.Namespace, timeout_min: int = 60) -> LaunchOptions:
     """The :class:`LaunchOptions` of :func:`add_launcher_arguments`'s flags (``--time`` if
     given, else ``timeout_min``), checked."""
-    extra: Dict[str, str] = {}
+    extra: dict[str, str] = {}
     for item in args.slurm:
         if "=" not in item:
             raise ValueError(f"--slurm: expected KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         extra[k.strip().replace("-", "_")] = v.strip()
-    return LaunchOptions(args.launcher, getattr(args, "jobs", 1), int(args.time / 60) if args.time else timeout_min,
-                         partition=args.partition, cpus_per_task=args.cpus_per_task, mem=args.mem,
-                         account=args.account, qos=args.qos, gpus_per_node=args.gpus_per_node, slurm=extra).check()
+    return LaunchOptions(
+        args.launcher,
+        getattr(args, "jobs", 1),
+        int(args.time / 60) if args.time else timeout_min,
+        partition=args.partition,
+        cpus_per_task=args.cpus_per_task,
+        mem=args.mem,
+        account=args.account,
+        qos=args.qos,
+        gpus_per_node=args.gpus_per_node,
+        slurm=extra,
+    ).check()
 
 
 @contextlib.contextmanager
@@ -272,6 +332,7 @@ def run_lock(folder: os.PathLike, wait: bool = False) -> Iterator[bool]:
 # One job of many tasks (DDP over nodes)
 # ---------------------------------------------------------------------------------------------
 
+
 class DistributedTask(Resumable):
     """``fn(*args)`` in every task of one Slurm job, after exporting torch.distributed's
     environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
@@ -285,8 +346,14 @@ class DistributedTask(Resumable):
         return self.fn(*self.args)
 
 
-def submit_distributed(fn: Callable[..., Any], args: tuple, options: LaunchOptions, nodes: int,
-                       tasks_per_node: int, log_dir: os.PathLike) -> Any:
+def submit_distributed(
+    fn: Callable[..., Any],
+    args: tuple,
+    options: LaunchOptions,
+    nodes: int,
+    tasks_per_node: int,
+    log_dir: os.PathLike,
+) -> Any:
     """Submit ``fn(*args)`` as one Slurm job of ``nodes`` x ``tasks_per_node`` tasks (one
     process per task; :class:`DistributedTask`); returns the submitit job (``job.results()[0]``
     is rank 0's value).  ``fn`` must resume from its own checkpoint when called again: a

@@ -9,39 +9,51 @@ Two jobs, both about hub repositories:
   :class:`PretrainedNotFoundError` lists each source, why it failed and where to put the file
   by hand.  :func:`hf_hub_file` gets one file of a hub repo the same way (cache, then hub).
 * :func:`export_timm` writes a model as a complete hub repo: ``model.safetensors``,
-  ``config.json`` (:func:`convit.timm_format.timm_config`) and a ``README.md`` model card
-  (:mod:`convit.model_card`), which timm (``'hf-hub:...'`` / ``'local-dir:...'``),
+  ``config.json`` (:func:`convit.weights.timm_format.timm_config`) and a ``README.md`` model card
+  (:mod:`convit.weights.model_card`), which timm (``'hf-hub:...'`` / ``'local-dir:...'``),
   transformers (``AutoModelForImageClassification``, ``pipeline``) and convit all load.
 
 huggingface_hub reads ``HF_HOME`` / ``HF_HUB_CACHE`` / ``HF_HUB_OFFLINE`` once, when it is
 imported; this module reads them again at each call (the environment at call time wins), so
 setting them after ``import convit`` (or after timm imported huggingface_hub) still works.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
-import torch
 import huggingface_hub
+import torch
 from huggingface_hub import constants as hf_constants
 
-from ._version import __version__
+from .._version import __version__
+from ..core.fileio import atomic_save
+from ..nn.model import ConViT, count_params
 from .checkpoint import save_model
-from .fileio import atomic_save
-from .model import ConViT, count_params
 from .model_card import dataset_name, model_card, read_run
 from .pretrained import Pretrained
 from .timm_format import TimmExportError, timm_architecture, timm_config, timm_model_args
 
 __all__ = [
-    "HF_WEIGHTS_NAME", "PretrainedNotFoundError", "TimmExportError", "hf_cache_dir", "hf_offline",
-    "hf_cached_file", "hf_hub_file", "local_weights_file", "resolve_pretrained", "timm_architecture",
-    "timm_model_args", "timm_config", "export_timm",
+    "HF_WEIGHTS_NAME",
+    "PretrainedNotFoundError",
+    "TimmExportError",
+    "hf_cache_dir",
+    "hf_offline",
+    "hf_cached_file",
+    "hf_hub_file",
+    "local_weights_file",
+    "resolve_pretrained",
+    "timm_architecture",
+    "timm_model_args",
+    "timm_config",
+    "export_timm",
 ]
 
 #: The weight file of timm's hub repositories (timm/convit_tiny.fb_in1k, ...).
@@ -114,7 +126,7 @@ def _local_only_reason() -> Optional[str]:
     return None
 
 
-def _split(hub_id: str) -> Tuple[str, Optional[str]]:
+def _split(hub_id: str) -> tuple[str, Optional[str]]:
     """``'owner/name@rev'`` -> ``('owner/name', 'rev')`` (revision None when not given)."""
     repo_id, _, revision = hub_id.partition("@")
     return repo_id, revision or None
@@ -124,8 +136,9 @@ def hf_cached_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Optional[Pat
     """``filename`` of hub repo ``hub_id`` (``owner/name``, optionally ``@revision``) when the
     Hugging Face cache (:func:`hf_cache_dir`) holds it, else None.  Reads files only."""
     repo_id, revision = _split(hub_id)
-    found = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=str(hf_cache_dir()),
-                                                   revision=revision)
+    found = huggingface_hub.try_to_load_from_cache(
+        repo_id, filename, cache_dir=str(hf_cache_dir()), revision=revision
+    )
     return Path(found) if isinstance(found, str) else None
 
 
@@ -133,8 +146,10 @@ def _cache_layout(hub_id: str, filename: str) -> str:
     """Where a file of ``hub_id`` goes in the Hugging Face cache, and the command that puts it there."""
     repo_id = _split(hub_id)[0]
     repo = hf_cache_dir() / f"models--{repo_id.replace('/', '--')}"
-    return (f"{repo}/snapshots/<commit>/{filename}, with {repo}/refs/main holding <commit> (the layout "
-            f"`hf download {repo_id} {filename}` writes; `huggingface-cli download` in older huggingface_hub)")
+    return (
+        f"{repo}/snapshots/<commit>/{filename}, with {repo}/refs/main holding <commit> (the layout "
+        f"`hf download {repo_id} {filename}` writes; `huggingface-cli download` in older huggingface_hub)"
+    )
 
 
 def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
@@ -151,13 +166,22 @@ def hf_hub_file(hub_id: str, filename: str = HF_WEIGHTS_NAME) -> Path:
         return cached
     offline = _local_only_reason()
     if offline is not None:
-        raise FileNotFoundError(f"{filename} of {hub_id} is not in the Hugging Face cache {hf_cache_dir()} and "
-                                f"the hub was not asked ({offline}); fetch it on a machine with internet and put "
-                                f"it at {_cache_layout(hub_id, filename)}")
+        raise FileNotFoundError(
+            f"{filename} of {hub_id} is not in the Hugging Face cache {hf_cache_dir()} and "
+            f"the hub was not asked ({offline}); fetch it on a machine with internet and put "
+            f"it at {_cache_layout(hub_id, filename)}"
+        )
     repo_id, revision = _split(hub_id)
-    return Path(huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
-                                                cache_dir=str(hf_cache_dir()), library_name="convit",
-                                                library_version=__version__))
+    return Path(
+        huggingface_hub.hf_hub_download(
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
+            cache_dir=str(hf_cache_dir()),
+            library_name="convit",
+            library_version=__version__,
+        )
+    )
 
 
 # -- resolving a zoo model's published weights --------------------------------------------------
@@ -180,7 +204,7 @@ def resolve_pretrained(name: str, info: Pretrained, folder: Path) -> Path:
     """Local path of zoo model ``name``'s published weights, fetching them if needed.
 
     Order, local copies first: (a) the file :func:`local_weights_file` in ``folder`` (the zoo
-    passes :func:`convit.zoo.weights_dir`: ``$CONVIT_HOME`` or torch hub's checkpoints folder);
+    passes :func:`convit.weights.zoo.weights_dir`: ``$CONVIT_HOME`` or torch hub's checkpoints folder);
     (b) timm's ``model.safetensors`` of hub repo ``info.hf_hub_id`` in the Hugging Face cache;
     (c) the same file from the hub; (d) the official URL, downloaded to (a)'s path.  (c) and
     (d) are skipped offline (``HF_HUB_OFFLINE``: no socket is opened), (c) also when the hub's
@@ -191,7 +215,7 @@ def resolve_pretrained(name: str, info: Pretrained, folder: Path) -> Path:
     local = local_weights_file(name, info, folder)
     if local.is_file():
         return local
-    tried: List[str] = [f"local file {local}: not found"]
+    tried: list[str] = [f"local file {local}: not found"]
     if info.hf_hub_id:
         cached = hf_cached_file(info.hf_hub_id)
         if cached is not None:
@@ -219,13 +243,21 @@ def _not_found_message(name: str, info: Pretrained, local: Path, tried: Sequence
     lines = [f"cannot find the pretrained weights of {name!r}. Tried, in order:"]
     lines += [f"  {i}. {t}" for i, t in enumerate(tried, 1)]
     lines.append("To install them by hand (download them on a machine with internet), either:")
-    what = f"the official file ({info.url})" if info.url else f"timm's {HF_WEIGHTS_NAME} from {info.hf_hub_id}, renamed,"
-    lines.append(f"  * put {what} at {local} (the folder is $CONVIT_HOME when set, else torch hub's "
-                 "checkpoints folder), or")
+    what = (
+        f"the official file ({info.url})"
+        if info.url
+        else f"timm's {HF_WEIGHTS_NAME} from {info.hf_hub_id}, renamed,"
+    )
+    lines.append(
+        f"  * put {what} at {local} (the folder is $CONVIT_HOME when set, else torch hub's "
+        "checkpoints folder), or"
+    )
     if info.hf_hub_id:
-        lines.append(f"  * copy timm's {HF_WEIGHTS_NAME} of {info.hf_hub_id} into the Hugging Face cache "
-                     f"($HF_HUB_CACHE, else $HF_HOME/hub): {_cache_layout(info.hf_hub_id, HF_WEIGHTS_NAME)}; "
-                     "it is read from there first, also with HF_HUB_OFFLINE=1, or")
+        lines.append(
+            f"  * copy timm's {HF_WEIGHTS_NAME} of {info.hf_hub_id} into the Hugging Face cache "
+            f"($HF_HUB_CACHE, else $HF_HOME/hub): {_cache_layout(info.hf_hub_id, HF_WEIGHTS_NAME)}; "
+            "it is read from there first, also with HF_HUB_OFFLINE=1, or"
+        )
     lines.append("  * pass checkpoint_path=<file> (official .pth, timm's model.safetensors, or ours).")
     return "\n".join(lines)
 
@@ -233,24 +265,35 @@ def _not_found_message(name: str, info: Pretrained, local: Path, tried: Sequence
 # -- export to timm's hub layout ------------------------------------------------------------
 def _describe(model: ConViT, dataset: Optional[str]) -> str:
     cfg = model.cfg
-    kind = (f"A ConViT ({cfg.local_up_to_layer} GPSA blocks of {cfg.depth})" if cfg.local_up_to_layer
-            else f"A DeiT ({cfg.depth} blocks)")
-    return (f"{kind}, {cfg.num_heads} heads, width {cfg.embed_dim}, {cfg.patch_size}x{cfg.patch_size} patches, "
-            f"{cfg.global_pool or 'no'} pooling, {count_params(model):,} parameters: an image classifier"
-            + (f" trained on {dataset}" if dataset else "") + ". ConViT: d'Ascoli et al., ICML 2021.")
+    kind = (
+        f"A ConViT ({cfg.local_up_to_layer} GPSA blocks of {cfg.depth})"
+        if cfg.local_up_to_layer
+        else f"A DeiT ({cfg.depth} blocks)"
+    )
+    return (
+        f"{kind}, {cfg.num_heads} heads, width {cfg.embed_dim}, {cfg.patch_size}x{cfg.patch_size} patches, "
+        f"{cfg.global_pool or 'no'} pooling, {count_params(model):,} parameters: an image classifier"
+        + (f" trained on {dataset}" if dataset else "")
+        + ". ConViT: d'Ascoli et al., ICML 2021."
+    )
 
 
-def export_timm(model: ConViT, out_dir: Union[str, os.PathLike], label_names: Optional[Sequence[str]] = None,
-                fixed_size: bool = False, metadata: Optional[Dict[str, Any]] = None,
-                checkpoint: Optional[os.PathLike] = None) -> Path:
+def export_timm(
+    model: ConViT,
+    out_dir: Union[str, os.PathLike],
+    label_names: Optional[Sequence[str]] = None,
+    fixed_size: bool = False,
+    metadata: Optional[dict[str, Any]] = None,
+    checkpoint: Optional[os.PathLike] = None,
+) -> Path:
     """Write ``model`` as a hub repo in ``out_dir``, each file atomically; returns ``out_dir``.
 
     * ``model.safetensors``: the state dict (our keys are timm's), marked ``format: pt`` for
       transformers, with our config and ``metadata`` (class names, data, results) inside, so
       convit rebuilds it from this file alone;
-    * ``config.json``: timm's layout (:func:`convit.timm_format.timm_config`), ``label_names``
+    * ``config.json``: timm's layout (:func:`convit.weights.timm_format.timm_config`), ``label_names``
       included, which transformers turns into ``id2label``;
-    * ``README.md``: the model card (:func:`convit.model_card.model_card`) from ``metadata`` and,
+    * ``README.md``: the model card (:func:`convit.weights.model_card.model_card`) from ``metadata`` and,
       when ``checkpoint`` (the file the model was read from) sits in its run folder, that
       folder's ``config.yaml`` and ``log.jsonl``.
 
@@ -267,9 +310,15 @@ def export_timm(model: ConViT, out_dir: Union[str, os.PathLike], label_names: Op
     run = read_run(Path(checkpoint).parent if checkpoint is not None else None)
     data = meta.get("data")
     results = {k: meta[k] for k in ("epoch", "test_top1", "val_top1") if k in meta}
-    card = model_card(config, name=out.resolve().name, run=run, stored=results, data=data,
-                      description=_describe(model, dataset_name(data, run)),
-                      weights_name=Path(checkpoint).name if checkpoint is not None else HF_WEIGHTS_NAME)
+    card = model_card(
+        config,
+        name=out.resolve().name,
+        run=run,
+        stored=results,
+        data=data,
+        description=_describe(model, dataset_name(data, run)),
+        weights_name=Path(checkpoint).name if checkpoint is not None else HF_WEIGHTS_NAME,
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / HF_WEIGHTS_NAME, extra=meta, for_hub=True)
     text = json.dumps(config, indent=2) + "\n"

@@ -1,4 +1,4 @@
-"""GPSA computed faster: exactly the function of :class:`convit.attention.GPSA`, eq. 5-6.
+"""GPSA computed faster: exactly the function of :class:`convit.nn.attention.GPSA`, eq. 5-6.
 
 ``FastGPSA`` is a subclass of ``GPSA`` with the same parameters, buffers and state dict; only
 ``forward`` and ``positional_attention`` differ, and they compute the reference's output
@@ -32,6 +32,7 @@ At ``gate_override`` 0.0 or 1.0 (test-time masking) only the branch that counts 
 attention dropout in training the layer falls back to the reference: dropout acts on the
 mixed A, which cannot be split between the two terms.  Timings: docs/speed.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,13 @@ def is_tracing() -> bool:
     graph recorded from it would hold P as a constant, silently wrong once other weights are
     loaded.
     """
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export() or _fx_tracing())
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+        or _fx_tracing()
+    )
 
 
 def _fx_tracing() -> bool:
@@ -68,7 +74,9 @@ def _fx_tracing() -> bool:
 
 
 @torch.fx.wrap  # one graph node under FX (it reads the dtype of a buffer)
-def positional_attention_fast(w: torch.Tensor, b: torch.Tensor, rel: torch.Tensor, grid: Grid) -> torch.Tensor:
+def positional_attention_fast(
+    w: torch.Tensor, b: torch.Tensor, rel: torch.Tensor, grid: Grid
+) -> torch.Tensor:
     """P of eq. 5 ([heads, N, N] float32) with no subnormal numbers, outside autocast.
 
     Outside autocast because P is tiny and the squared distances exceed bf16's exact integer
@@ -83,7 +91,7 @@ def positional_attention_fast(w: torch.Tensor, b: torch.Tensor, rel: torch.Tenso
         # scores[h, i*N + j] = v_pos,h . r_ij + b_h, produced directly in [heads, N*N] layout
         # (r viewed as [3, N*N], no copy) so the softmax runs on contiguous rows.
         scores = torch.addmm(b.float().unsqueeze(1), w.float(), rel.float().reshape(N * N, 3).t())
-        scores = scores.view(-1, N, N)                                     # [heads, N, N]
+        scores = scores.view(-1, N, N)  # [heads, N, N]
         # No subnormal numbers in P.  With the local init (and in trained models) far patches
         # get exp(-alpha d^2) ~ 1e-40: thousands of float32 subnormals per head, on which x86
         # CPUs run the softmax, its backward and the P @ v matmuls several times slower
@@ -103,13 +111,13 @@ def _positional_values(pos: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     pos [h, N, N], v [B, h, N, d] (any strides) -> [B, N, h, d] (a strided view).
     P is never expanded over the batch; the permuted copy of v is the only copy."""
     B, h, N, d = v.shape
-    v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)                   # [h, N, B*d]
+    v_cols = v.permute(1, 2, 0, 3).reshape(h, N, B * d)  # [h, N, B*d]
     return torch.bmm(pos, v_cols).view(h, N, B, d).permute(2, 1, 0, 3)
 
 
 def _mix_forward(content: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     # content [B, N, h, d]; v [B, h, N, d] (any strides); pos [h, N, N]; g [h]
-    y = _positional_values(pos, v)                                         # [B, N, h, d]
+    y = _positional_values(pos, v)  # [B, N, h, d]
     # content (contiguous [B, N, h, d] from SDPA) goes first so the result keeps its layout.
     return torch.lerp(content, y, g.view(1, 1, -1, 1))
 
@@ -137,7 +145,7 @@ class _GatedPositionalMix(torch.autograd.Function):
         need_content, need_v, need_pos, need_g = ctx.needs_input_grad
         B, h, N, d = v.shape
         gh = g.view(h, 1, 1)
-        grad_cols = grad.permute(2, 1, 0, 3).reshape(h, N, B * d)           # [h, N, B*d]
+        grad_cols = grad.permute(2, 1, 0, 3).reshape(h, N, B * d)  # [h, N, B*d]
         grad_content = grad_v = grad_pos = grad_g = None
         if need_content:
             grad_content = grad * (1.0 - g.view(1, 1, h, 1))
@@ -154,22 +162,26 @@ class _GatedPositionalMix(torch.autograd.Function):
 
 
 @torch.fx.wrap  # one graph node under FX (it branches on requires_grad)
-def gated_positional_mix(content: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
-                         g: torch.Tensor) -> torch.Tensor:
+def gated_positional_mix(
+    content: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
     """(1 - g_h) content + g_h P_h @ v_h; content [B, N, heads, d], v [B, heads, N, d],
     pos [heads, N, N], g [heads]; all of one dtype.  Returns [B, N, heads, d].
 
     The custom autograd Function is only used when a gradient is needed; inference, and
     TorchScript tracing (ONNX export), see the same ops as plain aten calls.
     """
-    if torch.is_grad_enabled() and not torch.jit.is_tracing() and (
-            content.requires_grad or v.requires_grad or pos.requires_grad or g.requires_grad):
+    if (
+        torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and (content.requires_grad or v.requires_grad or pos.requires_grad or g.requires_grad)
+    ):
         return _GatedPositionalMix.apply(content, v, pos, g)
     return _mix_forward(content, v, pos, g)
 
 
 class FastGPSA(GPSA):
-    """:class:`~convit.attention.GPSA` computed faster (module docstring); same parameters,
+    """:class:`~convit.nn.attention.GPSA` computed faster (module docstring); same parameters,
     same state dict, same outputs.  ``forward_reference`` still runs the paper's eq. 6."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -184,7 +196,7 @@ class FastGPSA(GPSA):
             # Dropout acts on the mixed A, so it cannot be split between the two terms.
             return super().forward(x)
         qkv = self._qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                   # each [B, heads, N, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
         g = self.gate()
         if self.gate_override == 0.0:  # masking: content only (exact, one branch skipped)
             out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
@@ -192,7 +204,7 @@ class FastGPSA(GPSA):
             out = _positional_values(self.positional_attention().to(v.dtype), v)
         else:
             content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, heads, d]
-            pos = self.positional_attention().to(content.dtype)                # [heads, N, N]
+            pos = self.positional_attention().to(content.dtype)  # [heads, N, N]
             out = gated_positional_mix(content, v, pos, g.to(content.dtype))  # [B, N, heads, d]
         return self.proj_drop(self.proj(out.reshape(B, N, C)))
 
@@ -204,13 +216,17 @@ class FastGPSA(GPSA):
         stale; autograd splits the gradient back.  Row order q | k | v matches ``qk``'s own
         q | k split, so column blocks of the result are exactly ``qk(x)`` and ``v(x)``.
         """
-        w = torch.cat([self.qk.weight, self.v.weight])                    # [3C, C]
+        w = torch.cat([self.qk.weight, self.v.weight])  # [3C, C]
         bq, bv = self.qk.bias, self.v.bias
         if bq is None and bv is None:
             b = None
         else:
-            b = torch.cat([bq if bq is not None else w.new_zeros(w.shape[0] - self.v.weight.shape[0]),
-                           bv if bv is not None else w.new_zeros(self.v.weight.shape[0])])
+            b = torch.cat(
+                [
+                    bq if bq is not None else w.new_zeros(w.shape[0] - self.v.weight.shape[0]),
+                    bv if bv is not None else w.new_zeros(self.v.weight.shape[0]),
+                ]
+            )
         return F.linear(x, w, b)
 
     def positional_attention(self) -> torch.Tensor:

@@ -6,11 +6,13 @@
 * :func:`locality_figure` -- nonlocality per block and gate per GPSA block over training, per
   variant and fraction (the paper's Figs. 5-6).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -32,17 +34,44 @@ def sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
         cs = sorted((c for c in cells if c.variant == v), key=lambda c: c.fraction)
         fx = [c.fraction for c in cs]
         color = f"C{i}"
-        ax.errorbar(fx, [c.test_mean for c in cs], yerr=[0 if math.isnan(c.test_std) else c.test_std for c in cs],
-                    marker="o", capsize=3, color=color, label=f"{cs[0].label} (test)")
-        ax.errorbar(fx, [c.val_mean for c in cs], yerr=[0 if math.isnan(c.val_std) else c.val_std for c in cs],
-                    marker="s", capsize=3, color=color, ls="--", alpha=0.6, label=f"{cs[0].label} (val)")
+        ax.errorbar(
+            fx,
+            [c.test_mean for c in cs],
+            yerr=[0 if math.isnan(c.test_std) else c.test_std for c in cs],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"{cs[0].label} (test)",
+        )
+        ax.errorbar(
+            fx,
+            [c.val_mean for c in cs],
+            yerr=[0 if math.isnan(c.val_std) else c.val_std for c in cs],
+            marker="s",
+            capsize=3,
+            color=color,
+            ls="--",
+            alpha=0.6,
+            label=f"{cs[0].label} (val)",
+        )
         if not cs[0].baseline and any(not math.isnan(c.gain_test) for c in cs):
-            ax2.errorbar(fx, [100 * c.gain_test for c in cs],
-                         yerr=[0 if math.isnan(c.gain_test_sd) else 100 * c.gain_test_sd for c in cs],
-                         marker="o", capsize=3, color=color, label=f"{cs[0].label} vs {base_label} (ours, test)")
+            ax2.errorbar(
+                fx,
+                [100 * c.gain_test for c in cs],
+                yerr=[0 if math.isnan(c.gain_test_sd) else 100 * c.gain_test_sd for c in cs],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=f"{cs[0].label} vs {base_label} (ours, test)",
+            )
     pf = sorted(PAPER_SAMPLE_EFFICIENCY)
-    ax2.plot(pf, [100 * relative_gain(PAPER_SAMPLE_EFFICIENCY[f][1], PAPER_SAMPLE_EFFICIENCY[f][0]) for f in pf],
-             "k:", marker="^", label="paper, ImageNet ConViT-S vs DeiT-S")
+    ax2.plot(
+        pf,
+        [100 * relative_gain(PAPER_SAMPLE_EFFICIENCY[f][1], PAPER_SAMPLE_EFFICIENCY[f][0]) for f in pf],
+        "k:",
+        marker="^",
+        label="paper, ImageNet ConViT-S vs DeiT-S",
+    )
     ax2.axhline(0, color="grey", lw=0.8)
     for a in (ax, ax2):
         a.set_xscale("log")
@@ -70,8 +99,14 @@ def grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
         ys = [d[v].test_mean for v in variants if v in d]
         es = [0 if math.isnan(d[v].test_std) else d[v].test_std for v in variants if v in d]
         per_class = next((c.images_per_class for c in d.values() if c.images_per_class), None)
-        ax.bar(xs, ys, width, yerr=es, capsize=3,
-               label=f"{per_class:.0f} images per class (test)" if per_class else f"f = {f:g} (test)")
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=es,
+            capsize=3,
+            label=f"{per_class:.0f} images per class (test)" if per_class else f"f = {f:g} (test)",
+        )
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels([labels[v] for v in variants], rotation=25, ha="right", fontsize=8)
     lo = min((c.test_mean for c in cells if not math.isnan(c.test_mean)), default=0)
@@ -83,14 +118,21 @@ def grouped_figure(cells: Sequence[Cell], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _locality_panel(ax: Any, xs: List[float], ys: List[List[float]], key: str, title: str, legend: bool) -> None:
+def _locality_panel(
+    ax: Any, xs: list[float], ys: list[list[float]], key: str, title: str, legend: bool
+) -> None:
     blocks = len(ys[0]) if ys else 0
     if not blocks:
         ax.set_axis_off()  # e.g. DeiT has no gates
         return
     for b in range(blocks):
-        ax.plot(xs, [y[b] for y in ys], marker=".", color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
-                label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}")
+        ax.plot(
+            xs,
+            [y[b] for y in ys],
+            marker=".",
+            color=_BLOCK_COLOURS(b / max(1, blocks - 1)),
+            label=f"{'GPSA block' if key == 'gates' else 'block'} {b + 1}",
+        )
     ax.set_title(title, fontsize=8)
     ax.set_ylabel("gate sigma(lambda)" if key == "gates" else "nonlocality (patches)", fontsize=7)
     ax.set_xlabel("training progress (epoch / epochs)", fontsize=7)
@@ -100,15 +142,19 @@ def _locality_panel(ax: Any, xs: List[float], ys: List[List[float]], key: str, t
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
 
 
-def locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
+def locality_figure(records: Sequence[dict[str, Any]], path: Path) -> bool:
     """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6): one
     column per fraction and one row per variant and measure, or, for a single fraction, one row
     per variant and one column per measure; False (nothing written) without locality."""
     groups = by_label_and_fraction(records)
     fractions = sorted({f for _, f in groups})
     labels = list(dict.fromkeys(label for label, _ in groups))
-    curves = {(label, key, f): locality_curves(groups.get((label, f), []), key)  # each computed once
-              for key in ("nonlocality", "gates") for label in labels for f in fractions}
+    curves = {
+        (label, key, f): locality_curves(groups.get((label, f), []), key)  # each computed once
+        for key in ("nonlocality", "gates")
+        for label in labels
+        for f in fractions
+    }
     drawn = [k for k in curves if curves[k][0]]
     if not drawn:
         return False
@@ -125,7 +171,12 @@ def locality_figure(records: Sequence[Dict[str, Any]], path: Path) -> bool:
             label, key, f = row + col
             per_class = mean_of(groups.get((label, f), []), "images_per_class")
             title = f"{label}, {per_class:.0f}/class" if per_class else f"{label}, f = {f:g}"
-            _locality_panel(axes[i][j], *curves[label, key, f], key, title,
-                            legend=i == 0 if len(fractions) == 1 else j == len(cols) - 1)
+            _locality_panel(
+                axes[i][j],
+                *curves[label, key, f],
+                key,
+                title,
+                legend=i == 0 if len(fractions) == 1 else j == len(cols) - 1,
+            )
     fig.savefig(path, dpi=110)
     return True

@@ -5,19 +5,32 @@ how to sum a number over all of us.
 ``LOCAL_RANK``; without them everything here degrades to one process (rank 0 of 1) and no
 ``torch.distributed`` call is made.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "process_group", "all_reduce_sum", "any_process", "broadcast_object",
-           "all_gather_object", "on_main", "barrier", "ShardSampler"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup",
+    "process_group",
+    "all_reduce_sum",
+    "any_process",
+    "broadcast_object",
+    "all_gather_object",
+    "on_main",
+    "barrier",
+    "ShardSampler",
+]
 
 
 @dataclass(frozen=True)
@@ -101,11 +114,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_gather_object(obj: Any) -> List[Any]:
+def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's value of a picklable object, in rank order (``[obj]`` in a single process)."""
     if not _active():
         return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 

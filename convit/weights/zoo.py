@@ -1,28 +1,39 @@
 """Model zoo: named configurations, pretrained-weight metadata and ``create_model``.
 
-The maths lives in :mod:`convit.model`; this module says which configuration a name means,
+The maths lives in :mod:`convit.nn.model`; this module says which configuration a name means,
 where its published weights come from, and reads names as timm does: ``convit_tiny``,
 ``convit_tiny.fb_in1k`` (a pretrained tag), ``hf-hub:org/repo`` and ``local-dir:PATH`` (a
 hub-repo folder: ``config.json`` + weights).  A model's architecture always comes from a saved
 config (our metadata, a ``config.json``) or a name, never from the shapes of its weights.
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Union
 
 import torch
 from timm.models._features import FeatureGetterNet
 
-from .checkpoint import (CheckpointError, adapt_state_dict, config_from_metadata, find_weights, infer_config,
-                         load_into, read_checkpoint, read_metadata, read_metadata_json)
-from .model import ConViT, ConViTConfig, architecture_cfg
-from .presets import DIGITS_DATA_CFG
+from ..core.presets import DIGITS_DATA_CFG
+from ..nn.model import ConViT, ConViTConfig, architecture_cfg
+from .checkpoint import (
+    CheckpointError,
+    adapt_state_dict,
+    config_from_metadata,
+    find_weights,
+    infer_config,
+    load_into,
+    read_checkpoint,
+    read_metadata,
+    read_metadata_json,
+)
 from .pretrained import Pretrained
 from .timm_format import config_from_timm
 
@@ -32,27 +43,33 @@ class ModelSpec:
     """A zoo entry: the architecture, where its weights live, and the data it expects.
 
     data: overlay for timm's ``pretrained_cfg`` (mean, std, crop_pct, interpolation, ...) when
-    the model's data differ from the ImageNet defaults of :func:`convit.model.architecture_cfg`.
+    the model's data differ from the ImageNet defaults of :func:`convit.nn.model.architecture_cfg`.
     """
 
-    config: Dict
+    config: dict
     pretrained: Optional[Pretrained] = None
     description: str = ""
-    data: Dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
 
-def _convit(heads: int, head_dim: int, description: str, pretrained: Optional[Pretrained] = None) -> ModelSpec:
+def _convit(
+    heads: int, head_dim: int, description: str, pretrained: Optional[Pretrained] = None
+) -> ModelSpec:
     """A ConViT of the paper's family: 12 blocks, the first 10 GPSA, ``heads`` x ``head_dim`` wide."""
-    return ModelSpec(dict(embed_dim=head_dim * heads, num_heads=heads, local_up_to_layer=10), pretrained,
-                     description)
+    return ModelSpec(
+        dict(embed_dim=head_dim * heads, num_heads=heads, local_up_to_layer=10), pretrained, description
+    )
 
 
 def _deit(heads: int, hf_hub_id: Optional[str] = None) -> ModelSpec:
     """The DeiT baseline with ``heads`` heads of 64: no GPSA, qkv bias, DeiT's eval crop 0.9
     (timm's deit_* cfgs); timm's weights on the hub where DeiT published them."""
-    return ModelSpec(dict(embed_dim=64 * heads, num_heads=heads, local_up_to_layer=0, qkv_bias=True),
-                     Pretrained(hf_hub_id=hf_hub_id) if hf_hub_id else None,
-                     f"DeiT baseline: {heads} heads x 64, no GPSA", dict(crop_pct=0.9))
+    return ModelSpec(
+        dict(embed_dim=64 * heads, num_heads=heads, local_up_to_layer=0, qkv_bias=True),
+        Pretrained(hf_hub_id=hf_hub_id) if hf_hub_id else None,
+        f"DeiT baseline: {heads} heads x 64, no GPSA",
+        dict(crop_pct=0.9),
+    )
 
 
 def _digits(local_up_to_layer: int, description: str, **extra: Any) -> ModelSpec:
@@ -60,23 +77,50 @@ def _digits(local_up_to_layer: int, description: str, **extra: Any) -> ModelSpec
     patches), normalised with the digits statistics.  Average pooling (timm's
     global_pool='avg') trains faster than the class token from so few images; the README
     gives what `convit train` reaches with it."""
-    return ModelSpec(dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, num_heads=4,
-                          depth=4, mlp_ratio=2.0, local_up_to_layer=local_up_to_layer, **extra,
-                          global_pool="avg"), None, description, DIGITS_DATA_CFG)
+    return ModelSpec(
+        dict(
+            img_size=8,
+            patch_size=2,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=48,
+            num_heads=4,
+            depth=4,
+            mlp_ratio=2.0,
+            local_up_to_layer=local_up_to_layer,
+            **extra,
+            global_pool="avg",
+        ),
+        None,
+        description,
+        DIGITS_DATA_CFG,
+    )
 
 
 _FB = "https://dl.fbaipublicfiles.com/convit/"
 
 #: The zoo: every name as it is registered; :func:`register` adds more.
-_REGISTRY: Dict[str, ModelSpec] = {
-    "convit_tiny": _convit(4, 48, "ConViT-Ti: 4 heads x 48, 10 GPSA of 12", Pretrained(
-        url=_FB + "convit_tiny.pth", hf_hub_id="timm/convit_tiny.fb_in1k", top1=73.1)),
+_REGISTRY: dict[str, ModelSpec] = {
+    "convit_tiny": _convit(
+        4,
+        48,
+        "ConViT-Ti: 4 heads x 48, 10 GPSA of 12",
+        Pretrained(url=_FB + "convit_tiny.pth", hf_hub_id="timm/convit_tiny.fb_in1k", top1=73.1),
+    ),
     "convit_tiny_plus": _convit(4, 64, "ConViT tiny+: 4 heads x 64, 10 GPSA of 12"),
-    "convit_small": _convit(9, 48, "ConViT-Small: 9 heads x 48, 10 GPSA of 12", Pretrained(
-        url=_FB + "convit_small.pth", hf_hub_id="timm/convit_small.fb_in1k", top1=81.3)),
+    "convit_small": _convit(
+        9,
+        48,
+        "ConViT-Small: 9 heads x 48, 10 GPSA of 12",
+        Pretrained(url=_FB + "convit_small.pth", hf_hub_id="timm/convit_small.fb_in1k", top1=81.3),
+    ),
     "convit_small_plus": _convit(9, 64, "ConViT small+: 9 heads x 64, 10 GPSA of 12"),
-    "convit_base": _convit(16, 48, "ConViT-Base: 16 heads x 48, 10 GPSA of 12", Pretrained(
-        url=_FB + "convit_base.pth", hf_hub_id="timm/convit_base.fb_in1k", top1=82.4)),
+    "convit_base": _convit(
+        16,
+        48,
+        "ConViT-Base: 16 heads x 48, 10 GPSA of 12",
+        Pretrained(url=_FB + "convit_base.pth", hf_hub_id="timm/convit_base.fb_in1k", top1=82.4),
+    ),
     "convit_base_plus": _convit(16, 64, "ConViT base+: 16 heads x 64, 10 GPSA of 12"),
     "deit_tiny": _deit(3, "timm/deit_tiny_patch16_224.fb_in1k"),
     "deit_tiny_plus": _deit(4),
@@ -84,7 +128,9 @@ _REGISTRY: Dict[str, ModelSpec] = {
     "deit_small_plus": _deit(9),
     "deit_base": _deit(12, "timm/deit_base_patch16_224.fb_in1k"),
     "deit_base_plus": _deit(16),
-    "convit_digits": _digits(3, "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool"),
+    "convit_digits": _digits(
+        3, "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool"
+    ),
     "deit_digits": _digits(0, "DeiT matching convit_digits: no GPSA", qkv_bias=True),
 }
 
@@ -94,7 +140,7 @@ def register(name: str, spec: ModelSpec) -> None:
     _REGISTRY[name] = spec
 
 
-def list_models(pattern: str = "*") -> List[str]:
+def list_models(pattern: str = "*") -> list[str]:
     """Names in the zoo matching a shell-style pattern, e.g. ``'convit_*'``."""
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
@@ -118,7 +164,7 @@ def weights_dir() -> Path:
 _REPO_SOURCES = {"hf-hub": "hf-hub", "hf_hub": "hf-hub", "local-dir": "local-dir"}
 
 
-def parse_model_name(name: str) -> Tuple[Optional[str], str, str]:
+def parse_model_name(name: str) -> tuple[Optional[str], str, str]:
     """``(source, id, tag)`` of a model name, as timm reads them: ``'hf-hub:org/repo[@rev]'``
     -> ``('hf-hub', 'org/repo[@rev]', '')``, ``'local-dir:PATH'`` -> ``('local-dir', 'PATH', '')``,
     ``'convit_tiny.fb_in1k'`` -> ``(None, 'convit_tiny', 'fb_in1k')`` (a zoo name and its
@@ -137,8 +183,10 @@ def _check_tag(name: str, tag: str) -> None:
     info = model_spec(name).pretrained
     known = info.hf_hub_id.partition(".")[2] if info is not None and info.hf_hub_id else ""
     if tag != known:
-        raise ValueError(f"unknown pretrained tag {tag!r} for {name}: "
-                         + (f"its weights are {name}.{known}" if known else "it has no published weights"))
+        raise ValueError(
+            f"unknown pretrained tag {tag!r} for {name}: "
+            + (f"its weights are {name}.{known}" if known else "it has no published weights")
+        )
 
 
 @dataclass
@@ -146,18 +194,18 @@ class _Source:
     """Where a model comes from: the config it was saved with (ConViTConfig fields, before the
     caller's overrides), its weights, their metadata and timm's config.json."""
 
-    cfg: Dict
+    cfg: dict
     name: Optional[str] = None  # zoo name
     weights: Optional[Path] = None
-    meta: Dict = field(default_factory=dict)
-    timm: Optional[Dict] = None  # config.json of a hub-repo folder
+    meta: dict = field(default_factory=dict)
+    timm: Optional[dict] = None  # config.json of a hub-repo folder
     hub_id: Optional[str] = None
     adapt: bool = False  # pretrained weights: fit the head and input channels as timm does
     described: bool = True  # the weights came with their config (else: a zoo name's)
 
 
-def _repo(source: str, ident: str, pretrained: bool) -> Tuple[Dict, Optional[Path]]:
-    """(config.json, weight file or None) of a hub repo (``hf-hub``, through :mod:`convit.hub`:
+def _repo(source: str, ident: str, pretrained: bool) -> tuple[dict, Optional[Path]]:
+    """(config.json, weight file or None) of a hub repo (``hf-hub``, through :mod:`convit.weights.hub`:
     cache first) or a local folder (``local-dir``); the weights only when ``pretrained``."""
     if source == "local-dir":
         folder = Path(ident)
@@ -165,8 +213,10 @@ def _repo(source: str, ident: str, pretrained: bool) -> Tuple[Dict, Optional[Pat
         if config is None:
             path = folder / "config.json"
             if not path.is_file():
-                raise FileNotFoundError(f"no config.json in {folder}: a local-dir: model is a hub-repo folder "
-                                        "(config.json + model.safetensors, as `convit export --format timm` writes)")
+                raise FileNotFoundError(
+                    f"no config.json in {folder}: a local-dir: model is a hub-repo folder "
+                    "(config.json + model.safetensors, as `convit export --format timm` writes)"
+                )
             config = json.loads(path.read_text())
         return config, weights
     from .hub import HF_WEIGHTS_NAME, hf_hub_file  # only now: the hub stack is heavy, and rarely needed
@@ -180,8 +230,11 @@ def _no_config_error(weights: Path) -> CheckpointError:
     try:
         shapes = infer_config(read_checkpoint(weights)[0])
         keys = ("patch_size", "embed_dim", "depth", "num_heads", "local_up_to_layer", "mlp_ratio", "qkv_bias")
-        like = [n for n in list_models() if all(ConViTConfig.from_dict(model_spec(n).config).to_dict()[k]
-                                                 == shapes[k] for k in keys)]
+        like = [
+            n
+            for n in list_models()
+            if all(ConViTConfig.from_dict(model_spec(n).config).to_dict()[k] == shapes[k] for k in keys)
+        ]
     except CheckpointError:
         like = []
     hint = f" Its shapes fit {', '.join(like)}." if like else ""
@@ -190,7 +243,8 @@ def _no_config_error(weights: Path) -> CheckpointError:
         "and the architecture cannot be read off its shapes: global_pool ('token' or 'avg') and the input "
         "size leave no trace in the weights, and a DeiT's head count neither; pass the model name it was "
         f"trained as (create_model('convit_tiny', checkpoint_path=...), --model), or the export folder "
-        f"with its config.json.{hint}")
+        f"with its config.json.{hint}"
+    )
 
 
 def _resolve(name: Optional[str], pretrained: bool, checkpoint_path: Optional[os.PathLike]) -> _Source:
@@ -217,14 +271,24 @@ def _resolve(name: Optional[str], pretrained: bool, checkpoint_path: Optional[os
 
         weights = resolve_pretrained(zoo_name, info, weights_dir())
     meta = read_metadata(weights) if weights is not None else {}
-    stored = config_from_metadata(meta) or (config_from_timm(timm_cfg, str(weights or ident)) if timm_cfg else None)
+    stored = config_from_metadata(meta) or (
+        config_from_timm(timm_cfg, str(weights or ident)) if timm_cfg else None
+    )
     if stored is None and zoo_name is None:
         if weights is None:
             raise ValueError("create_model needs a model name or a checkpoint_path")
         raise _no_config_error(weights)
     cfg = {**(model_spec(zoo_name).config if zoo_name else {}), **(stored or {})}  # the file knows its size
-    return _Source(cfg, zoo_name, weights, meta, timm_cfg, hub_id, adapt=pretrained and checkpoint_path is None,
-                   described=stored is not None or weights is None)
+    return _Source(
+        cfg,
+        zoo_name,
+        weights,
+        meta,
+        timm_cfg,
+        hub_id,
+        adapt=pretrained and checkpoint_path is None,
+        described=stored is not None or weights is None,
+    )
 
 
 def create_model(
@@ -233,7 +297,7 @@ def create_model(
     checkpoint_path: Optional[os.PathLike] = None,
     features_only: bool = False,
     out_indices: Union[int, Sequence[int]] = 3,
-    feature_cfg: Optional[Dict[str, Any]] = None,
+    feature_cfg: Optional[dict[str, Any]] = None,
     **overrides,
 ) -> Union[ConViT, FeatureGetterNet]:
     """Build a model by name and/or from saved weights, with timm's conventions.
@@ -244,9 +308,9 @@ def create_model(
         timm`` writes or timm publishes).  May be omitted when ``checkpoint_path`` carries its
         config (our files and export folders).
     pretrained: load the published weights: the zoo's (:func:`weights_dir`, then the Hugging
-        Face cache, then the hub, then the official URL: :func:`convit.hub.resolve_pretrained`)
+        Face cache, then the hub, then the official URL: :func:`convit.weights.hub.resolve_pretrained`)
         or the repo's.  As in timm, ``num_classes=N`` then gets a new, freshly initialised head
-        and ``in_chans=C`` adapted input weights (:func:`convit.checkpoint.adapt_input_conv`).
+        and ``in_chans=C`` adapted input weights (:func:`convit.weights.checkpoint.adapt_input_conv`).
     checkpoint_path: load these weights strictly (a file: official ``.pth``, timm
         ``.safetensors`` / ``.bin``, ours; or an export folder).  Takes precedence over
         ``pretrained``.  The architecture comes from the file's config (our metadata, or the
@@ -284,8 +348,9 @@ def create_model(
     return model
 
 
-def load_model(checkpoint: os.PathLike, name: Optional[str] = None, img_size: Optional[int] = None,
-               device: str = "cpu") -> Tuple[ConViT, Dict[str, Any]]:
+def load_model(
+    checkpoint: os.PathLike, name: Optional[str] = None, img_size: Optional[int] = None, device: str = "cpu"
+) -> tuple[ConViT, dict[str, Any]]:
     """The eval-mode model in ``checkpoint`` and what the file says about its data.
 
     checkpoint: a weight file, an export folder, or ``'hf-hub:org/repo'`` / ``'local-dir:PATH'``.
@@ -298,19 +363,28 @@ def load_model(checkpoint: os.PathLike, name: Optional[str] = None, img_size: Op
     overrides = {"img_size": img_size} if img_size else {}
     repo = parse_model_name(str(checkpoint))[0] is not None
     try:
-        model = (create_model(str(checkpoint), pretrained=True, **overrides) if repo else
-                 create_model(name, checkpoint_path=checkpoint, **overrides))
+        model = (
+            create_model(str(checkpoint), pretrained=True, **overrides)
+            if repo
+            else create_model(name, checkpoint_path=checkpoint, **overrides)
+        )
     except CheckpointError as e:
-        hint = ("\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
-                "--model, or omit --model for files written by `convit train`)" if name else "")
+        hint = (
+            "\n  (is the checkpoint for another architecture? pass the zoo name it was trained with as "
+            "--model, or omit --model for files written by `convit train`)"
+            if name
+            else ""
+        )
         raise CheckpointError(f"{e}{hint}") from None
     file = model.pretrained_cfg["file"]
     meta = read_metadata(file)
-    info = {"class_names": read_metadata_json(meta, "class_names") or model.pretrained_cfg.get("label_names"),
-            "data": read_metadata_json(meta, "data"),
-            "model_name": read_metadata_json(meta, "model_name") or name,
-            "results": {k: read_metadata_json(meta, k) for k in ("epoch", "test_top1", "val_top1") if k in meta},
-            "file": file}
+    info = {
+        "class_names": read_metadata_json(meta, "class_names") or model.pretrained_cfg.get("label_names"),
+        "data": read_metadata_json(meta, "data"),
+        "model_name": read_metadata_json(meta, "model_name") or name,
+        "results": {k: read_metadata_json(meta, k) for k in ("epoch", "test_top1", "val_top1") if k in meta},
+        "file": file,
+    }
     return model.to(device).eval(), info
 
 
@@ -318,8 +392,9 @@ def load_model(checkpoint: os.PathLike, name: Optional[str] = None, img_size: Op
 _DATA_KEYS = ("mean", "std", "crop_pct", "crop_mode", "interpolation", "tag", "license")
 
 
-def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = None,
-                   timm_cfg: Optional[dict] = None) -> dict:
+def pretrained_cfg(
+    name: Optional[str], model: ConViT, meta: Optional[dict] = None, timm_cfg: Optional[dict] = None
+) -> dict:
     """timm's ``pretrained_cfg`` for ``model``: the architecture's defaults, the zoo entry's
     weights and data, a hub-repo ``config.json``'s data and label names (``timm_cfg``), then
     (for our own files) the data the model was trained on.  Statistics for another number of
@@ -330,8 +405,11 @@ def pretrained_cfg(name: Optional[str], model: ConViT, meta: Optional[dict] = No
         cfg.update(architecture=name, **spec.data)
         if spec.pretrained is not None:
             hub_id = spec.pretrained.hf_hub_id
-            cfg.update(url=spec.pretrained.url or "", hf_hub_id=hub_id,
-                       tag=hub_id.partition(".")[2] or None if hub_id else None)  # 'fb_in1k'
+            cfg.update(
+                url=spec.pretrained.url or "",
+                hf_hub_id=hub_id,
+                tag=hub_id.partition(".")[2] or None if hub_id else None,
+            )  # 'fb_in1k'
     if timm_cfg:
         source = timm_cfg.get("pretrained_cfg") or {}
         cfg.update({k: source[k] for k in _DATA_KEYS if k in source})

@@ -3,17 +3,25 @@
 Small and free of policy about runs or models, so the trainer, ``convit eval`` and
 ``convit predict`` resolve ``--device`` / ``--amp`` the same way.
 """
+
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "resolve_amp", "cpu_count", "set_threads", "seed_everything", "rng_state",
-           "set_rng_state"]
+__all__ = [
+    "resolve_device",
+    "resolve_amp",
+    "cpu_count",
+    "set_threads",
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -68,16 +76,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """This process's random generators, in a form ``torch.load(weights_only=True)`` reads."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` captured (the CUDA part only on as many GPUs as before)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

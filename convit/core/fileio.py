@@ -4,13 +4,14 @@ The lowest layer of the package: data, model, trainer and experiments all write 
 :func:`atomic_save` (model files, training state, logs, sweep results, the CIFAR cache), so a
 crash or a full disk leaves the previous file intact.
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import os
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable
 
 __all__ = ["CheckpointSaveError", "atomic_save", "read_jsonl"]
 
@@ -63,8 +64,9 @@ def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoi
             pass
         kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} exists"
         hint = " (disk full: free some space, then resume with --resume)" if e.errno == errno.ENOSPC else ""
-        raise CheckpointSaveError(e.errno, f"could not write the {what} {path}: {e.strerror or e}{hint}; "
-                                           f"{kept}") from e
+        raise CheckpointSaveError(
+            e.errno, f"could not write the {what} {path}: {e.strerror or e}{hint}; {kept}"
+        ) from e
     except BaseException:
         try:
             tmp.unlink()
@@ -75,7 +77,7 @@ def atomic_save(write: Callable[[Path], None], path: Path, what: str = "checkpoi
     return path
 
 
-def read_jsonl(path: os.PathLike) -> List[dict]:
+def read_jsonl(path: os.PathLike) -> list[dict]:
     """Entries of a JSON-lines file such as ``log.jsonl``, one object per line.
 
     Blank lines and a truncated last line (a run still writing, or killed mid-write) are

@@ -13,13 +13,14 @@
   number of channels (:func:`adapt_input_conv`, :func:`adapt_state_dict`).
 * Every mismatch is reported with the offending keys and shapes.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -27,10 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from .fileio import atomic_save
+from ..core.fileio import atomic_save
 
 FORMAT = "convit"
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
@@ -45,11 +46,13 @@ def _unwrap(obj) -> StateDict:
                 return _unwrap(obj[key])
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise CheckpointError("no state dict found in the checkpoint (expected a dict of tensors, "
-                          "or one under 'model' / 'state_dict')")
+    raise CheckpointError(
+        "no state dict found in the checkpoint (expected a dict of tensors, "
+        "or one under 'model' / 'state_dict')"
+    )
 
 
-def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
+def read_checkpoint(path: os.PathLike) -> tuple[StateDict, dict]:
     """Load a weight file (or the weights of a hub-repo folder) into (state_dict, metadata).
 
     metadata is the safetensors header metadata (our files hold ``config`` there) or {}.
@@ -76,7 +79,7 @@ def read_checkpoint(path: os.PathLike) -> Tuple[StateDict, dict]:
     for k, v in sd.items():
         for prefix in ("module.", "_orig_mod."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out, meta
 
@@ -106,7 +109,7 @@ def config_from_metadata(meta: dict) -> Optional[dict]:
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def find_weights(path: os.PathLike) -> Tuple[Path, Optional[dict]]:
+def find_weights(path: os.PathLike) -> tuple[Path, Optional[dict]]:
     """The weight file meant by ``path`` and the timm ``config.json`` that describes it.
 
     ``path`` is a file, or a hub-repo folder (``model.safetensors`` or ``pytorch_model.bin``,
@@ -137,7 +140,9 @@ def plain_state_dict(model: nn.Module) -> StateDict:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
-def save_model(model: nn.Module, path: os.PathLike, extra: Optional[dict] = None, for_hub: bool = False) -> Path:
+def save_model(
+    model: nn.Module, path: os.PathLike, extra: Optional[dict] = None, for_hub: bool = False
+) -> Path:
     """Write the model weights and config as safetensors (atomically: temp file, then rename).
 
     extra: more JSON-serialisable metadata (e.g. ``{"class_names": [...], "model_name": ...}``).
@@ -175,16 +180,25 @@ def infer_config(sd: StateDict) -> dict:
     if gpsa != list(range(len(gpsa))):
         raise CheckpointError(f"GPSA blocks must come first; found them at {gpsa}")
     if not gpsa:
-        raise CheckpointError("this checkpoint has no GPSA block (a DeiT): its head count cannot be "
-                              "inferred from the weights; pass the model name, e.g. 'deit_small'")
+        raise CheckpointError(
+            "this checkpoint has no GPSA block (a DeiT): its head count cannot be "
+            "inferred from the weights; pass the model name, e.g. 'deit_small'"
+        )
     heads = sd["blocks.0.attn.pos_proj.weight"].shape[0]
-    cfg = dict(patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=depth, num_heads=heads,
-               local_up_to_layer=len(gpsa), use_pos_embed="pos_embed" in sd,
-               qkv_bias="blocks.0.attn.qk.bias" in sd,
-               mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim)
+    cfg = dict(
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        local_up_to_layer=len(gpsa),
+        use_pos_embed="pos_embed" in sd,
+        qkv_bias="blocks.0.attn.qk.bias" in sd,
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+    )
     if "pos_embed" in sd:
         n = sd["pos_embed"].shape[1] - (len(gpsa) == 0)
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         if side * side == n:
             cfg["img_size"] = side * patch
     cfg["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
@@ -199,7 +213,9 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor, base_chans: int = 3) -
     if in_chans < 1 or base_chans < 1:
         raise ValueError(f"channel counts must be positive, got in_chans={in_chans}, base_chans={base_chans}")
     if weight.ndim != 4 or weight.shape[1] != base_chans:
-        raise CheckpointError(f"cannot adapt input weights of shape {list(weight.shape)} from {base_chans} channels")
+        raise CheckpointError(
+            f"cannot adapt input weights of shape {list(weight.shape)} from {base_chans} channels"
+        )
     if in_chans == base_chans:
         return weight
     w = weight.float()  # half-precision sums are slow or missing on CPU
@@ -210,7 +226,7 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor, base_chans: int = 3) -
     return w.to(weight.dtype)
 
 
-def adapt_state_dict(sd: StateDict, model: nn.Module) -> Tuple[StateDict, List[str]]:
+def adapt_state_dict(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
     """``sd`` made to fit ``model`` for fine-tuning, as timm's ``pretrained=True`` does: the input
     convolution adapted to the model's channels (:func:`adapt_input_conv`), and a classifier of
     another size (or none) replaced by the model's own freshly initialised one.  Returns the
@@ -240,11 +256,13 @@ def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:
         return sd
     prefix = int(model.pos_embed_has_cls)
     n = src.shape[1] - prefix
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
         return sd
     sd = dict(sd)
-    sd["pos_embed"] = resample_abs_pos_embed(src, list(model.cfg.grid), [side, side], num_prefix_tokens=prefix)
+    sd["pos_embed"] = resample_abs_pos_embed(
+        src, list(model.cfg.grid), [side, side], num_prefix_tokens=prefix
+    )
     return sd
 
 
@@ -259,20 +277,29 @@ def load_into(model: nn.Module, sd: StateDict, source: str = "checkpoint") -> No
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = sorted((k, tuple(sd[k].shape), tuple(own[k].shape)) for k in set(sd) & set(own)
-                    if sd[k].shape != own[k].shape)
+    shapes = sorted(
+        (k, tuple(sd[k].shape), tuple(own[k].shape))
+        for k in set(sd) & set(own)
+        if sd[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        lines: List[str] = [f"{source} does not match the model:"]
+        lines: list[str] = [f"{source} does not match the model:"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:12])}"
-                         + (" ..." if len(missing) > 12 else ""))
+            lines.append(
+                f"  missing keys ({len(missing)}): {', '.join(missing[:12])}"
+                + (" ..." if len(missing) > 12 else "")
+            )
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}"
-                         + (" ..." if len(unexpected) > 12 else ""))
+            lines.append(
+                f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:12])}"
+                + (" ..." if len(unexpected) > 12 else "")
+            )
         for k, a, b in shapes[:12]:
             lines.append(f"  shape mismatch for {k}: checkpoint {list(a)} vs model {list(b)}")
         if any(k.startswith("head.") for k, _, _ in shapes):
-            lines.append("  (the classifier differs: create the model with the checkpoint's num_classes, "
-                         "load it, then call reset_classifier(num_classes) to fine-tune)")
+            lines.append(
+                "  (the classifier differs: create the model with the checkpoint's num_classes, "
+                "load it, then call reset_classifier(num_classes) to fine-tune)"
+            )
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=True)

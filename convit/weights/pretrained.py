@@ -1,9 +1,10 @@
 """Where a zoo model's published weights live (:class:`Pretrained`).
 
-Its own module so that the zoo, which names the weights, and :mod:`convit.hub`, which fetches
+Its own module so that the zoo, which names the weights, and :mod:`convit.weights.hub`, which fetches
 them, share the type while neither imports the other (the zoo imports the hub only when
 weights are actually fetched).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,17 +4,19 @@
 trainer calls at the end of a run (figures into ``run_dir/figures/``, ``run_dir/report.html``).
 The images analysed come from :mod:`.inputs`, the page is written by :mod:`.html_report`.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 
-from ..fileio import read_jsonl as read_log
-from ..model import ConViT, ConViTConfig
-from ..zoo import create_model
+from ..core.fileio import read_jsonl as read_log
+from ..nn.model import ConViT, ConViTConfig
+from ..weights.zoo import create_model
 from . import figures  # not `as F`: F is torch.nn.functional's alias everywhere else
 from .html_report import write_html
 from .inputs import AnalysisInputs, load_inputs, read_metadata
@@ -28,13 +30,14 @@ MAX_DEFAULT_HEADS = 8  # attention-map figures show at most this many heads unle
 
 # -- logs -------------------------------------------------------------------------------------
 
+
 def run_label(log_path: Path) -> str:
     """A run's name for legends: its directory name (the log's parent)."""
     p = Path(log_path).resolve()
     return p.parent.name or p.stem
 
 
-def _unique_labels(paths: Sequence[Path]) -> List[str]:
+def _unique_labels(paths: Sequence[Path]) -> list[str]:
     labels = [run_label(p) for p in paths]
     for i, l in enumerate(labels):
         if labels.count(l) > 1:
@@ -45,6 +48,7 @@ def _unique_labels(paths: Sequence[Path]) -> List[str]:
 
 # -- the model analysed -----------------------------------------------------------------------
 
+
 def _fresh_model(cfg: ConViTConfig) -> ConViT:
     """A newly initialised model of the same config (its GPSA layers at the convolutional init
     when ``use_local_init``), built without touching the global RNG."""
@@ -53,7 +57,7 @@ def _fresh_model(cfg: ConViTConfig) -> ConViT:
         return ConViT(cfg)
 
 
-def _default_layers(model: ConViT) -> List[int]:
+def _default_layers(model: ConViT) -> list[int]:
     """First and last GPSA block and the first MHSA block (ConViT), or first and last (DeiT)."""
     depth, k = len(model.blocks), model.local_up_to_layer
     layers = [0, k - 1, k] if k > 0 else [0, depth - 1]
@@ -62,11 +66,21 @@ def _default_layers(model: ConViT) -> List[int]:
 
 # -- the analysis -----------------------------------------------------------------------------
 
-def analyze(checkpoint: Path, logs: Sequence[Path] = (), image: Optional[Path] = None,
-            output: Path = Path("analysis"), layers: Optional[Sequence[int]] = None,
-            heads: Optional[Sequence[int]] = None, query: Optional[Tuple[int, int]] = None,
-            html_path: Optional[Path] = None, masking: bool = False, max_images: int = 64,
-            title: Optional[str] = None, model_name: Optional[str] = None) -> List[Path]:
+
+def analyze(
+    checkpoint: Path,
+    logs: Sequence[Path] = (),
+    image: Optional[Path] = None,
+    output: Path = Path("analysis"),
+    layers: Optional[Sequence[int]] = None,
+    heads: Optional[Sequence[int]] = None,
+    query: Optional[tuple[int, int]] = None,
+    html_path: Optional[Path] = None,
+    masking: bool = False,
+    max_images: int = 64,
+    title: Optional[str] = None,
+    model_name: Optional[str] = None,
+) -> list[Path]:
     """Write the analysis figures of ``checkpoint`` (and of the runs in ``logs``) into ``output``.
 
     layers / heads: 0-based block and head indices for the attention-map figures (default:
@@ -88,8 +102,9 @@ def analyze(checkpoint: Path, logs: Sequence[Path] = (), image: Optional[Path] =
     own = checkpoint.parent.name or "model"
     grid = model.cfg.grid
     q = tuple(query) if query is not None else (grid[0] // 2, grid[1] // 2)
-    written = (_summary_figures(model, runs, summary, init_summary, output, own)
-               + _attention_figures(model, inputs, q, layers, heads, output))
+    written = _summary_figures(model, runs, summary, init_summary, output, own) + _attention_figures(
+        model, inputs, q, layers, heads, output
+    )
     paths = [p for p, _ in written]
     summary_path = output / "locality.json"
     summary_path.write_text(json.dumps({"analysed": summary, "fresh_init": init_summary}, indent=1))
@@ -99,13 +114,26 @@ def analyze(checkpoint: Path, logs: Sequence[Path] = (), image: Optional[Path] =
         (output / "masking.json").write_text(json.dumps(table, indent=1))
         paths.append(output / "masking.json")
     if html_path is not None:
-        paths.append(write_html(Path(html_path), title or f"ConViT analysis: {own}", model, inputs,
-                                summary, init_summary, runs, written, table, checkpoint))
+        paths.append(
+            write_html(
+                Path(html_path),
+                title or f"ConViT analysis: {own}",
+                model,
+                inputs,
+                summary,
+                init_summary,
+                runs,
+                written,
+                table,
+                checkpoint,
+            )
+        )
     return paths
 
 
-def _check_indices(model: ConViT, layers: Optional[Sequence[int]], heads: Optional[Sequence[int]]
-                   ) -> Tuple[List[int], List[int]]:
+def _check_indices(
+    model: ConViT, layers: Optional[Sequence[int]], heads: Optional[Sequence[int]]
+) -> tuple[list[int], list[int]]:
     """The blocks and heads to draw (defaults filled in); out-of-range indices are an error
     raised before anything is computed or written."""
     n_heads, depth = model.cfg.num_heads, len(model.blocks)
@@ -120,45 +148,89 @@ def _check_indices(model: ConViT, layers: Optional[Sequence[int]], heads: Option
     return layers, heads
 
 
-def _summary_figures(model: ConViT, runs: List[Tuple[str, List[dict]]], summary: dict, init_summary: dict,
-                     output: Path, own: str) -> List[Tuple[Path, str]]:
+def _summary_figures(
+    model: ConViT,
+    runs: list[tuple[str, list[dict]]],
+    summary: dict,
+    init_summary: dict,
+    output: Path,
+    own: str,
+) -> list[tuple[Path, str]]:
     """Nonlocality over training and per layer, training curves, gates, centres: (path, caption)."""
     written = []
     if runs:
-        written += [(figures.plot_nonlocality_history(runs, output / "nonlocality_training.png"),
-                     "Nonlocality (eq. 8) per layer over training, mean over heads (paper fig. 5)."),
-                    (figures.plot_training_curves(runs, output / "training_curves.png"), "Loss and top-1 per epoch.")]
-    written.append((figures.plot_final_nonlocality(summary, output / "nonlocality_layers.png", init_summary,
-                                                   title=f"{own}: nonlocality per layer and head (eq. 8)"),
-                    "Nonlocality of the analysed model per layer and head, with the content and positional "
-                    "parts of GPSA layers and a freshly initialised model of the same config."))
+        written += [
+            (
+                figures.plot_nonlocality_history(runs, output / "nonlocality_training.png"),
+                "Nonlocality (eq. 8) per layer over training, mean over heads (paper fig. 5).",
+            ),
+            (figures.plot_training_curves(runs, output / "training_curves.png"), "Loss and top-1 per epoch."),
+        ]
+    written.append(
+        (
+            figures.plot_final_nonlocality(
+                summary,
+                output / "nonlocality_layers.png",
+                init_summary,
+                title=f"{own}: nonlocality per layer and head (eq. 8)",
+            ),
+            "Nonlocality of the analysed model per layer and head, with the content and positional "
+            "parts of GPSA layers and a freshly initialised model of the same config.",
+        )
+    )
     if model.local_up_to_layer > 0:
-        written += [(figures.plot_gates(runs, summary["gates"], output / "gates.png"),
-                     "GPSA gates over training and in the analysed model (paper fig. 6)."),
-                    (figures.plot_centres((init_summary["centres"], init_summary["spans"]),
-                                          (summary["centres"], summary["spans"]), output / "centres_spans.png",
-                                          grid=model.cfg.grid),
-                     "Attention centres and spans of the positional attention at init and after training.")]
+        written += [
+            (
+                figures.plot_gates(runs, summary["gates"], output / "gates.png"),
+                "GPSA gates over training and in the analysed model (paper fig. 6).",
+            ),
+            (
+                figures.plot_centres(
+                    (init_summary["centres"], init_summary["spans"]),
+                    (summary["centres"], summary["spans"]),
+                    output / "centres_spans.png",
+                    grid=model.cfg.grid,
+                ),
+                "Attention centres and spans of the positional attention at init and after training.",
+            ),
+        ]
     return written
 
 
-def _attention_figures(model: ConViT, inputs: AnalysisInputs, q: Tuple[int, int], layers: List[int],
-                       heads: List[int], output: Path) -> List[Tuple[Path, str]]:
+def _attention_figures(
+    model: ConViT,
+    inputs: AnalysisInputs,
+    q: tuple[int, int],
+    layers: list[int],
+    heads: list[int],
+    output: Path,
+) -> list[tuple[Path, str]]:
     """The attention maps of ``layers`` from the query patch ``q`` (paper fig. 7): (path, caption)."""
     grids = attention_grids(model, inputs.image, q)
     note = inputs.source + (f" ({inputs.note})" if inputs.note else "")
     written = []
     for l in layers:
         t = "gpsa" if model.blocks[l].use_gpsa else "mhsa"
-        written.append((figures.plot_attention_maps(grids[l], inputs.display, q, l,
-                                                    output / f"attention_layer{l + 1}.png", heads=heads, note=note,
-                                                    patch_size=model.cfg.patch_size),
-                        f"Attention of layer {l + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
-                        "(paper fig. 7)."))
+        written.append(
+            (
+                figures.plot_attention_maps(
+                    grids[l],
+                    inputs.display,
+                    q,
+                    l,
+                    output / f"attention_layer{l + 1}.png",
+                    heads=heads,
+                    note=note,
+                    patch_size=model.cfg.patch_size,
+                ),
+                f"Attention of layer {l + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
+                "(paper fig. 7).",
+            )
+        )
     return written
 
 
-def _masking_on_inputs(model: ConViT, inputs: AnalysisInputs) -> Optional[List[dict]]:
+def _masking_on_inputs(model: ConViT, inputs: AnalysisInputs) -> Optional[list[dict]]:
     """Test-time masking table on the whole test split of the checkpoint's dataset (None when
     that split could not be loaded)."""
     if inputs.test_set is None:
@@ -167,8 +239,9 @@ def _masking_on_inputs(model: ConViT, inputs: AnalysisInputs) -> Optional[List[d
     return masking_table(model, loader)
 
 
-def write_run_report(run_dir: Path, checkpoint: Optional[Path] = None, image: Optional[Path] = None,
-                     masking: bool = False) -> List[Path]:
+def write_run_report(
+    run_dir: Path, checkpoint: Optional[Path] = None, image: Optional[Path] = None, masking: bool = False
+) -> list[Path]:
     """Figures (``run_dir/figures/*.png``) and ``run_dir/report.html`` for one training run.
 
     Uses ``run_dir/log.jsonl`` and ``run_dir/model.safetensors`` (else ``best.safetensors``)
@@ -184,5 +257,12 @@ def write_run_report(run_dir: Path, checkpoint: Optional[Path] = None, image: Op
             raise FileNotFoundError(f"no model.safetensors or best.safetensors in {run_dir}")
     log = run_dir / "log.jsonl"
     logs = [log] if log.is_file() else []
-    return analyze(checkpoint, logs, image, run_dir / "figures", html_path=run_dir / "report.html",
-                   masking=masking, title=f"ConViT run report: {run_dir.resolve().name}")
+    return analyze(
+        checkpoint,
+        logs,
+        image,
+        run_dir / "figures",
+        html_path=run_dir / "report.html",
+        masking=masking,
+        title=f"ConViT run report: {run_dir.resolve().name}",
+    )

@@ -8,16 +8,16 @@ folder's ``skipped.tsv``, the other ranks to a file of their own, since their ma
 share the folder.  At the end of the run :func:`gather` merges every process's list into
 ``skipped.tsv``, each file once, and warns with the count.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict
 
-from . import distributed
-from .data import DataBundle, ImageFileDataset, add_skipped
+from ..core import distributed
+from ..data import DataBundle, ImageFileDataset, add_skipped
 
 __all__ = ["log_path", "attach", "gather"]
 
@@ -28,7 +28,7 @@ def log_path(skipped: Path, rank: int) -> Path:
     return Path(skipped) if rank == 0 else Path(tempfile.gettempdir()) / f"convit-skipped-{os.getpid()}.tsv"
 
 
-def attach(bundle: DataBundle, skipped: Path, rank: int, scanned: Dict[str, str]) -> None:
+def attach(bundle: DataBundle, skipped: Path, rank: int, scanned: dict[str, str]) -> None:
     """Send the failures of the bundle's :class:`~convit.data.ImageFileDataset` splits to this
     process's list, and write ``scanned`` (the files left out so far, e.g. by the scan of the
     folder: path -> reason) into ``skipped`` (every process calls this; rank 0 writes)."""
@@ -38,7 +38,7 @@ def attach(bundle: DataBundle, skipped: Path, rank: int, scanned: Dict[str, str]
     distributed.on_main(add_skipped, skipped, scanned)
 
 
-def gather(mine: Dict[str, str], skipped: Path, rank: int) -> Dict[str, str]:
+def gather(mine: dict[str, str], skipped: Path, rank: int) -> dict[str, str]:
     """Every process's unreadable files (every process calls this with its own, ``mine``),
     written into ``skipped`` once each, with a warning that counts them; returns them all."""
     merged = {k: v for part in distributed.all_gather_object(mine) for k, v in part.items()}
@@ -46,6 +46,9 @@ def gather(mine: Dict[str, str], skipped: Path, rank: int) -> Dict[str, str]:
         log_path(skipped, rank).unlink(missing_ok=True)
     distributed.on_main(add_skipped, skipped, merged)
     if merged and rank == 0:
-        warnings.warn(f"{len(merged)} unreadable image file(s) were left out of this run, never replaced by other "
-                      f"images (accuracies are over the images read): listed in {skipped}", stacklevel=3)
+        warnings.warn(
+            f"{len(merged)} unreadable image file(s) were left out of this run, never replaced by other "
+            f"images (accuracies are over the images read): listed in {skipped}",
+            stacklevel=3,
+        )
     return merged

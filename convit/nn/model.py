@@ -5,11 +5,13 @@ gets a slot in the position embedding, exactly as in timm's ``vit_*``/``deit_*``
 Every knob lives in :class:`ConViTConfig`; the state-dict keys are those of the official code
 and timm.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -23,11 +25,11 @@ from .layers import Block, PatchEmbed, trunc_normal_
 # huggingface_hub, which building a bare model must not need.
 
 #: ImageNet's channel statistics (timm's IMAGENET_DEFAULT_MEAN / _STD; tests/test_model.py checks).
-IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+def _pair(v: Union[int, Sequence[int]]) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     v = tuple(int(x) for x in v)
@@ -44,7 +46,7 @@ class ConViTConfig:
     per-head width.  ``local_up_to_layer`` is the number of leading GPSA blocks.
     """
 
-    img_size: Union[int, Tuple[int, int]] = 224
+    img_size: Union[int, tuple[int, int]] = 224
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000
@@ -73,11 +75,11 @@ class ConViTConfig:
     def __post_init__(self) -> None:
         self.img_size = _pair(self.img_size)
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if not 0 <= self.local_up_to_layer <= self.depth:
             raise ValueError(
-                f"local_up_to_layer={self.local_up_to_layer} must be between 0 and depth={self.depth}")
+                f"local_up_to_layer={self.local_up_to_layer} must be between 0 and depth={self.depth}"
+            )
         if self.global_pool not in ("", "token", "avg"):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
         if self.global_pool == "token" and self.local_up_to_layer == self.depth:
@@ -85,7 +87,8 @@ class ConViTConfig:
             # reach the head untouched (timm then silently pools patch 0 instead).
             raise ValueError(
                 f"global_pool='token' needs at least one MHSA block, but all {self.depth} blocks are GPSA "
-                "(local_up_to_layer == depth): use global_pool='avg' or fewer GPSA blocks")
+                "(local_up_to_layer == depth): use global_pool='avg' or fewer GPSA blocks"
+            )
         for s in self.img_size:
             if s % self.patch_size:
                 raise ValueError(f"img_size {self.img_size} is not divisible by patch_size={self.patch_size}")
@@ -102,7 +105,7 @@ class ConViTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConViTConfig":
+    def from_dict(cls, d: dict) -> ConViTConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -112,29 +115,47 @@ class ConViTConfig:
 
 #: ConViTConfig fields that define the weights' shapes and meaning, apart from those of
 #: :data:`DATA_DERIVED_FIELDS`: a file trained with other values cannot be fine-tuned as this
-#: model (convit.recipe checks them before fine-tuning).
-ARCHITECTURE_FIELDS: Tuple[str, ...] = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                                        "qkv_bias", "local_up_to_layer", "use_pos_embed")
-#: ConViTConfig fields that convit.recipe.build_model derives from the data (image size,
+#: model (convit.training.recipe checks them before fine-tuning).
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "local_up_to_layer",
+    "use_pos_embed",
+)
+#: ConViTConfig fields that convit.training.recipe.build_model derives from the data (image size,
 #: channels, classes) and the recipe (drop path), whatever the zoo name says; the experiment
 #: runner pins every other field.
-DATA_DERIVED_FIELDS: Tuple[str, ...] = ("img_size", "in_chans", "num_classes", "drop_path_rate")
+DATA_DERIVED_FIELDS: tuple[str, ...] = ("img_size", "in_chans", "num_classes", "drop_path_rate")
 
 
 def architecture_cfg(cfg: ConViTConfig) -> dict:
     """The part of timm's ``pretrained_cfg`` that follows from the architecture alone.
 
     Mean/std and crop are ImageNet's (DeiT's eval: bicubic resize to img_size / 0.875, centre
-    crop); :func:`convit.zoo.create_model` replaces them for models trained on other data.
+    crop); :func:`convit.weights.zoo.create_model` replaces them for models trained on other data.
     """
     return dict(
-        url="", hf_hub_id=None, architecture=None, tag=None,
-        num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
-        fixed_input_size=not cfg.dynamic_img_size, interpolation="bicubic", crop_pct=0.875,
+        url="",
+        hf_hub_id=None,
+        architecture=None,
+        tag=None,
+        num_classes=cfg.num_classes,
+        input_size=(cfg.in_chans, *cfg.img_size),
+        fixed_input_size=not cfg.dynamic_img_size,
+        interpolation="bicubic",
+        crop_pct=0.875,
         crop_mode="center",
         mean=IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
         std=IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
-        pool_size=None, first_conv="patch_embed.proj", classifier="head", license="apache-2.0")
+        pool_size=None,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="apache-2.0",
+    )
 
 
 class ConViT(nn.Module):
@@ -157,8 +178,9 @@ class ConViT(nn.Module):
         # published weights' metadata (url, hub id, mean/std, crop) for named models.
         self.pretrained_cfg: dict = architecture_cfg(cfg)
 
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
-                                      cfg.dynamic_img_size)
+        self.patch_embed = PatchEmbed(
+            cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.dynamic_img_size
+        )
         self.grid: Grid = cfg.grid
         num_patches = self.grid[0] * self.grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -169,15 +191,31 @@ class ConViT(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()  # stochastic depth decay rule
-        self.blocks = nn.ModuleList([
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.proj_drop_rate,
-                  cfg.attn_drop_rate, dpr[i], use_gpsa=i < cfg.local_up_to_layer,
-                  locality_strength=cfg.locality_strength, grid=cfg.grid)
-            for i in range(cfg.depth)])
+        dpr = torch.linspace(
+            0, cfg.drop_path_rate, cfg.depth, device="cpu"
+        ).tolist()  # stochastic depth decay rule
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    cfg.embed_dim,
+                    cfg.num_heads,
+                    cfg.mlp_ratio,
+                    cfg.qkv_bias,
+                    cfg.proj_drop_rate,
+                    cfg.attn_drop_rate,
+                    dpr[i],
+                    use_gpsa=i < cfg.local_up_to_layer,
+                    locality_strength=cfg.locality_strength,
+                    grid=cfg.grid,
+                )
+                for i in range(cfg.depth)
+            ]
+        )
         # timm's feature contract: every block's patch tokens, at stride patch_size.
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
-                             for i in range(cfg.depth)]
+        self.feature_info = [
+            dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
+            for i in range(cfg.depth)
+        ]
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
@@ -221,7 +259,7 @@ class ConViT(nn.Module):
         """timm's older name for :attr:`pretrained_cfg`."""
         return self.pretrained_cfg
 
-    def gpsa_blocks(self) -> List[Block]:
+    def gpsa_blocks(self) -> list[Block]:
         return [b for b in self.blocks if b.use_gpsa]
 
     @torch.jit.ignore
@@ -235,8 +273,9 @@ class ConViT(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups, as its ViTs: stem, one per block, the norm with the last
         (what timm's layer-wise lr decay, ``create_optimizer_v2(layer_decay=...)``, reads)."""
-        return dict(stem=r"^cls_token|pos_embed|patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+        return dict(
+            stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -255,8 +294,11 @@ class ConViT(nn.Module):
             self.global_pool = global_pool
         self.num_classes = num_classes
         w = self.cls_token  # (device and dtype of the model; the norm may be pruned)
-        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) \
-            if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
         if num_classes > 0:
             trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
@@ -288,16 +330,22 @@ class ConViT(nn.Module):
             pos = self.pos_embed
             if grid != self.cfg.grid:  # bicubically resampled for another grid
                 from timm.layers import resample_abs_pos_embed
-                pos = resample_abs_pos_embed(pos, list(grid), list(self.cfg.grid),
-                                             num_prefix_tokens=int(self.pos_embed_has_cls))
+
+                pos = resample_abs_pos_embed(
+                    pos, list(grid), list(self.cfg.grid), num_prefix_tokens=int(self.pos_embed_has_cls)
+                )
             x = x + pos
         return self.pos_drop(x)
 
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         x = self._join_cls(x, i)
         blk = self.blocks[i]
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled() \
-                and not torch.jit.is_scripting():
+        if (
+            self.grad_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and not torch.jit.is_scripting()
+        ):
             return checkpoint(blk, x, use_reentrant=False)
         return blk(x)
 
@@ -310,7 +358,7 @@ class ConViT(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
         elif self.global_pool == "token":
             x = x[:, 0]
         x = self.head_drop(x)
@@ -323,12 +371,12 @@ class ConViT(nn.Module):
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
+        indices: Optional[Union[int, list[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
         """Patch tokens after chosen blocks, with timm's signature and behaviour.
 
         indices: None for every block, an int n for the last n, or block indices (negative
@@ -341,6 +389,7 @@ class ConViT(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         from timm.models._features import feature_take_indices
+
         take, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x = self._embed(x)
@@ -350,21 +399,24 @@ class ConViT(nn.Module):
             x = self._block(i, x)
             if i in take:
                 y = self.norm(x) if norm else x
-                y = y[:, int(i >= self._cls_joins_at()):]  # patch tokens only, [B, N, C]
-                intermediates.append(y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-                                     if output_fmt == "NCHW" else y)
+                y = y[:, int(i >= self._cls_joins_at()) :]  # patch tokens only, [B, N, C]
+                intermediates.append(
+                    y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y
+                )
         if intermediates_only:
             return intermediates
         return self.norm(self._join_cls(x, last + 1)), intermediates
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the blocks after the last of ``indices`` (and the norm / head), as timm's
         ``features_only`` wrapper does; returns the absolute block indices kept for output."""
         from timm.models._features import feature_take_indices
+
         take, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        self.feature_info = self.feature_info[:max_index + 1]
+        self.blocks = self.blocks[: max_index + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -372,11 +424,11 @@ class ConViT(nn.Module):
         return take
 
     @torch.no_grad()
-    def attention_maps(self, x: torch.Tensor) -> List[AttentionMaps]:
+    def attention_maps(self, x: torch.Tensor) -> list[AttentionMaps]:
         """Each block's attention on its own input (for analysis), in block order.
 
         Runs the model once; at block i the attention module's ``attention_maps`` (the paper's
-        eq. 6 terms, :meth:`convit.attention.GPSA.attention_maps`) is evaluated on ``norm1`` of that
+        eq. 6 terms, :meth:`convit.nn.attention.GPSA.attention_maps`) is evaluated on ``norm1`` of that
         block's input.  Token axes: GPSA maps are over patches only; MHSA maps include the
         class token at index 0.
         """

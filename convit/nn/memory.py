@@ -1,7 +1,7 @@
 """How much memory training a model takes, and how much the machine has, so that a run that
 cannot fit is refused before it starts instead of being killed by the kernel with nothing printed.
 
-:func:`estimate_training_memory` adds up what training a :class:`~convit.model.ConViTConfig` at
+:func:`estimate_training_memory` adds up what training a :class:`~convit.nn.model.ConViTConfig` at
 a batch size holds at its peak: weights and buffers (counted exactly on a model built on the
 meta device), gradients and optimizer state, then the largest of three phases:
 
@@ -9,7 +9,7 @@ meta device), gradients and optimizer state, then the largest of three phases:
   the width; what grows with the square of the token count N is, per GPSA block, its
   ``[heads, N, N]`` positional attention (shared by the batch) and, where attention is
   materialised, ``[batch, heads, N, N]`` maps: GPSA with attention dropout (the reference path
-  of :class:`~convit.fast_gpsa.FastGPSA`) and, on the CPU, MHSA with attention dropout
+  of :class:`~convit.nn.fast_gpsa.FastGPSA`) and, on the CPU, MHSA with attention dropout
   (PyTorch's CPU flash kernel has no dropout, so SDPA falls back to its math kernel);
 * **locality measure** (``convit train``'s per-epoch log): every block's ``[32, heads, T, T]``
   maps at once;
@@ -20,18 +20,25 @@ too large for the machine", with the command).  :func:`available_memory` reads w
 has (free GPU memory; on the CPU the smaller of ``MemAvailable`` and the cgroup's room), and
 :func:`check_training_memory` raises :class:`MemoryRefused` naming both numbers and the fixes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import torch
 
 from .model import ConViT, ConViTConfig
 
-__all__ = ["MemoryEstimate", "MemoryRefused", "estimate_training_memory", "available_memory",
-           "check_training_memory", "LOCALITY_CHUNK"]
+__all__ = [
+    "MemoryEstimate",
+    "MemoryRefused",
+    "estimate_training_memory",
+    "available_memory",
+    "check_training_memory",
+    "LOCALITY_CHUNK",
+]
 
 #: Images whose attention maps the locality measure holds at once (``nonlocality``'s chunk).
 LOCALITY_CHUNK = 32
@@ -53,8 +60,8 @@ class MemoryEstimate:
     """Bytes training is expected to hold at its peak: ``parts`` (what always stays: weights and
     buffers, gradients and optimizer state, and the largest ``phase``), and every phase."""
 
-    parts: Dict[str, int]
-    phases: Dict[str, int]
+    parts: dict[str, int]
+    phases: dict[str, int]
     tokens: int  # patch tokens an image
 
     @property
@@ -74,15 +81,17 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def _sizes(cfg: ConViTConfig) -> Tuple[int, int]:
+def _sizes(cfg: ConViTConfig) -> tuple[int, int]:
     """(parameters, buffer bytes) of the model, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
         model = ConViT(cfg)
-    return (sum(p.numel() for p in model.parameters()),
-            sum(b.numel() * b.element_size() for b in model.buffers()))
+    return (
+        sum(p.numel() for p in model.parameters()),
+        sum(b.numel() * b.element_size() for b in model.buffers()),
+    )
 
 
-def _phases(cfg: ConViTConfig, batch: int, act: int, cpu: bool, locality_images: int) -> Dict[str, int]:
+def _phases(cfg: ConViTConfig, batch: int, act: int, cpu: bool, locality_images: int) -> dict[str, int]:
     """Peak bytes of each phase beyond weights and optimizer state (module docstring)."""
     n = cfg.grid[0] * cfg.grid[1]
     t = n + 1  # MHSA blocks also see the class token
@@ -91,7 +100,9 @@ def _phases(cfg: ConViTConfig, batch: int, act: int, cpu: bool, locality_images:
     width = cfg.embed_dim * (_LINEAR_SAVED + 2 * cfg.mlp_ratio) * act * _LINEAR_MEASURED
     linear = batch * (gpsa * n + mhsa * t) * width
     positional = gpsa * 5 * h * n * n + (13 * h * n * n if gpsa else 0)  # P and its mask, + one being built
-    if dropout:  # materialised [B, heads, N, N]: softmax, dropout mask (bytes) and output; + scores being built
+    if (
+        dropout
+    ):  # materialised [B, heads, N, N]: softmax, dropout mask (bytes) and output; + scores being built
         positional += gpsa * (2 * act + 1) * batch * h * n * n + (act * batch * h * n * n if gpsa else 0)
     # SDPA's math kernel: weights, dropout mask and output saved, + scores being built
     dense = (3 * mhsa + 1) * act * batch * h * t * t if dropout and cpu and mhsa else 0
@@ -105,9 +116,16 @@ def _phases(cfg: ConViTConfig, batch: int, act: int, cpu: bool, locality_images:
     return phases
 
 
-def estimate_training_memory(cfg: ConViTConfig, batch_size: int, *, amp: bool = False, ema: bool = False,
-                             optimizer_states: int = 2, locality_images: int = 0,
-                             device: str = "cpu") -> MemoryEstimate:
+def estimate_training_memory(
+    cfg: ConViTConfig,
+    batch_size: int,
+    *,
+    amp: bool = False,
+    ema: bool = False,
+    optimizer_states: int = 2,
+    locality_images: int = 0,
+    device: str = "cpu",
+) -> MemoryEstimate:
     """Peak bytes of training ``cfg`` on batches of ``batch_size`` (one process; module docstring).
 
     amp: activations in 16 bits.  ema: a copy of the weights.  optimizer_states: tensors per
@@ -120,16 +138,19 @@ def estimate_training_memory(cfg: ConViTConfig, batch_size: int, *, amp: bool = 
     cached = 4 * cfg.local_up_to_layer * cfg.num_heads * (cfg.grid[0] * cfg.grid[1]) ** 2
     phases = _phases(cfg, batch_size, 2 if amp else 4, device == "cpu", locality_images)
     peak = max(phases, key=lambda k: phases[k])
-    parts = {"weights and buffers": 4 * params + buffers + _OVERHEAD,
-             "gradients and optimizer state": 4 * params * (1 + optimizer_states + int(ema)),
-             **({"cached positional attention": cached} if cached > _OVERHEAD else {}),
-             peak: phases[peak]}
+    parts = {
+        "weights and buffers": 4 * params + buffers + _OVERHEAD,
+        "gradients and optimizer state": 4 * params * (1 + optimizer_states + int(ema)),
+        **({"cached positional attention": cached} if cached > _OVERHEAD else {}),
+        peak: phases[peak],
+    }
     return MemoryEstimate(parts, phases, cfg.grid[0] * cfg.grid[1])
 
 
 # ---------------------------------------------------------------------------------------------
 # What the machine has
 # ---------------------------------------------------------------------------------------------
+
 
 def _read_int(path: Path) -> Optional[int]:
     try:
@@ -150,12 +171,13 @@ def _stat(path: Path, key: str) -> int:
     return 0
 
 
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[Tuple[int, str]]:
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[tuple[int, str]]:
     """Bytes the cgroup still lets this process use (limit - usage + reclaimable page cache),
     cgroup v2 or v1; None without a limit."""
-    for limit_f, usage_f, inactive in (("memory.max", "memory.current", "inactive_file"),
-                                       ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
-                                        "total_inactive_file")):
+    for limit_f, usage_f, inactive in (
+        ("memory.max", "memory.current", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
+    ):
         limit, usage = _read_int(root / limit_f), _read_int(root / usage_f)
         if limit is None or usage is None or limit >= 1 << 60:  # "max", or v1's "unlimited"
             continue
@@ -164,8 +186,9 @@ def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[Tuple[int, str
     return None
 
 
-def available_memory(device: torch.device, *, meminfo: Path = Path("/proc/meminfo"),
-                     cgroup: Path = Path("/sys/fs/cgroup")) -> Optional[Tuple[int, str]]:
+def available_memory(
+    device: torch.device, *, meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")
+) -> Optional[tuple[int, str]]:
     """(bytes free for this run, where that was read), or None when it cannot be told (MPS, no
     /proc).  CUDA: ``torch.cuda.mem_get_info``.  CPU: the smaller of ``MemAvailable`` and the
     cgroup's room."""
@@ -174,7 +197,7 @@ def available_memory(device: torch.device, *, meminfo: Path = Path("/proc/meminf
         return int(free), f"free on {device} (torch.cuda.mem_get_info)"
     if device.type != "cpu":
         return None
-    found: List[Tuple[int, str]] = []
+    found: list[tuple[int, str]] = []
     avail = _stat(meminfo, "MemAvailable:") if meminfo.is_file() else 0
     if avail:
         found.append((avail * 1024, f"MemAvailable in {meminfo}"))  # kB
@@ -188,8 +211,10 @@ def available_memory(device: torch.device, *, meminfo: Path = Path("/proc/meminf
 # The refusal
 # ---------------------------------------------------------------------------------------------
 
-def _fixes(cfg: ConViTConfig, batch: int, room: int, est: MemoryEstimate, **kw) -> List[str]:
+
+def _fixes(cfg: ConViTConfig, batch: int, room: int, est: MemoryEstimate, **kw) -> list[str]:
     """What would fit in ``room`` bytes: a smaller image, larger patches, a smaller batch."""
+
     def need(c: ConViTConfig, b: int = batch) -> int:
         return estimate_training_memory(c, b, **kw).total
 
@@ -213,13 +238,22 @@ def _fixes(cfg: ConViTConfig, batch: int, room: int, est: MemoryEstimate, **kw) 
         fixes.append(f"not --batch-size alone (batch 1 needs {_gb(need(cfg, 1))})")
     without = estimate_training_memory(cfg, batch, **{**kw, "locality_images": 0}).total
     if "locality measure" in est.parts and without <= room:
-        fixes.append(f"--no-locality ({_gb(without)}: the per-epoch locality measure alone needs "
-                     f"{_gb(est.parts['locality measure'])})")
+        fixes.append(
+            f"--no-locality ({_gb(without)}: the per-epoch locality measure alone needs "
+            f"{_gb(est.parts['locality measure'])})"
+        )
     return fixes
 
 
-def check_training_memory(cfg: ConViTConfig, batch_size: int, device: torch.device, *, processes: int = 1,
-                          what: str = "training", **kw) -> MemoryEstimate:
+def check_training_memory(
+    cfg: ConViTConfig,
+    batch_size: int,
+    device: torch.device,
+    *,
+    processes: int = 1,
+    what: str = "training",
+    **kw,
+) -> MemoryEstimate:
     """The estimate of :func:`estimate_training_memory` (``kw``: its options), or
     :class:`MemoryRefused` when it exceeds :func:`available_memory` (``processes`` on one CPU
     share it); the message names both numbers, the token count and what would fit."""
@@ -235,7 +269,11 @@ def check_training_memory(cfg: ConViTConfig, batch_size: int, device: torch.devi
         f"{what} would need {est.describe()}{f' in each of {shared} processes' if shared > 1 else ''}, "
         f"but {_gb(have[0])} is available ({have[1]}): {h}x{w} px images in {p}x{p} patches are "
         f"{est.tokens:,} tokens each, and attention memory grows with the square of that (batch "
-        f"{batch_size}). " + ("What would fit: " + "; ".join(fixes) if fixes else
-                              "Lower --img-size, raise the patch size (--model-kwargs patch_size=N) "
-                              "or lower --batch-size")
-        + ". --no-memory-check starts it anyway.")
+        f"{batch_size}). "
+        + (
+            "What would fit: " + "; ".join(fixes)
+            if fixes
+            else "Lower --img-size, raise the patch size (--model-kwargs patch_size=N) or lower --batch-size"
+        )
+        + ". --no-memory-check starts it anyway."
+    )

@@ -3,16 +3,17 @@
 Precedence, lowest first:
 
 1. the dataclass defaults below (the DeiT ImageNet recipe where DeiT has a value);
-2. a training preset (:data:`convit.presets.TRAIN_PRESETS`).  When none is named, ``finetune``
+2. a training preset (:data:`convit.core.presets.TRAIN_PRESETS`).  When none is named, ``finetune``
    for ``--finetune`` / ``--pretrained``, else the dataset's (digits -> ``digits``,
-   cifar10/100 -> ``cifar``, ...: :data:`convit.presets.DEFAULT_PRESET_FOR_DATASET`);
+   cifar10/100 -> ``cifar``, ...: :data:`convit.core.presets.DEFAULT_PRESET_FOR_DATASET`);
 3. a YAML or TOML file (``convit train --config run.yaml``): a flat mapping of field names;
 4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``).
 
 Unknown keys are an error that names the closest known key.  The effective config is written
-to ``<output>/config.yaml`` by :func:`convit.train.fit`; that file can be passed back with
+to ``<output>/config.yaml`` by :func:`convit.training.fit.fit`; that file can be passed back with
 ``--config`` to repeat the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,14 @@ import difflib
 import math
 import os
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Optional
 
 import yaml
 
-from .presets import DEFAULT_PRESET_FOR_DATASET, FINETUNE_PRESET, TRAIN_PRESETS
+from ..core.presets import DEFAULT_PRESET_FOR_DATASET, FINETUNE_PRESET, TRAIN_PRESETS
 
 try:
     import tomllib
@@ -37,8 +39,15 @@ except ImportError:  # Python < 3.11: the same parser as the optional package to
     except ImportError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["TrainConfig", "build_config", "load_config_file", "add_config_arguments", "given_fields",
-           "config_from_args", "save_config"]
+__all__ = [
+    "TrainConfig",
+    "build_config",
+    "load_config_file",
+    "add_config_arguments",
+    "given_fields",
+    "config_from_args",
+    "save_config",
+]
 
 
 def _knob(default: Any, help: str, **kw) -> Any:
@@ -54,15 +63,23 @@ class TrainConfig:
     ConViT trains with unchanged; the presets adapt it to small data sets."""
 
     # -- preset ----------------------------------------------------------------------------
-    preset: Optional[str] = _knob(None, "named preset under the config file and flags: imagenet, digits, fashion-"
-                                        "mnist, cifar, finetune; default: finetune to fine-tune, else by --dataset")
+    preset: Optional[str] = _knob(
+        None,
+        "named preset under the config file and flags: imagenet, digits, fashion-"
+        "mnist, cifar, finetune; default: finetune to fine-tune, else by --dataset",
+    )
     # -- model -----------------------------------------------------------------------------
     model: str = _knob("convit_digits", "zoo name (see `convit models`)")
-    model_kwargs: Dict[str, Any] = _knob({}, "extra ConViTConfig fields, e.g. patch_size=4 depth=6")
+    model_kwargs: dict[str, Any] = _knob({}, "extra ConViTConfig fields, e.g. patch_size=4 depth=6")
     drop_path: float = _knob(0.1, "stochastic depth rate (drop_path_rate of the model)")
-    num_classes: Optional[int] = _knob(None, "classifier size; default: the dataset's (--finetune resets the head)")
-    finetune: Optional[str] = _knob(None, "start from these weights (ours, official .pth, timm "
-                                          ".safetensors/.bin); a different head is re-initialised")
+    num_classes: Optional[int] = _knob(
+        None, "classifier size; default: the dataset's (--finetune resets the head)"
+    )
+    finetune: Optional[str] = _knob(
+        None,
+        "start from these weights (ours, official .pth, timm "
+        ".safetensors/.bin); a different head is re-initialised",
+    )
     pretrained: bool = _knob(False, "start from the zoo model's published weights (found locally)")
     # -- data ------------------------------------------------------------------------------
     dataset: str = _knob("digits", "digits, fashion-mnist, cifar10, cifar100 or imagefolder")
@@ -70,17 +87,26 @@ class TrainConfig:
     download: bool = _knob(False, "let torchvision download fashion-mnist / cifar if absent")
     img_size: Optional[int] = _knob(None, "input resolution; default: the dataset's native size")
     sampling_ratio: float = _knob(1.0, "fraction of each class of the train split to train on, in (0, 1]")
-    scale_epochs: bool = _knob(False, "multiply epochs and warmup by 1/sampling_ratio, so that every "
-                                      "ratio sees the same number of images")
-    val_fraction: float = _knob(0.0, "fraction of the train split held out (per class) for validation "
-                                     "and model selection")
+    scale_epochs: bool = _knob(
+        False,
+        "multiply epochs and warmup by 1/sampling_ratio, so that every ratio sees the same number of images",
+    )
+    val_fraction: float = _knob(
+        0.0, "fraction of the train split held out (per class) for validation and model selection"
+    )
     augment: str = _knob("auto", "auto, deit (RandAugment+erasing), small (crop+flip) or none")
     repeated_aug: bool = _knob(False, "repeated augmentation (3 augmented copies per image, DeiT)")
     num_workers: int = _knob(0, "DataLoader worker processes per training process")
-    strict_images: bool = _knob(False, "any unreadable image is an error, not skipped (skipped files are "
-                                       "listed in <output>/skipped.tsv)", aliases=("--strict",))
-    max_image_pixels: Optional[int] = _knob(None, "decompression-bomb limit of the image reader (pixels); "
-                                                  "default: Pillow's; 0: no limit, for trusted files only")
+    strict_images: bool = _knob(
+        False,
+        "any unreadable image is an error, not skipped (skipped files are listed in <output>/skipped.tsv)",
+        aliases=("--strict",),
+    )
+    max_image_pixels: Optional[int] = _knob(
+        None,
+        "decompression-bomb limit of the image reader (pixels); "
+        "default: Pillow's; 0: no limit, for trusted files only",
+    )
     # -- optimisation ----------------------------------------------------------------------
     epochs: int = _knob(300, "training epochs (before --scale-epochs)")
     batch_size: int = _knob(64, "images per step per process")
@@ -89,15 +115,22 @@ class TrainConfig:
     opt: str = _knob("adamw", "optimizer name for timm.optim.create_optimizer_v2")
     opt_eps: float = _knob(1e-8, "optimizer epsilon")
     momentum: float = _knob(0.9, "momentum (SGD-like optimizers)")
-    weight_decay: float = _knob(0.05, "weight decay (not applied to biases, norms, position "
-                                      "embeddings, class token and gates)")
+    weight_decay: float = _knob(
+        0.05, "weight decay (not applied to biases, norms, position embeddings, class token and gates)"
+    )
     clip_grad: Optional[float] = _knob(None, "clip the gradient norm to this value")
-    layer_decay: Optional[float] = _knob(None, "layer-wise lr decay (timm's): head at lr, block i of L at lr x "
-                                               "decay^(L - i), patch embedding at lr x decay^(L + 1); none: off")
+    layer_decay: Optional[float] = _knob(
+        None,
+        "layer-wise lr decay (timm's): head at lr, block i of L at lr x "
+        "decay^(L - i), patch embedding at lr x decay^(L + 1); none: off",
+    )
     grad_accum_steps: int = _knob(1, "N batches per optimizer step: the update of one N-times-larger batch")
     sched: str = _knob("cosine", "learning-rate schedule for timm.scheduler.create_scheduler_v2")
-    warmup_epochs: float = _knob(5, "linear warm-up epochs (before --scale-epochs); when --epochs is given "
-                                    "and this is not, the preset's warm-up capped to 20% of the epochs")
+    warmup_epochs: float = _knob(
+        5,
+        "linear warm-up epochs (before --scale-epochs); when --epochs is given "
+        "and this is not, the preset's warm-up capped to 20% of the epochs",
+    )
     warmup_lr: float = _knob(1e-6, "learning rate at the start of warm-up")
     min_lr: float = _knob(1e-5, "final learning rate of the cosine schedule")
     # -- regularisation --------------------------------------------------------------------
@@ -116,11 +149,15 @@ class TrainConfig:
     grad_checkpointing: bool = _knob(False, "recompute each block in backward instead of storing activations")
     threads: Optional[int] = _knob(None, "CPU threads per process; default: cpu_count / processes")
     seed: int = _knob(0, "random seed (data split, init, augmentation order)")
-    memory_check: bool = _knob(True, "refuse, before the first step, a run whose estimated memory exceeds "
-                                     "what the device has (convit.memory)")
+    memory_check: bool = _knob(
+        True,
+        "refuse, before the first step, a run whose estimated memory exceeds "
+        "what the device has (convit.nn.memory)",
+    )
     # -- run, logging ----------------------------------------------------------------------
-    output: Optional[str] = _knob(None, "run folder; default runs/<model>_<dataset> (a free "
-                                        "suffix is added if it already holds a run)")
+    output: Optional[str] = _knob(
+        None, "run folder; default runs/<model>_<dataset> (a free suffix is added if it already holds a run)"
+    )
     resume: Optional[str] = _knob(None, "continue a run: its last.pt or its folder")
     overwrite: bool = _knob(False, "allow writing into an --output folder that already holds a run")
     eval_every: int = _knob(1, "evaluate on the validation split every N epochs (and at the end)")
@@ -130,8 +167,9 @@ class TrainConfig:
     report: bool = _knob(True, "write figures and report.html into the run folder at the end")
 
     # ------------------------------------------------------------------------------------
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check values that would otherwise fail late or silently; returns self."""
+
         def bad(msg: str) -> None:
             raise ValueError(msg)
 
@@ -142,8 +180,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every", "grad_accum_steps"):
             if int(getattr(self, name)) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "blr", "weight_decay", "mixup", "cutmix", "drop_path",
-                     "num_workers", "log_every", "warmup_lr", "min_lr"):
+        for name in (
+            "warmup_epochs",
+            "blr",
+            "weight_decay",
+            "mixup",
+            "cutmix",
+            "drop_path",
+            "num_workers",
+            "log_every",
+            "warmup_lr",
+            "min_lr",
+        ):
             v = float(getattr(self, name))
             if not v >= 0 or math.isinf(v):
                 bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
@@ -183,17 +231,21 @@ class TrainConfig:
             return float(self.lr)
         return self.blr * self.batch_size * world_size * self.grad_accum_steps / 512.0
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_BOOL_WORDS = {**dict.fromkeys(("1", "true", "yes", "on"), True), **dict.fromkeys(("0", "false", "no", "off"), False)}
+_BOOL_WORDS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # Type coercion (config files and flags arrive as strings / YAML scalars)
 # ---------------------------------------------------------------------------------------------
+
 
 def _field_type(name: str):
     hints = typing.get_type_hints(TrainConfig)
@@ -243,11 +295,12 @@ def _check_keys(d: Mapping[str, Any], where: str) -> None:
         for k in unknown:
             close = difflib.get_close_matches(k.replace("-", "_"), list(_FIELDS), n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"unknown config key(s) in {where}: {', '.join(hints)}. "
-                         f"Known keys: {', '.join(_FIELDS)}")
+        raise ValueError(
+            f"unknown config key(s) in {where}: {', '.join(hints)}. Known keys: {', '.join(_FIELDS)}"
+        )
 
 
-def load_config_file(path: os.PathLike) -> Dict[str, Any]:
+def load_config_file(path: os.PathLike) -> dict[str, Any]:
     """Read a flat mapping of config keys from YAML (``.yaml``/``.yml``) or TOML (``.toml``)."""
     path = Path(path)
     if not path.is_file():
@@ -267,14 +320,18 @@ def load_config_file(path: os.PathLike) -> Dict[str, Any]:
             raise ValueError(f"cannot parse YAML config {path}: {e}") from None
     data = data or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}")
+        raise ValueError(
+            f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}"
+        )
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     _check_keys(data, str(path))
     return {k: _coerce(k, v) for k, v in data.items()}
 
 
-def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Optional[os.PathLike] = None,
-                 ) -> TrainConfig:
+def build_config(
+    overrides: Optional[Mapping[str, Any]] = None,
+    config_file: Optional[os.PathLike] = None,
+) -> TrainConfig:
     """Defaults < preset < config file < ``overrides`` (e.g. the flags given on the command line).
 
     The preset is the one named in ``overrides``, else in the file, else ``finetune`` if either
@@ -287,10 +344,12 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
     layered = {**from_file, **overrides}
     dataset = layered.get("dataset", TrainConfig.dataset)
     finetuning = layered.get("finetune") or layered.get("pretrained")
-    preset = layered.get("preset") or (FINETUNE_PRESET if finetuning else DEFAULT_PRESET_FOR_DATASET.get(dataset))
+    preset = layered.get("preset") or (
+        FINETUNE_PRESET if finetuning else DEFAULT_PRESET_FOR_DATASET.get(dataset)
+    )
     if preset is not None and preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     if preset is not None:
         values.update(TRAIN_PRESETS[preset])
         values["preset"] = preset
@@ -298,8 +357,9 @@ def build_config(overrides: Optional[Mapping[str, Any]] = None, config_file: Opt
     if "dataset" in layered:  # a preset's dataset never overrides the one asked for
         values["dataset"] = layered["dataset"]
     if "epochs" in layered and "warmup_epochs" not in layered:
-        values["warmup_epochs"] = fitted_warmup(values.get("warmup_epochs", TrainConfig.warmup_epochs),
-                                                layered["epochs"])
+        values["warmup_epochs"] = fitted_warmup(
+            values.get("warmup_epochs", TrainConfig.warmup_epochs), layered["epochs"]
+        )
     return TrainConfig(**values).validate()
 
 
@@ -324,7 +384,8 @@ def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[
 # Command-line flags: one per field, generated from the dataclass so nothing is forgotten
 # ---------------------------------------------------------------------------------------------
 
-def _parse_kwargs(items) -> Dict[str, Any]:
+
+def _parse_kwargs(items) -> dict[str, Any]:
     """``KEY=VALUE`` items as a dict, each value read as YAML (``true``, ``0.5``, ``[1, 2]``)."""
     out = {}
     for item in items:
@@ -354,6 +415,7 @@ class _KwargsAction(argparse.Action):
 def _optional_number(typ):
     def parse(s: str):
         return None if s.lower() in ("none", "null") else typ(s)
+
     parse.__name__ = typ.__name__
     return parse
 
@@ -361,11 +423,16 @@ def _optional_number(typ):
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field, defaulting to "not given" (argparse.SUPPRESS)
     so that :func:`config_from_args` can tell flags given on the command line from defaults."""
-    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help="YAML or TOML file of config keys (flags override it)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML or TOML file of config keys (flags override it)",
+    )
     parser.description = (parser.description or "") + (
         " Defaults shown are DeiT's ImageNet recipe; the preset (digits when no --dataset is given) "
-        "changes some of them.")
+        "changes some of them."
+    )
     for f in dataclasses.fields(TrainConfig):
         typ, optional = _field_type(f.name)
         flag = "--" + f.name.replace("_", "-")
@@ -374,22 +441,33 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name in TRAIN_PRESETS["digits"] and TRAIN_PRESETS["digits"][f.name] != default:
             shown += f"; digits preset {TRAIN_PRESETS['digits'][f.name]}"
         help_ = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
-        kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
+        kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
         if typ is bool:
-            parser.add_argument(flag, *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kw)
+            parser.add_argument(
+                flag, *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kw
+            )
         elif typ is dict:
             parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", action=_KwargsAction, **kw)
         elif f.name == "resume":
-            parser.add_argument(flag, nargs="?", const="auto", metavar="PATH",
-                                **{**kw, "help": help_ + "; without PATH: the --output folder"})
+            parser.add_argument(
+                flag,
+                nargs="?",
+                const="auto",
+                metavar="PATH",
+                **{**kw, "help": help_ + "; without PATH: the --output folder"},
+            )
         elif f.name == "preset":
             parser.add_argument(flag, choices=list(TRAIN_PRESETS), **kw)
         else:
-            parser.add_argument(flag, type=_optional_number(typ) if optional and typ in (int, float) else typ,
-                                metavar=f.name.upper() if typ is not str else None, **kw)
+            parser.add_argument(
+                flag,
+                type=_optional_number(typ) if optional and typ in (int, float) else typ,
+                metavar=f.name.upper() if typ is not str else None,
+                **kw,
+            )
 
 
-def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
+def given_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`TrainConfig` fields set by flags actually given on the command line
     (:func:`add_config_arguments` leaves the others out of ``args``)."""
     return {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}

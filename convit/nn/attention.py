@@ -9,7 +9,7 @@ Convolutional Inductive Biases" (ICML 2021), section 3:
 * eq. 7  convolutional ("local") initialisation of v_pos and W_val.
 
 ``GPSA`` computes eq. 5 and 6 literally (A materialised for every image): it is the
-reference.  The model's blocks hold :class:`convit.fast_gpsa.FastGPSA`, a subclass with the
+reference.  The model's blocks hold :class:`convit.nn.fast_gpsa.FastGPSA`, a subclass with the
 same parameters that computes the same function faster; ``tests/test_speed_paths.py``
 keeps the two equal.  This module does not import ``fast_gpsa``.
 
@@ -17,17 +17,18 @@ Parameter names (``qk``, ``v``, ``proj``, ``pos_proj``, ``gating_param``, ``qkv`
 channel order of r_ij = (dx, dy, dx^2 + dy^2) are those of the official code and of timm,
 so their checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-Grid = Tuple[int, int]
+Grid = tuple[int, int]
 
 
 def relative_offsets(grid: Grid, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -93,7 +94,8 @@ def _check_tokens(x: torch.Tensor, grid: Grid) -> None:
     if x.shape[1] != grid[0] * grid[1]:
         raise ValueError(
             f"GPSA got {x.shape[1]} tokens but its patch grid is {grid[0]}x{grid[1]}="
-            f"{grid[0] * grid[1]}; GPSA blocks take patch tokens only (no class token)")
+            f"{grid[0] * grid[1]}; GPSA blocks take patch tokens only (no class token)"
+        )
 
 
 class GPSA(nn.Module):
@@ -118,7 +120,7 @@ class GPSA(nn.Module):
             raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.locality_strength = locality_strength
         self.attn_drop_p = attn_drop
 
@@ -143,10 +145,10 @@ class GPSA(nn.Module):
         """
         r = relative_offsets(self.grid, device=self.pos_proj.weight.device)  # [N, N, 3]
         N = r.shape[0]
-        w, b = self.pos_proj.weight.float(), self.pos_proj.bias.float()     # [heads, 3], [heads]
+        w, b = self.pos_proj.weight.float(), self.pos_proj.bias.float()  # [heads, 3], [heads]
         with torch.autocast(r.device.type, enabled=False):
             scores = torch.addmm(b.unsqueeze(1), w, r.reshape(N * N, 3).t())  # [heads, N*N]
-            return scores.view(-1, N, N).softmax(dim=-1)                     # [heads, N, N]
+            return scores.view(-1, N, N).softmax(dim=-1)  # [heads, N, N]
 
     # The P a layer's forward uses: eq. 5 as written here; FastGPSA overrides it (cached P).
     positional_attention = positional_attention_reference
@@ -163,16 +165,16 @@ class GPSA(nn.Module):
         B, N, C = x.shape
         _check_tokens(x, self.grid)
         h, d = self.num_heads, self.head_dim
-        q, k = self.qk(x).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)     # each [B, heads, N, d]
+        q, k = self.qk(x).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)  # each [B, heads, N, d]
         content = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # [B, heads, N, N]
         return AttentionMaps(content, self.positional_attention_reference(), self.gate())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eq. 6 with A materialised, then W_out: [B, N, C] -> [B, N, C]."""
         B, N, C = x.shape
-        a = self.attn_drop(self.attention_maps(x).combined)                # [B, heads, N, N]
+        a = self.attn_drop(self.attention_maps(x).combined)  # [B, heads, N, N]
         v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, heads, N, d]
-        out = (a @ v).transpose(1, 2).reshape(B, N, C)                     # heads concatenated
+        out = (a @ v).transpose(1, 2).reshape(B, N, C)  # heads concatenated
         return self.proj_drop(self.proj(out))
 
     # Always the paper's computation, also on subclasses that override ``forward``.
@@ -217,7 +219,7 @@ class MHSA(nn.Module):
             raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.attn_drop_p = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)

@@ -1,27 +1,29 @@
 """One epoch of training and one pass of evaluation (the two loops of DeiT's ``engine.py``).
 
-Nothing here parses arguments or knows which model it trains: :func:`convit.train.fit` builds
-the model and the data, :func:`convit.recipe.build_recipe` the :class:`TrainStep` (optimizer,
+Nothing here parses arguments or knows which model it trains: :func:`convit.training.fit.fit` builds
+the model and the data, :func:`convit.training.recipe.build_recipe` the :class:`TrainStep` (optimizer,
 schedule, loss, mixup, loss scaler, clipping, EMA), and fit calls these two functions once per
 epoch.
 Metrics are sums (of losses, correct predictions and image counts) reduced over all
 processes before dividing, so they are exact under DDP rather than means of means.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .distributed import all_reduce_sum, any_process
+from ..core.distributed import all_reduce_sum, any_process
 
 __all__ = ["NonFiniteLossError", "TrainStep", "autocast", "train_one_epoch", "evaluate"]
 
@@ -29,17 +31,22 @@ __all__ = ["NonFiniteLossError", "TrainStep", "autocast", "train_one_epoch", "ev
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; raised before the bad update is applied."""
 
-    def __init__(self, epoch: int, step: int, steps: int, loss: float, lr: float, note: str = "",
-                 what: str = "") -> None:
+    def __init__(
+        self, epoch: int, step: int, steps: int, loss: float, lr: float, note: str = "", what: str = ""
+    ) -> None:
         self.epoch, self.step, self.steps, self.loss, self.lr = epoch, step, steps, loss, lr
         self.what = what
         what = what or f"the training loss is {loss}"
-        super().__init__(f"{what} at epoch {epoch}, step {step}/{steps} (lr {lr:.3g}); training "
-                         f"stopped" + (f"; {note}" if note else ""))
+        super().__init__(
+            f"{what} at epoch {epoch}, step {step}/{steps} (lr {lr:.3g}); training "
+            f"stopped" + (f"; {note}" if note else "")
+        )
 
-    def with_note(self, note: str) -> "NonFiniteLossError":
+    def with_note(self, note: str) -> NonFiniteLossError:
         """The same error with ``note`` (e.g. where the run can be resumed from) appended."""
-        return NonFiniteLossError(self.epoch, self.step, self.steps, self.loss, self.lr, note=note, what=self.what)
+        return NonFiniteLossError(
+            self.epoch, self.step, self.steps, self.loss, self.lr, note=note, what=self.what
+        )
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -59,7 +66,7 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
 @dataclass
 class TrainStep:
     """What one optimisation step needs besides the model and the batch (built by
-    :func:`convit.recipe.build_recipe`), so the loop passes one object instead of nine.
+    :func:`convit.training.recipe.build_recipe`), so the loop passes one object instead of nine.
 
     optimizer: stepped once per update: every ``accum_steps`` batches, whose gradients are
         accumulated (each loss divided by the batches of the update), and after the epoch's
@@ -89,9 +96,17 @@ class TrainStep:
         return max(g["lr"] for g in self.optimizer.param_groups)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device: torch.device, epoch: int, *,
-                    progress: bool = True, log_every: int = 0,
-                    print_fn: Callable[[str], None] = print) -> Dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    step: TrainStep,
+    device: torch.device,
+    epoch: int,
+    *,
+    progress: bool = True,
+    log_every: int = 0,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader`` with ``step``; returns ``train_loss``, ``lr``
     (the rate the last step used), ``images_per_s`` and ``train_images`` (over all processes).
 
@@ -126,12 +141,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, step: TrainStep, device:
         raise NonFiniteLossError(epoch, steps, steps, math.nan, lr, what="the weights became NaN/inf")
 
     loss_sum, n = all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64, device=device)).tolist()
-    return {"train_loss": loss_sum / max(n, 1.0), "lr": lr,
-            "images_per_s": n / max(time.perf_counter() - start, 1e-9), "train_images": int(n)}
+    return {
+        "train_loss": loss_sum / max(n, 1.0),
+        "lr": lr,
+        "images_per_s": n / max(time.perf_counter() - start, 1e-9),
+        "train_images": int(n),
+    }
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
-               channels_last: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     if channels_last:
@@ -139,8 +159,14 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
     return images, targets
 
 
-def _update(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, step: TrainStep,
-            scaler: torch.amp.GradScaler, at: Tuple[int, int, int]) -> Tuple[float, float]:
+def _update(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    step: TrainStep,
+    scaler: torch.amp.GradScaler,
+    at: tuple[int, int, int],
+) -> tuple[float, float]:
     """One batch: forward and backward, then, at the last batch of an update (every
     ``step.accum_steps`` batches, and the epoch's last), the optimizer step, the EMA and the
     schedule.  Returns the batch's loss (a float) and the rate the update uses.
@@ -192,12 +218,12 @@ def evaluate(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
     Returns ``top1``, ``top5``, ``loss``, ``n`` (images over all processes) and
     ``images_per_s``.  With fewer than 5 classes, top-5 is top-``num_classes`` (100%).
-    Each process must see a disjoint shard (see :class:`convit.distributed.ShardSampler`).
+    Each process must see a disjoint shard (see :class:`convit.core.distributed.ShardSampler`).
 
     Not timm.utils.accuracy / AverageMeter: those give per-batch percentages averaged in Python
     floats on each process (a ``.item()`` sync per batch); counting hits into one float64
@@ -225,5 +251,10 @@ def evaluate(
     n = sums[3].item()
     if n == 0:
         raise ValueError("evaluation set is empty")
-    return {"top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
-            "loss": sums[0].item() / n, "n": int(n), "images_per_s": n / max(elapsed, 1e-9)}
+    return {
+        "top1": 100.0 * sums[1].item() / n,
+        "top5": 100.0 * sums[2].item() / n,
+        "loss": sums[0].item() / n,
+        "n": int(n),
+        "images_per_s": n / max(elapsed, 1e-9),
+    }

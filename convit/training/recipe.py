@@ -2,14 +2,15 @@
 
 :func:`build_model` turns ``cfg.model`` (+ ``--model-kwargs``, ``--finetune``, ``--pretrained``)
 into a model for ``num_classes`` classes of ``in_chans`` x ``img_size`` images;
-:func:`build_recipe` gives the :class:`~convit.engine.TrainStep` around it: the optimizer, the
+:func:`build_recipe` gives the :class:`~convit.training.engine.TrainStep` around it: the optimizer, the
 per-step learning-rate schedule, the loss, mixup/cutmix, loss scaler, gradient clipping and EMA,
 from timm's factories, as DeiT's ``main.py`` builds them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -19,17 +20,18 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from .checkpoint import CheckpointError, config_from_metadata, read_checkpoint, read_metadata_json
+from ..nn.model import ARCHITECTURE_FIELDS, ConViT, ConViTConfig
+from ..weights.checkpoint import CheckpointError, config_from_metadata, read_checkpoint, read_metadata_json
+from ..weights.zoo import create_model, model_spec
 from .config import TrainConfig
 from .engine import TrainStep
-from .model import ARCHITECTURE_FIELDS, ConViT, ConViTConfig
-from .zoo import create_model, model_spec
 
 __all__ = ["build_model", "build_recipe", "model_config"]
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
-                say: Callable[[str], None] = print) -> ConViT:
+def build_model(
+    cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int, say: Callable[[str], None] = print
+) -> ConViT:
     """The zoo model ``cfg.model`` sized for the data, optionally starting from weights, with
     gradient checkpointing as ``--grad-checkpointing`` asks.
 
@@ -42,8 +44,9 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int
     return model
 
 
-def _weights(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
-             say: Callable[[str], None]) -> ConViT:
+def _weights(
+    cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int, say: Callable[[str], None]
+) -> ConViT:
     """:func:`build_model`'s model, from scratch or from the weights it starts from."""
     overrides = _overrides(cfg, in_chans, img_size)
     if cfg.finetune:
@@ -56,14 +59,18 @@ def _weights(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int,
         model = create_model(cfg.model, pretrained=True, **{**overrides, "num_classes": num_classes})
         published = ConViTConfig.from_dict(model_spec(cfg.model).config).num_classes
         if published != num_classes:
-            say(f"fine-tuning from the published {cfg.model} weights: their {published}-class head is replaced "
-                f"by a new {num_classes}-class head")
+            say(
+                f"fine-tuning from the published {cfg.model} weights: their {published}-class head is replaced "
+                f"by a new {num_classes}-class head"
+            )
         return model
     else:
         return create_model(cfg.model, **{**overrides, "num_classes": num_classes})
     if model.num_classes != num_classes:
-        say(f"fine-tuning from {source}: its {model.num_classes}-class head is replaced by a new "
-            f"{num_classes}-class head")
+        say(
+            f"fine-tuning from {source}: its {model.num_classes}-class head is replaced by a new "
+            f"{num_classes}-class head"
+        )
         model.reset_classifier(num_classes)
     return model
 
@@ -80,9 +87,10 @@ def _overrides(cfg: TrainConfig, in_chans: int, img_size: int) -> dict:
 
 def model_config(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> ConViTConfig:
     """The architecture :func:`build_model` builds, without building it (nothing allocated):
-    what :mod:`convit.memory` estimates before the model exists."""
-    return ConViTConfig.from_dict({**model_spec(cfg.model).config, **_overrides(cfg, in_chans, img_size),
-                                   "num_classes": num_classes})
+    what :mod:`convit.nn.memory` estimates before the model exists."""
+    return ConViTConfig.from_dict(
+        {**model_spec(cfg.model).config, **_overrides(cfg, in_chans, img_size), "num_classes": num_classes}
+    )
 
 
 def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
@@ -91,23 +99,41 @@ def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
     stored = config_from_metadata(meta)
     if not stored:
         return  # foreign files: load_into reports any mismatch key by key
-    wanted = ConViTConfig.from_dict({**model_spec(cfg.model).config,
-                                     **{k: v for k, v in cfg.model_kwargs.items()
-                                        if k in ARCHITECTURE_FIELDS}}).to_dict()
-    diff = [f"{k} {stored[k]} (file) vs {wanted[k]} ({cfg.model})" for k in ARCHITECTURE_FIELDS
-            if k in stored and stored[k] != wanted[k]]
+    wanted = ConViTConfig.from_dict(
+        {
+            **model_spec(cfg.model).config,
+            **{k: v for k, v in cfg.model_kwargs.items() if k in ARCHITECTURE_FIELDS},
+        }
+    ).to_dict()
+    diff = [
+        f"{k} {stored[k]} (file) vs {wanted[k]} ({cfg.model})"
+        for k in ARCHITECTURE_FIELDS
+        if k in stored and stored[k] != wanted[k]
+    ]
     if diff:
         trained_as = read_metadata_json(meta, "model_name")
         raise CheckpointError(
             f"{cfg.finetune} does not match the model {cfg.model}: {'; '.join(diff)}. "
-            + (f"It was trained as {trained_as}: pass --model {trained_as}" if trained_as else
-               "Pass the --model (and --model-kwargs) it was trained with")
-            + " (a different head size is fine: it is replaced)")
+            + (
+                f"It was trained as {trained_as}: pass --model {trained_as}"
+                if trained_as
+                else "Pass the --model (and --model-kwargs) it was trained with"
+            )
+            + " (a different head size is fine: it is replaced)"
+        )
 
 
-def build_recipe(cfg: TrainConfig, model: nn.Module, *, steps: int, world: int, num_classes: int,
-                 device: torch.device, amp_dtype: Optional[torch.dtype] = None) -> TrainStep:
-    """The DeiT recipe around ``model`` as one :class:`~convit.engine.TrainStep`: optimizer,
+def build_recipe(
+    cfg: TrainConfig,
+    model: nn.Module,
+    *,
+    steps: int,
+    world: int,
+    num_classes: int,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> TrainStep:
+    """The DeiT recipe around ``model`` as one :class:`~convit.training.engine.TrainStep`: optimizer,
     per-update schedule, loss, mixup/cutmix, fp16 loss scaler, gradient clipping and EMA, from
     timm's factories as DeiT's ``main.py`` builds them.
 
@@ -121,30 +147,58 @@ def build_recipe(cfg: TrainConfig, model: nn.Module, *, steps: int, world: int, 
     copies ``model`` as it is now: under DDP, build the recipe after wrapping the model, so
     every process starts its EMA from rank 0's weights (which DDP has broadcast).
     """
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.resolved_lr(world), weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, eps=cfg.opt_eps, layer_decay=cfg.layer_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.run_epochs,
-                                       warmup_epochs=cfg.run_warmup_epochs, warmup_lr=cfg.warmup_lr,
-                                       min_lr=cfg.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=math.ceil(steps / cfg.grad_accum_steps))
+    optimizer = create_optimizer_v2(
+        model,
+        opt=cfg.opt,
+        lr=cfg.resolved_lr(world),
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        eps=cfg.opt_eps,
+        layer_decay=cfg.layer_decay,
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.run_epochs,
+        warmup_epochs=cfg.run_warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=math.ceil(steps / cfg.grad_accum_steps),
+    )
     if scheduler is None:  # timm's schedulers apply the layer scales; without one, apply them once
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
     loss_fn, mixup_fn = _loss_and_mixup(cfg, num_classes)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    return TrainStep(optimizer, loss_fn, lr_scheduler=scheduler, mixup_fn=mixup_fn, scaler=scaler,
-                     clip_grad=cfg.clip_grad, ema=ema, amp_dtype=amp_dtype, channels_last=cfg.channels_last,
-                     accum_steps=cfg.grad_accum_steps)
+    return TrainStep(
+        optimizer,
+        loss_fn,
+        lr_scheduler=scheduler,
+        mixup_fn=mixup_fn,
+        scaler=scaler,
+        clip_grad=cfg.clip_grad,
+        ema=ema,
+        amp_dtype=amp_dtype,
+        channels_last=cfg.channels_last,
+        accum_steps=cfg.grad_accum_steps,
+    )
 
 
-def _loss_and_mixup(cfg: TrainConfig, num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:
+def _loss_and_mixup(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Optional[Mixup]]:
     """The training loss and timm's Mixup (None without mixup/cutmix): with mixup, the targets
     are soft and carry the label smoothing, so the loss is plain soft-target cross-entropy."""
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.mixup_prob > 0:
-        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                         switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
-                         num_classes=num_classes)
+        mixup_fn = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            prob=cfg.mixup_prob,
+            switch_prob=cfg.mixup_switch_prob,
+            mode="batch",
+            label_smoothing=cfg.smoothing,
+            num_classes=num_classes,
+        )
         return SoftTargetCrossEntropy(), mixup_fn
     if cfg.smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing), None

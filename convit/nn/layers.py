@@ -1,9 +1,9 @@
 """The two building blocks of ConViT besides attention: the patch embedding and the
 pre-norm transformer block (attention + MLP, each with a residual and drop-path)."""
+
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import torch
 import torch.fx
@@ -17,8 +17,9 @@ from .fast_gpsa import FastGPSA
 # sizes, so fx.symbolic_trace and torchvision's feature extractor see past it (as timm's
 # notrace registry does for its models).
 @torch.fx.wrap
-def check_images(x: torch.Tensor, in_chans: int, patch_size: int, img_size: Tuple[int, int],
-                 dynamic: bool) -> None:
+def check_images(
+    x: torch.Tensor, in_chans: int, patch_size: int, img_size: tuple[int, int], dynamic: bool
+) -> None:
     """Raise a clear error for images the model cannot take."""
     if x.ndim != 4:
         raise ValueError(f"expected images as [B, C, H, W], got shape {tuple(x.shape)}")
@@ -30,14 +31,16 @@ def check_images(x: torch.Tensor, in_chans: int, patch_size: int, img_size: Tupl
     if not dynamic and (h, w) != tuple(img_size):
         raise ValueError(
             f"input size {h}x{w} differs from the model's img_size {img_size[0]}x{img_size[1]}; "
-            "build the model with dynamic_img_size=True to accept other sizes")
+            "build the model with dynamic_img_size=True to accept other sizes"
+        )
 
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens: [B, C_in, H, W] -> [B, N, C], N = (H/p)(W/p)."""
 
-    def __init__(self, img_size: Tuple[int, int], patch_size: int, in_chans: int, embed_dim: int,
-                 dynamic: bool = False) -> None:
+    def __init__(
+        self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, dynamic: bool = False
+    ) -> None:
         super().__init__()
         self.img_size, self.patch_size, self.in_chans = tuple(img_size), patch_size, in_chans
         self.dynamic = dynamic
@@ -49,8 +52,10 @@ class PatchEmbed(nn.Module):
         if not self.dynamic:
             return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
         if isinstance(x, torch.fx.Proxy):
-            raise RuntimeError("torch.fx symbolic tracing needs a fixed input size: build the model "
-                               "with dynamic_img_size=False (torch.jit.trace and torch.export handle both)")
+            raise RuntimeError(
+                "torch.fx symbolic tracing needs a fixed input size: build the model "
+                "with dynamic_img_size=False (torch.jit.trace and torch.export handle both)"
+            )
         return (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +63,9 @@ class PatchEmbed(nn.Module):
 
 
 @torch.no_grad()
-def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0,
-                  b: float = 2.0) -> torch.Tensor:
+def trunc_normal_(
+    tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: float = -2.0, b: float = 2.0
+) -> torch.Tensor:
     """Fill ``tensor`` in place from N(mean, std^2) truncated to [a, b] (absolute bounds).
 
     Inverse-CDF sampling: draw u uniformly between the normal CDF values of the bounds (mapped
@@ -69,6 +75,7 @@ def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, mean: float = 0.0, a: 
     ``torch.nn.init.trunc_normal_`` now samples differently.  Written here so that building a
     model does not import timm (whose package imports huggingface_hub).
     """
+
     def cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
@@ -114,9 +121,19 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block whose attention is GPSA (patch tokens only) or MHSA."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
-                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 use_gpsa: bool = False, locality_strength: float = 1.0, grid: Grid = (14, 14)) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        use_gpsa: bool = False,
+        locality_strength: float = 1.0,
+        grid: Grid = (14, 14),
+    ) -> None:
         super().__init__()
         self.use_gpsa = use_gpsa
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
