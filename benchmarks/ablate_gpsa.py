@@ -3,7 +3,7 @@
 
 Variants of one GPSA layer's forward, all on the same layer and input (inference):
 
-    explicit      eq. 6 with A materialised (GPSA.forward_reference): what timm computes
+    explicit      eq. 6 with A materialised (GPSA.forward, unbound): what timm computes
     v0_initial    the first fast path (SDPA + P@v, separate qk/v matmuls, sigma*P scaled per
                   call, addcmul mix) with P NOT flushed: P keeps its subnormal entries
     v1_flush      v0 with the subnormal entries of P flushed to 0
@@ -134,14 +134,14 @@ def inference_section(
     with torch.inference_mode():
         ref = layer(x)
         for name, f in (
-            ("explicit", lambda: layer.forward_reference(x)),
+            ("explicit", lambda: GPSA.forward(layer, x)),
             ("v0", lambda: forward_v0(layer, x, False, cache)),
             ("v1", lambda: forward_v0(layer, x, True, cache)),
         ):
             print(f"  max |{name} - current| = {(f() - ref).abs().max().item():.2e}")
         layer_times = interleaved(
             {
-                "explicit": lambda: layer.forward_reference(x),
+                "explicit": lambda: GPSA.forward(layer, x),
                 "v0_initial": lambda: forward_v0(layer, x, False, cache),
                 "v1_flush": lambda: forward_v0(layer, x, True, cache),
                 "current": lambda: layer(x),
@@ -158,7 +158,7 @@ def training_section(layer: GPSA, x: torch.Tensor, repeats: int) -> None:
     xg = x.clone().requires_grad_(True)
     grad_out = torch.randn(B, 196, 192)
     train_fns = {
-        "explicit": lambda: layer.forward_reference(xg),
+        "explicit": lambda: GPSA.forward(layer, xg),
         "v0_initial": lambda: forward_v0(layer, xg, False, {}),
         "v1_flush": lambda: forward_v0(layer, xg, True, {}),
         "v2_lerp": lambda: forward_v2(layer, xg),

@@ -59,8 +59,9 @@ import convit.training.fit
 from convit.analysis import training_hooks
 from convit.core.runtime import seed_everything, set_threads
 from convit.experiments.runner import plan_runs
+from convit.training.batches import data_loaders, device_batches
 from convit.training.config import TrainConfig, build_config
-from convit.training.fit import data_loaders, device_batches, fit
+from convit.training.fit import fit
 from convit.training.recipe import build_model
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -166,7 +167,7 @@ def run_interleaved(
     total = cpu_seconds() - start
     if bare.epoch != cfg.run_epochs:
         raise RuntimeError(f"bare ran {bare.epoch} epochs, the fit {cfg.run_epochs}")
-    return total - bare.cpu, bare.cpu, summary["test_top1"]
+    return total - bare.cpu, bare.cpu, summary.test_top1
 
 
 def bench_case(name: str, cfg: TrainConfig, on_device: bool, repeats: int) -> float:

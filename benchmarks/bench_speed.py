@@ -55,6 +55,7 @@ import time
 from typing import Optional
 
 from measure import MMAP_ENV, MemoryMeter, Timer, environment, measured_bf16_peak
+from speed_models import build_models, prepare_steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,87 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# -- models --------------------------------------------------------------------------------
-COMPETITORS = ("ours_convit", "timm_convit", "ours_deit", "timm_deit")
-
-
-def build_models(size: str, device: str, only: Optional[list[str]], check: bool, img: int):
-    """{name: (model, forward-MACs per image)} with timm's weights copied into ours."""
-    import timm
-    import torch
-
-    import convit
-    from convit.commands.models import flops
-    from convit.weights.checkpoint import load_into
-
-    models = {}
-    for kind, timm_name in (("convit", f"convit_{size}"), ("deit", f"deit_{size}_patch16_224")):
-        torch.manual_seed(0)
-        ref = timm.create_model(timm_name)
-        ours = convit.create_model(f"{kind}_{size}")
-        load_into(ours, ref.state_dict(), source=f"timm {timm_name}")
-        macs = flops(ours.cfg)
-        if check:
-            x = torch.randn(2, 3, img, img)
-            with torch.inference_mode():
-                diff = (ours.eval()(x) - ref.eval()(x)).abs().max().item()
-            print(f"  check {kind}_{size}: max |logits ours - timm| = {diff:.2e}", flush=True)
-            if diff > 1e-3:
-                raise SystemExit(
-                    f"ours and timm disagree on {kind}_{size} ({diff}); not timing different functions"
-                )
-        models[f"ours_{kind}"] = (ours.to(device), macs)
-        models[f"timm_{kind}"] = (ref.to(device), macs)
-    if only:
-        models = {k: v for k, v in models.items() if k in only}
-    return models
-
-
-def make_step(model, mode: str, x, y, autocast_dtype, device: str):
-    import torch
-    import torch.nn.functional as F
-
-    ac = (
-        (lambda: torch.autocast(device_type=device, dtype=autocast_dtype))
-        if autocast_dtype is not None
-        else (lambda: torch.autocast(device_type=device, enabled=False))
-    )
-    if mode == "infer":
-        model.eval()
-
-        def step():
-            with torch.inference_mode(), ac():
-                model(x)
-
-        return step, None
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.05)
-
-    def step():
-        with ac():
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # no gradients alive between steps: the memory
-        # measured for one step includes them
-
-    return step, opt
-
-
-def prepare_steps(models: dict, mode: str, args) -> tuple[dict, int]:
-    import torch
-
-    batch = args.batch if mode == "infer" else args.train_batch
-    dtype = torch.bfloat16 if args.dtype == "bf16" else None
-    x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device)
-    y = torch.randint(0, 1000, (batch,), device=args.device)
-    steps = {}
-    for name, (model, _) in models.items():
-        m = torch.compile(model) if args.compile else model
-        steps[name], _ = make_step(m, mode, x, y, dtype, args.device)
-    return steps, batch
-
-
 def warm_up(steps: dict, args) -> dict[str, float]:
     """Untimed calls (compilation, AdamW creating its state, caches)."""
     seconds = {}
@@ -222,7 +142,7 @@ def timing_phase(models: dict, mode: str, args, timer: Timer, memory: dict) -> d
             + "  ".join(f"{n} {results[n]['times'][-1]:.3f}s" for n in names),
             flush=True,
         )
-    for name, res in results.items():
+    for res in results.values():
         med = statistics.median(res["times"])
         res["median_s"], res["min_s"] = med, min(res["times"])
         res["images_per_s"] = batch / med
@@ -318,8 +238,8 @@ def print_table(size: str, mode_out: dict, args, mem_note: str) -> None:
     print(f"  memory: {mem_note}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def _set_up_torch(args) -> None:
+    """Threads, flush-denormal and (CUDA) every SDPA backend enabled, as the flags ask."""
     import torch
 
     if args.threads:
@@ -335,7 +255,48 @@ def main(argv=None) -> int:
             torch.backends.cuda.enable_math_sdp,
         ):
             enable(True)
-    timer, meter = Timer(args.device), MemoryMeter(args.device)
+
+
+def _memory_only(args, only, meter) -> int:
+    """The child process of cpu_memory_in_child: peak memory per size and mode, as JSON."""
+    mem = {}
+    for size in args.models.split(","):
+        models = build_models(size, args.device, only, False, args.img_size)
+        mem[size] = {mode: memory_phase(models, mode, args, meter) for mode in args.modes.split(",")}
+        del models
+    with open(args.memory_only, "w") as f:
+        json.dump(mem, f)
+    return 0
+
+
+def _measure_sizes(args, only, timer, meter) -> dict:
+    """Timing (and memory) of every size and mode, printed as tables; the sizes' results."""
+    import torch
+
+    sizes = {}
+    cpu_mem = cpu_memory_in_child(args) if args.device == "cpu" and meter.available else {}
+    for size in args.models.split(","):
+        print(f"\n== {size} ==", flush=True)
+        models = build_models(size, args.device, only, not args.no_check, args.img_size)
+        sizes[size] = {}
+        for mode in args.modes.split(","):
+            if args.device == "cuda":
+                memory = memory_phase(models, mode, args, meter)
+            else:
+                memory = cpu_mem.get(size, {}).get(mode, {})
+            sizes[size][mode] = timing_phase(models, mode, args, timer, memory)
+        print_table(size, sizes[size], args, meter.note)
+        del models
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return sizes
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _set_up_torch(args)
+    timer = Timer(args.device)
+    meter = MemoryMeter(args.device)
     env = environment(args)
     cmd = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
     if not args.memory_only:
@@ -347,42 +308,19 @@ def main(argv=None) -> int:
         env["bf16_matmul_peak_tflops"] = args.peak_flops / 1e12
         print(f"measured bf16 matmul peak ({args.peak_matmul}^3): {args.peak_flops / 1e12:.1f} TFLOP/s")
     only = args.only.split(",") if args.only else None
-    if args.memory_only:  # the child process of cpu_memory_in_child
-        mem = {}
-        for size in args.models.split(","):
-            models = build_models(size, args.device, only, False, args.img_size)
-            mem[size] = {mode: memory_phase(models, mode, args, meter) for mode in args.modes.split(",")}
-            del models
-        with open(args.memory_only, "w") as f:
-            json.dump(mem, f)
-        return 0
+    if args.memory_only:
+        return _memory_only(args, only, meter)
     out = {
         "environment": env,
         "command": cmd,
         "args": {k: v for k, v in vars(args).items()},
         "memory_note": meter.note,
-        "sizes": {},
     }
     t_start = time.perf_counter()
-    cpu_mem = cpu_memory_in_child(args) if args.device == "cpu" and meter.available else {}
-    for size in args.models.split(","):
-        print(f"\n== {size} ==", flush=True)
-        models = build_models(size, args.device, only, not args.no_check, args.img_size)
-        out["sizes"][size] = {}
-        for mode in args.modes.split(","):
-            if args.device == "cuda":
-                memory = memory_phase(models, mode, args, meter)
-            else:
-                memory = cpu_mem.get(size, {}).get(mode, {})
-            out["sizes"][size][mode] = timing_phase(models, mode, args, timer, memory)
-        print_table(size, out["sizes"][size], args, meter.note)
-        del models
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+    out["sizes"] = _measure_sizes(args, only, timer, meter)
     out["wall_s"] = time.perf_counter() - t_start
-    print(
-        f"\nwall time {out['wall_s']:.0f} s; load average now {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}"
-    )
+    load = os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    print(f"\nwall time {out['wall_s']:.0f} s; load average now {load}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)

@@ -20,7 +20,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 from . import _version
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from typing import Optional
 
 from ._version import __version__
@@ -56,7 +57,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    whole_process = argv is None  # the process's own command line: its start-up is this command's
+    """Run one ``convit`` command; its exit status.  ``args.started_at`` tells the command when
+    it started (``time.perf_counter()`` before its module was imported): a budget counts from there."""
+    started_at = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     # The command is the first argument (the only top-level options, --help and --version, end
     # the program): only its module is imported.  Without a known command (none, or a typo that
@@ -67,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    args._whole_process = whole_process
+    args.started_at = started_at
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback

@@ -150,7 +150,7 @@ def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    printed = [Path(l) for l in capsys.readouterr().out.split()]
+    printed = [Path(word) for word in capsys.readouterr().out.split()]
     assert {p.name for p in printed} == {
         "nonlocality_training.png",
         "training_curves.png",
@@ -166,7 +166,7 @@ def test_cli_analyze_two_runs_and_image(tmp_path, capsys):
     # a DeiT: no GPSA figures; default output beside the checkpoint; default log beside it
     rc = main(["analyze", str(b / "model.safetensors"), "--no-html"])
     assert rc == 0
-    names = {Path(l).name for l in capsys.readouterr().out.split()}
+    names = {Path(word).name for word in capsys.readouterr().out.split()}
     assert names == {
         "nonlocality_training.png",
         "training_curves.png",
@@ -217,5 +217,5 @@ def test_train_then_analyze(trained_run, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    printed = {Path(l).name for l in capsys.readouterr().out.split()}
+    printed = {Path(word).name for word in capsys.readouterr().out.split()}
     assert {"nonlocality_training.png", "gates.png", "attention_layer1.png"} <= printed

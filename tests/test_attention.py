@@ -2,12 +2,15 @@
 the head centres and the local init.  The fast path: tests/test_speed_paths.py."""
 
 import math
+from contextlib import nullcontext
+from typing import Optional
 
 import pytest
 import torch
 
-from convit.nn.attention import GPSA, MHSA, head_centres, relative_offsets
+from convit.nn.attention import GPSA, MHSA, gates_fixed, head_centres, relative_offsets
 from convit.nn.fast_gpsa import FastGPSA
+from convit.nn.model import ConViT
 
 
 def _random_gpsa(heads=4, dim=32, grid=(4, 5), seed=0, **kw) -> GPSA:
@@ -21,8 +24,9 @@ def _random_gpsa(heads=4, dim=32, grid=(4, 5), seed=0, **kw) -> GPSA:
     return layer
 
 
-def _paper_eq6(layer: GPSA, x: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 written out independently of the layer's helpers, in float64."""
+def _paper_eq6(layer: GPSA, x: torch.Tensor, fixed: Optional[float] = None) -> torch.Tensor:
+    """Eq. 6 written out independently of the layer's helpers, in float64 (``fixed``: the gate
+    value of :func:`gates_fixed`, if any)."""
     B, N, C = x.shape
     h, d = layer.num_heads, C // layer.num_heads
     q, k = layer.qk(x).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
@@ -34,11 +38,7 @@ def _paper_eq6(layer: GPSA, x: torch.Tensor) -> torch.Tensor:
     r = torch.stack([dx, dy, dx**2 + dy**2], -1)  # [N, N, 3]
     pos = (r @ layer.pos_proj.weight.T + layer.pos_proj.bias).permute(2, 0, 1).softmax(-1)
     content = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1)
-    g = (
-        torch.sigmoid(layer.gating_param)
-        if layer.gate_override is None
-        else torch.full((h,), layer.gate_override, dtype=torch.float64)
-    )
+    g = torch.sigmoid(layer.gating_param) if fixed is None else torch.full((h,), fixed, dtype=torch.float64)
     g = g.view(1, h, 1, 1)
     attn = (1 - g) * content + g * pos
     out = (attn @ v).transpose(1, 2).reshape(B, N, C)
@@ -46,16 +46,15 @@ def _paper_eq6(layer: GPSA, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("heads,dim,grid", [(4, 32, (4, 5)), (9, 72, (6, 6))])
-@pytest.mark.parametrize("gate_override", [None, 0.0, 1.0])
-def test_reference_equals_independent_eq6(heads, dim, grid, gate_override):
+@pytest.mark.parametrize("fixed", [None, 0.0, 1.0])
+def test_reference_equals_independent_eq6(heads, dim, grid, fixed):
     """GPSA.forward (the paper's computation, the oracle of the fast path) against eq. 5-6
     written out here in float64.  The layer computes P in float32, hence 1e-6."""
     layer = _random_gpsa(heads, dim, grid).double()
-    layer.gate_override = gate_override
     x = torch.randn(3, grid[0] * grid[1], dim, dtype=torch.float64)
-    want = _paper_eq6(layer, x)
-    assert (layer(x) - want).abs().max() < 1e-6
-    assert layer.forward_reference.__func__ is GPSA.forward
+    with nullcontext() if fixed is None else gates_fixed(layer, fixed):
+        got = layer(x)
+    assert (got - _paper_eq6(layer, x, fixed)).abs().max() < 1e-6
 
 
 def test_explicit_maps_sum_to_one_and_mix_with_gate():
@@ -64,8 +63,44 @@ def test_explicit_maps_sum_to_one_and_mix_with_gate():
     assert maps.content.shape == (2, 4, 20, 20) and maps.positional.shape == (4, 20, 20)
     assert torch.allclose(maps.combined.sum(-1), torch.ones(2, 4, 20), atol=1e-5)
     assert torch.allclose(maps.gate, torch.sigmoid(layer.gating_param))
-    layer.gate_override = 0.0
-    assert torch.equal(layer.attention_maps(torch.randn(1, 20, 32)).gate, torch.zeros(4))
+    with gates_fixed(layer, 0.0):
+        assert torch.equal(layer.attention_maps(torch.randn(1, 20, 32)).gate, torch.zeros(4))
+    assert torch.equal(layer.gate(), torch.sigmoid(layer.gating_param))
+
+
+def test_gates_fixed_only_inside_the_block_even_after_an_exception():
+    """The fixed gate is seen inside the block only: restored on exit and after an exception,
+    nested blocks restore the outer value, a model is searched for its GPSA layers, and there
+    is no public attribute to leave set."""
+    torch.manual_seed(0)
+    model = ConViT(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=3,
+        embed_dim=16,
+        depth=3,
+        num_heads=4,
+        local_up_to_layer=2,
+        global_pool="avg",
+    )
+    layers = [b.attn for b in model.gpsa_blocks()]
+    free = [layer.gate() for layer in layers]
+    x = torch.randn(2, 1, 8, 8)
+    before = model(x)
+    with pytest.raises(RuntimeError, match="inside"):
+        with gates_fixed(model, 1.0):
+            assert all(torch.equal(layer.gate(), torch.ones(4)) for layer in layers)
+            assert not torch.equal(model(x), before)
+            raise RuntimeError("inside")
+    assert all(torch.equal(layer.gate(), g) for layer, g in zip(layers, free))
+    assert torch.equal(model(x), before)
+    with gates_fixed(layers[:1], 0.0):
+        with gates_fixed(layers, 1.0):
+            assert torch.equal(layers[0].gate(), torch.ones(4))
+        assert torch.equal(layers[0].gate(), torch.zeros(4)) and torch.equal(layers[1].gate(), free[1])
+    assert torch.equal(layers[0].gate(), free[0])
+    assert not hasattr(layers[0], "gate_override") and not hasattr(layers[0], "forward_reference")
 
 
 def test_relative_offsets_non_square_grid():

@@ -22,7 +22,7 @@ def _alone(tmp_path: Path) -> float:
         sys.path.remove(str(REPO / "benchmarks"))
     cfg, _ = bench_fit.main_job_config(1)
     summary = bench_fit.fit(bench_fit.build_config({**cfg.to_dict(), "output": str(tmp_path / "alone")}))
-    return summary["test_top1"]
+    return summary.test_top1
 
 
 @pytest.mark.slow

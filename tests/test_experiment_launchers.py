@@ -104,7 +104,7 @@ def test_a_locked_run_waits_for_its_holder(tmp_path, monkeypatch):
 
 def test_study_experiment_and_train_share_the_launcher_flags(monkeypatch):
     from convit.cli import build_parser
-    from convit.core.launch import options_from_args
+    from convit.core.launch_flags import options_from_args
 
     monkeypatch.setattr("convit.core.launch.slurm_available", lambda: True)
     flags = [

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from convit.core.presets import experiment_scale
 from convit.experiments.results import write_results
+from convit.experiments.run_record import RunRecord
 from convit.experiments.runner import load_results, plan_runs, run_sweep
 
 
@@ -49,15 +51,15 @@ def test_cifar10_cpu_scale_shrunk_runs_two_at_once(tmp_path, cifar_npz):
     )
     assert [s.overrides["epochs"] for s in specs] == [1, 1]
     recs = run_sweep(specs, tmp_path, say=lambda s: None, jobs=2)
-    assert [r["variant"] for r in recs] == ["convit", "deit"]
+    assert [r.variant for r in recs] == ["convit", "deit"]
     for r, spec in zip(recs, specs):
-        assert r["images_per_class"] == 10 and r["train_images"] == 100
-        assert r["cpu_s"] > 0 and r["params"] > 0
+        assert r.images_per_class == 10 and r.train_images == 100
+        assert r.cpu_s > 0 and r.params > 0
         stored = json.loads((spec.folder / "result.json").read_text())
         assert stored["evals"] and stored["evals"][-1]["epoch"] == 1
-        assert stored["evals"][-1]["test_top1"] == r["test_top1"]
+        assert stored["evals"][-1]["test_top1"] == r.test_top1
         assert "on device" in (spec.folder / "config.yaml").read_text()
-    gates = recs[0]["evals"][-1]["locality"]
+    gates = recs[0].evals[-1]["locality"]
     assert gates, "ConViT's result.json holds the locality of its evaluated epochs"
     md = write_results(load_results(tmp_path, grid="sample-efficiency"), tmp_path)["md"].read_text()
     assert "images/class" in md and "| 10 |" in md and "CPU-hours" in md
@@ -84,36 +86,40 @@ def test_settings_diff_tolerates_knobs_added_since(tmp_path):
     assert settings_diff(None, planned) == sorted(planned)
 
 
-def _record(variant: str, seed: int) -> dict:
-    return {
-        "grid": "sample-efficiency",
-        "preset": "cifar10-cpu",
-        "variant": variant,
-        "label": variant,
-        "fraction": 0.1,
-        "seed": seed,
-        "test_top1": 50.0,
-        "val_top1": 50.0,
-        "baseline": variant == "deit",
-        "train_images": 100,
-        "wall_s": 1.0,
-    }
+def _record(variant: str, seed: int) -> RunRecord:
+    return RunRecord.from_json(
+        {
+            "grid": "sample-efficiency",
+            "preset": "cifar10-cpu",
+            "variant": variant,
+            "label": variant,
+            "fraction": 0.1,
+            "seed": seed,
+            "test_top1": 50.0,
+            "val_top1": 50.0,
+            "baseline": variant == "deit",
+            "train_images": 100,
+            "wall_s": 1.0,
+        }
+    )
 
 
 def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_path):
     from convit.experiments.summary import locality_curves
 
     def rec(seed, last_gate):
-        r = dict(_record("convit", seed), epochs=10)
-        r["evals"] = [
-            {"epoch": 5, "locality": {"nonlocality": [[1.0, 3.0], [2.0, None]], "gates": [[0.7, 0.9]]}},
-            {"epoch": 10, "val_top1": 50.0},  # an evaluation without locality is left out
-            {
-                "epoch": 10,
-                "locality": {"nonlocality": [[2.0, 4.0], [5.0, None]], "gates": [[last_gate, last_gate]]},
-            },
-        ]
-        return r
+        return dataclasses.replace(
+            _record("convit", seed),
+            epochs=10,
+            evals=[
+                {"epoch": 5, "locality": {"nonlocality": [[1.0, 3.0], [2.0, None]], "gates": [[0.7, 0.9]]}},
+                {"epoch": 10, "val_top1": 50.0},  # an evaluation without locality is left out
+                {
+                    "epoch": 10,
+                    "locality": {"nonlocality": [[2.0, 4.0], [5.0, None]], "gates": [[last_gate, last_gate]]},
+                },
+            ],
+        )
 
     recs = [rec(0, 0.5), rec(1, 0.3), _record("deit", 0)]
     assert locality_curves(recs[:2], "nonlocality") == ([0.5, 1.0], [[2.0, 2.0], [3.0, 5.0]])
@@ -128,7 +134,11 @@ def test_locality_over_training_is_averaged_per_block_over_heads_and_seeds(tmp_p
 def test_cpu_time_of_a_resumed_run_counts_every_attempt():
     from convit.experiments.results import summarize
 
-    whole = dict(_record("convit", 0), cpu_s=100.0, epochs_cpu_s=95.0)  # one attempt: its process time
-    resumed = dict(_record("convit", 1), cpu_s=40.0, epochs_cpu_s=90.0)  # resumed: every attempt's epochs
-    older = dict(_record("convit", 2), cpu_s=30.0)  # from before epochs_cpu_s: what it has
+    whole = dataclasses.replace(
+        _record("convit", 0), cpu_s=100.0, epochs_cpu_s=95.0
+    )  # one attempt: its process time
+    resumed = dataclasses.replace(
+        _record("convit", 1), cpu_s=40.0, epochs_cpu_s=90.0
+    )  # resumed: every attempt's epochs
+    older = dataclasses.replace(_record("convit", 2), cpu_s=30.0)  # from before epochs_cpu_s: what it has
     assert summarize([whole, resumed, older])[0].cpu_s == pytest.approx(100.0 + 90.0 + 30.0)

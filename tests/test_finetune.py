@@ -13,16 +13,11 @@ from conftest import TINY, small_convit
 
 from convit.cli import main
 from convit.core.presets import FINETUNE_PRESET, TRAIN_PRESETS
-from convit.training.config import (
-    TrainConfig,
-    add_config_arguments,
-    build_config,
-    config_from_args,
-    load_config_file,
-)
+from convit.training.config import TrainConfig, build_config, load_config_file
 from convit.training.engine import train_one_epoch
+from convit.training.flags import add_config_arguments, config_from_args
 from convit.training.recipe import build_model, build_recipe
-from convit.weights import zoo
+from convit.weights import names, zoo
 from convit.weights.pretrained import Pretrained
 
 
@@ -165,7 +160,7 @@ def test_pretrained_gets_a_new_head_and_adapted_input_weights(tmp_path, monkeypa
     the finetune preset, a new head, the stem summed over RGB as timm does, the rest loaded."""
     published = dict(TINY_ARCH, in_chans=3, num_classes=1000)
     monkeypatch.setitem(
-        zoo._REGISTRY, "tiny_pub", zoo.ModelSpec(published, Pretrained(url="https://x/tiny_pub.pth"))
+        names._REGISTRY, "tiny_pub", zoo.ModelSpec(published, Pretrained(url="https://x/tiny_pub.pth"))
     )
     monkeypatch.setenv("CONVIT_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -14,13 +14,9 @@ from conftest import interrupt_at_epoch
 from convit.cli import main
 from convit.core.fileio import read_jsonl
 from convit.training.config import build_config
-from convit.training.run_folder import (
-    MARKER,
-    NoCheckpointYet,
-    find_last_checkpoint,
-    read_resume,
-    resolve_output,
-)
+from convit.training.incomplete import MARKER, NoCheckpointYet
+from convit.training.resume import find_last_checkpoint, read_resume
+from convit.training.run_folder import resolve_output
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(

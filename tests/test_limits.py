@@ -229,7 +229,8 @@ def test_importing_the_model_does_not_load_huggingface_hub():
         # building a zoo model (timm's package now loads for the checkpoint readers) still
         # leaves convit's hub client alone: it is imported only for pretrained weights
         "import convit\nconvit.create_model('convit_digits')\n"
-        "assert 'convit.weights.hub' not in sys.modules, 'create_model without pretrained imported convit.weights.hub'\n"
+        "assert 'convit.weights.hub' not in sys.modules, "
+        "'create_model without pretrained imported convit.weights.hub'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, (
@@ -310,7 +311,7 @@ def test_architecture_doc_draws_every_package_in_layer_order():
     """docs/architecture.md's tree (the first fenced block) names the layers bottom to top and
     every module of each package."""
     tree = ARCHITECTURE.read_text(encoding="utf-8").split("```", 2)[1]
-    order = [line.strip().rstrip("/") for line in tree.splitlines() if re.match(r"^  [a-z]+/\s*$", line)]
+    order = re.findall(r"^  ([a-z]+)/", tree, flags=re.M)
     assert order == list(LAYERS), f"architecture.md's tree lists packages {order}, expected {list(LAYERS)}"
     missing = [
         m

@@ -22,7 +22,7 @@ from convit.analysis import (
     positional_centres,
     positional_spans,
 )
-from convit.nn.attention import GPSA
+from convit.nn.attention import GPSA, gates_fixed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,8 +73,8 @@ def gpsa_layer(heads=4, alpha=1.0, grid=GRID) -> GPSA:
 @pytest.mark.parametrize("heads,alpha", [(4, 1.0), (9, 0.4), (9, 2.5)])
 def test_positional_nonlocality_matches_closed_form(heads, alpha):
     layer = gpsa_layer(heads, alpha)
-    layer.gate_override = 1.0  # sigma(lambda) = 1: only the positional part
-    maps = layer.attention_maps(torch.randn(3, GRID[0] * GRID[1], 8 * heads))
+    with gates_fixed(layer, 1.0):  # sigma(lambda) = 1: only the positional part
+        maps = layer.attention_maps(torch.randn(3, GRID[0] * GRID[1], 8 * heads))
     got = attention_nonlocality(maps.combined, GRID).numpy()
     want = np_closed_form_nonlocality(GRID, CENTRES[heads], alpha)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -90,10 +90,10 @@ def test_model_nonlocality_gates_to_one_is_closed_form():
             b.attn.gating_param.fill_(1e4)  # sigmoid(1e4) == 1.0 in float32
     layers = nonlocality(model, torch.randn(4, 1, *GRID))
     want = np_closed_form_nonlocality(GRID, CENTRES[4], 1.7)
-    for l in range(2):
-        np.testing.assert_allclose(layers[l]["full"].numpy(), want, rtol=1e-5)
-        np.testing.assert_allclose(layers[l]["positional"].numpy(), want, rtol=1e-5)
-        assert layers[l]["content"] is not None
+    for block in range(2):
+        np.testing.assert_allclose(layers[block]["full"].numpy(), want, rtol=1e-5)
+        np.testing.assert_allclose(layers[block]["positional"].numpy(), want, rtol=1e-5)
+        assert layers[block]["content"] is not None
     assert layers[2]["content"] is None and layers[2]["positional"] is None
 
 
@@ -153,8 +153,8 @@ def test_gates_read_back_exactly():
         np.testing.assert_allclose(got.numpy(), w, rtol=1e-6)
     summary = locality_summary(model, torch.randn(2, 1, *GRID))
     np.testing.assert_allclose(summary["gates"], want, rtol=1e-6)
-    model.blocks[0].attn.gate_override = 0.0  # masking does not change what is reported
-    np.testing.assert_allclose(gates(model)[0].numpy(), want[0], rtol=1e-6)
+    with gates_fixed(model, 0.0):  # masking does not change what is reported
+        np.testing.assert_allclose(gates(model)[0].numpy(), want[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("heads,alpha", [(4, 1.0), (9, 0.25), (9, 3.0)])
@@ -172,8 +172,8 @@ def test_centre_is_where_positional_attention_peaks():
     assert positional_centres(layer)[0].tolist() == pytest.approx([2.0, -4.0])
     assert positional_spans(layer)[0].item() == pytest.approx(2.0)
     assert torch.isnan(positional_centres(layer)[1]).all()
-    layer.gate_override = 1.0
-    grids = attention_grids_from_layer(layer, (4, 4))
+    with gates_fixed(layer, 1.0):
+        grids = attention_grids_from_layer(layer, (4, 4))
     r, c = divmod(int(grids[0].argmax()), 9)
     assert (r, c) == (4 - 4, 4 + 2)  # dy = -4 rows up, dx = +2 columns right
 

@@ -28,7 +28,9 @@ def test_masking_equals_extreme_gates(k):
         torch.testing.assert_close(pos_masked, with_gates(model, k, -1e4)(x))
         torch.testing.assert_close(content_masked, with_gates(model, k, 1e4)(x))
         assert not torch.allclose(pos_masked, base) and not torch.allclose(content_masked, base)
-        assert all(b.attn.gate_override is None for b in model.gpsa_blocks())
+        assert all(
+            torch.equal(b.attn.gate(), torch.sigmoid(b.attn.gating_param)) for b in model.gpsa_blocks()
+        )
         torch.testing.assert_close(model(x), base, rtol=0, atol=0)
 
 
@@ -45,7 +47,8 @@ def test_removing_position_embedding_and_restoring_it():
     with pytest.raises(RuntimeError):  # restored even when the block raises
         with masked(model, "positional", 1, remove_pos_embed=True):
             raise RuntimeError("boom")
-    assert torch.equal(model.pos_embed, saved) and model.blocks[0].attn.gate_override is None
+    attn = model.blocks[0].attn
+    assert torch.equal(model.pos_embed, saved) and torch.equal(attn.gate(), torch.sigmoid(attn.gating_param))
     with pytest.raises(ValueError, match="mode"):
         with masked(model, "everything"):
             pass

@@ -96,6 +96,12 @@ def _broken_eval_folder(root: Path) -> str:
     return str(cut)
 
 
+def _eval(run: Path, data: Path, *flags: str) -> int:
+    """``convit eval`` of the run's model on the folder ``data``, on the CPU."""
+    model = str(run / "model.safetensors")
+    return main(["eval", "--checkpoint", model, "--data-path", str(data), "--device", "cpu", *flags])
+
+
 def test_train_and_eval_count_only_readable_images_and_name_the_skipped_one(tmp_path, capsys):
     broken = _broken_eval_folder(tmp_path / "imgs")
     run = tmp_path / "run"
@@ -112,61 +118,16 @@ def test_train_and_eval_count_only_readable_images_and_name_the_skipped_one(tmp_
     logged = read_jsonl(run / "log.jsonl")[-1]["test_top1"]
     assert logged in {0.0, 20.0, 40.0, 60.0, 80.0, 100.0}  # over the 5 images read, not 6
     # read by a DataLoader worker process: its failure comes back through a file
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(run / "model.safetensors"),
-                "--data-path",
-                str(tmp_path / "imgs"),
-                "--json",
-                "--device",
-                "cpu",
-                "--num-workers",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _eval(run, tmp_path / "imgs", "--json", "--num-workers", "1") == 0
     captured = capsys.readouterr()
     measured = json.loads(captured.out)
     assert (measured["n"], measured["skipped"], list(measured["skipped_files"])) == (5, 1, [broken])
     assert (
         measured["top1"] == logged and f"convit eval: skipped {broken}: the file is truncated" in captured.err
     )
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(run / "model.safetensors"),
-                "--data-path",
-                str(tmp_path / "imgs"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _eval(run, tmp_path / "imgs") == 0
     assert "(5 images," in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(run / "model.safetensors"),
-                "--data-path",
-                str(tmp_path / "imgs"),
-                "--device",
-                "cpu",
-                "--strict",
-                "--num-workers",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert _eval(run, tmp_path / "imgs", "--strict", "--num-workers", "1") == 2
     assert capsys.readouterr().err == (
         f"convit eval: error: cannot read image {broken} (PNG): the file is truncated "
         "or damaged (image file is truncated)\n"
@@ -215,7 +176,7 @@ def test_strict_makes_an_unreadable_image_an_error_naming_it(tmp_path, capsys):
 
 
 def test_a_training_batch_with_no_readable_image_is_left_out():
-    from convit.training.fit import _Epochs
+    from convit.training.batches import _Epochs
 
     x, y = torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])
     batches = [(x, y), (x[:0], y[:0]), (x, y)]

@@ -1,17 +1,30 @@
 """FastGPSA (convit/nn/fast_gpsa.py) against GPSA, the paper's eq. 5-6 (convit/nn/attention.py).
 
 The fast path (fused q/k/v matmul, SDPA, batch-shared P @ v, lerp mix, subnormal flush,
-the inference cache, masking by gate override) must give the reference's outputs and
+the inference cache, masking with the gates fixed) must give the reference's outputs and
 gradients, for random weights and gates (not the init), in train and eval.
 """
+
+from contextlib import nullcontext
+from functools import partial
 
 import pytest
 import torch
 from conftest import rel_error, sharp_gpsa, small_convit
 
 from convit import ConViT
-from convit.nn.attention import GPSA
+from convit.nn.attention import GPSA, gates_fixed
 from convit.nn.fast_gpsa import FastGPSA, gated_positional_mix
+
+
+def eq6(layer: GPSA):
+    """The paper's eq. 6 on ``layer`` (GPSA.forward, unbound: also on a FastGPSA)."""
+    return partial(GPSA.forward, layer)
+
+
+def fixed(layer: GPSA, gate):
+    """The gates fixed at ``gate`` within the block (None: left free)."""
+    return nullcontext() if gate is None else gates_fixed(layer, gate)
 
 
 def _grads(layer, x, fn):
@@ -25,7 +38,7 @@ def _grads(layer, x, fn):
 
 def _assert_grads_close(names, fast, slow, tol=1e-4):
     """Relative ``tol`` per tensor.  A gradient one path leaves None (an unused branch under
-    gate_override) must be zero in the other.  pos_proj.bias's gradient is 0 in exact
+    fixed gates) must be zero in the other.  pos_proj.bias's gradient is 0 in exact
     arithmetic (the softmax over j is shift-invariant), so both must just be rounding noise
     next to pos_proj.weight's gradient."""
     like = next(g for g in fast if g is not None)
@@ -52,26 +65,27 @@ TOL = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-5, 1e-4)}
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("gate_override", [None, 0.0, 1.0])
+@pytest.mark.parametrize("gate", [None, 0.0, 1.0])
 @pytest.mark.parametrize("qkv_bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("heads,dim,grid", SHAPES)
-def test_fast_path_equals_reference(heads, dim, grid, qkv_bias, gate_override, train, dtype):
+def test_fast_path_equals_reference(heads, dim, grid, qkv_bias, gate, train, dtype):
     """Values and gradients (input and every parameter) of FastGPSA.forward equal GPSA's
-    eq. 6; in eval also the no-grad path that caches P, called twice (the cache is read)."""
+    eq. 6, with free or fixed gates; in eval also the no-grad path that caches P, called
+    twice (the cache is read)."""
     out_tol, grad_tol = TOL[dtype]
     layer = sharp_gpsa(heads, dim, grid, qkv_bias=qkv_bias).to(dtype).train(train)
-    layer.gate_override = gate_override
     x = torch.randn(3, grid[0] * grid[1], dim, dtype=dtype)
-    out_f, g_f = _grads(layer, x, layer)
-    out_r, g_r = _grads(layer, x, layer.forward_reference)
-    assert (out_f - out_r).abs().max() < out_tol
-    _assert_grads_close(["x"] + [n for n, _ in layer.named_parameters()], g_f, g_r, grad_tol)
-    if not train:
-        with torch.no_grad():
-            first, second = layer(x), layer(x)
-        assert torch.equal(first, second)
-        assert (layer._pos_cache is None) == (gate_override == 0.0)  # P unused at gate 0
-        assert (second - out_r).abs().max() < out_tol
+    with fixed(layer, gate):
+        out_f, g_f = _grads(layer, x, layer)
+        out_r, g_r = _grads(layer, x, eq6(layer))
+        assert (out_f - out_r).abs().max() < out_tol
+        _assert_grads_close(["x"] + [n for n, _ in layer.named_parameters()], g_f, g_r, grad_tol)
+        if not train:
+            with torch.no_grad():
+                first, second = layer(x), layer(x)
+            assert torch.equal(first, second)
+            assert (layer._pos_cache is None) == (gate == 0.0)  # P unused at gate 0
+            assert (second - out_r).abs().max() < out_tol
 
 
 def test_fast_layer_is_a_gpsa_with_the_same_state_dict():
@@ -118,7 +132,7 @@ def test_bf16_autocast_as_accurate_as_explicit_path(heads, dim, grid, grads):
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, g_fast = _grads(layer, x, layer)
-        out_expl, g_expl = _grads(layer, x, layer.forward_reference)
+        out_expl, g_expl = _grads(layer, x, eq6(layer))
     assert out.dtype == torch.bfloat16
     names = ["out", "x"] + [n for n, _ in layer.named_parameters()]
     compared = list(zip(names, (out,) + g_fast, (out_expl,) + g_expl, (out64,) + g64))
@@ -129,14 +143,14 @@ def test_bf16_autocast_as_accurate_as_explicit_path(heads, dim, grid, grads):
 
 
 def test_partial_gradients_constant_gate_and_frozen_positions():
-    """Only some inputs of the mix need a gradient: a constant gate (gate_override) and a
-    frozen pos_proj.  The gradients that remain still equal the explicit path's."""
+    """Only some inputs of the mix need a gradient: a constant gate (fixed) and a frozen
+    pos_proj.  The gradients that remain still equal the explicit path's."""
     layer = sharp_gpsa().train()
-    layer.gate_override = 0.3
     layer.pos_proj.requires_grad_(False)
     x = torch.randn(2, 20, 32)
-    out_f, g_f = _grads(layer, x, layer)
-    out_e, g_e = _grads(layer, x, layer.forward_reference)
+    with gates_fixed(layer, 0.3):
+        out_f, g_f = _grads(layer, x, layer)
+        out_e, g_e = _grads(layer, x, eq6(layer))
     assert (out_f - out_e).abs().max() < 1e-5
     names = ["x"] + [n for n, p in layer.named_parameters() if p.requires_grad]
     assert len(names) == len(g_f) and "pos_proj.weight" not in names
@@ -218,7 +232,7 @@ def test_cache_invalidates_after_optimizer_step():
     assert (after - before).abs().max() > 1e-4
     assert torch.equal(after, _fresh_pos(layer))
     with torch.no_grad():
-        assert (layer.eval()(x) - layer.forward_reference(x)).abs().max() < 1e-5
+        assert (layer.eval()(x) - GPSA.forward(layer, x)).abs().max() < 1e-5
 
 
 def test_cache_invalidates_after_load_state_dict_and_copy():
@@ -242,17 +256,17 @@ def test_cache_invalidates_after_dtype_round_trip_and_set_grid():
     layer.to(torch.float64)
     x = torch.randn(2, 20, 32, dtype=torch.float64)
     with torch.no_grad():
-        assert (layer.eval()(x) - layer.forward_reference(x)).abs().max() < 1e-6
+        assert (layer.eval()(x) - GPSA.forward(layer, x)).abs().max() < 1e-6
     layer.to(torch.float32).set_grid((5, 4))
     assert _cached_pos(layer).shape == (4, 20, 20)
     x = torch.randn(2, 20, 32)
     with torch.no_grad():
-        assert (layer(x) - layer.forward_reference(x)).abs().max() < 1e-5
+        assert (layer(x) - GPSA.forward(layer, x)).abs().max() < 1e-5
 
 
-# -- masking: a gate override of 0 or 1 computes one branch only -----------------------
-def test_gate_override_skips_a_branch_exactly(monkeypatch):
-    """gate_override 0 runs only SDPA, 1 only P @ v, anything else both; outputs equal eq. 6."""
+# -- masking: gates fixed at 0 or 1 compute one branch only ----------------------------
+def test_fixed_gate_skips_a_branch_exactly(monkeypatch):
+    """Gates fixed at 0 run only SDPA, at 1 only P @ v, anything else both; outputs equal eq. 6."""
     import convit.nn.fast_gpsa as A
 
     layer = sharp_gpsa().eval()
@@ -264,13 +278,13 @@ def test_gate_override_skips_a_branch_exactly(monkeypatch):
     )
     monkeypatch.setattr(A, "_positional_values", lambda *a: calls.append("P@v") or pv(*a))
     for o, expect in ((0.0, ["sdpa"]), (1.0, ["P@v"]), (0.3, ["sdpa", "P@v"])):
-        layer.gate_override = o
-        for grad in (False, True):
-            calls.clear()
-            with torch.set_grad_enabled(grad):
-                out = layer(x)
-            assert calls == expect, (o, grad, calls)
-            assert (out - layer.forward_reference(x)).abs().max() < 1e-5
+        with gates_fixed(layer, o):
+            for grad in (False, True):
+                calls.clear()
+                with torch.set_grad_enabled(grad):
+                    out = layer(x)
+                assert calls == expect, (o, grad, calls)
+                assert (out - GPSA.forward(layer, x)).abs().max() < 1e-5
 
 
 def test_model_fast_path_equals_explicit_blocks():
@@ -286,7 +300,7 @@ def test_model_fast_path_equals_explicit_blocks():
     g_fast = torch.autograd.grad(fast.square().sum(), list(model.parameters()))
     originals = [blk.attn.forward for blk in model.gpsa_blocks()]
     for blk in model.gpsa_blocks():
-        blk.attn.forward = blk.attn.forward_reference
+        blk.attn.forward = eq6(blk.attn)
     slow = model(x)
     g_slow = torch.autograd.grad(slow.square().sum(), list(model.parameters()))
     for blk, f in zip(model.gpsa_blocks(), originals):

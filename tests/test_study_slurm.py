@@ -20,7 +20,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         shutil.which("sbatch") is None,
-        reason="Slurm's sbatch is not on the PATH (start a cluster: bash ../shared/tools/slurm-single-node.sh start)",
+        reason="Slurm's sbatch is not on the PATH "
+        "(start a cluster: bash ../shared/tools/slurm-single-node.sh start)",
     ),
 ]
 
@@ -77,4 +78,4 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_result(tmp_path):
     ref.mkdir()
     (ref / "plan.json").write_text(plan.read_text())
     prepare_data(ref, load_plan(ref))
-    assert execute_run(str(ref), folder.name)["top1"] == top1(out)[folder.name]
+    assert execute_run(str(ref), folder.name).top1 == top1(out)[folder.name]

@@ -4,12 +4,16 @@ sentence (never more than the seeds support), results.csv, and the report page."
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import statistics
 from pathlib import Path
 
 import pytest
 
+from convit.study.plan_schema import Plan
+from convit.study.records import StudyRecord
 from convit.study.report import write_report
 from convit.study.verdict import T975, compare, sentence, t975, write_csv
 
@@ -22,18 +26,19 @@ def _records(diffs_by_size, base=70.0):
             deit = base + s  # seeds differ a lot; the pairing must remove that
             for v, top1 in (("convit", deit + d), ("deit", deit)):
                 out.append(
-                    {
-                        "name": f"{v}-f{n}-s{s}",
-                        "variant": v,
-                        "fraction": n / 100,
-                        "images_per_class": n,
-                        "seed": s,
-                        "top1": top1,
-                        "epochs": 10,
-                        "seconds": 1.0,
-                        "attempts": 1,
-                        "locality": {"gates": [[0.9, 0.8]], "nonlocality": [[1.0, 2.0], [3.0, None]]},
-                    }
+                    StudyRecord(
+                        name=f"{v}-f{n}-s{s}",
+                        status="trained",
+                        variant=v,
+                        fraction=n / 100,
+                        images_per_class=n,
+                        seed=s,
+                        top1=top1,
+                        epochs=10,
+                        seconds=1.0,
+                        attempts=1,
+                        locality={"gates": [[0.9, 0.8]], "nonlocality": [[1.0, 2.0], [3.0, None]]},
+                    )
                 )
     return out
 
@@ -74,7 +79,7 @@ def test_two_seeds_that_disagree_give_no_clear_difference():
 
 def test_one_seed_claims_nothing_and_unpaired_runs_are_left_out():
     recs = _records({30: [3.0]})
-    recs.append({"variant": "convit", "images_per_class": 300, "seed": 0, "top1": 90.0})  # no DeiT partner
+    recs.append(StudyRecord("convit-f300-s0", "trained", "convit", 3.0, 300, 0, top1=90.0))  # no DeiT partner
     comps = compare(recs)
     assert [c.images_per_class for c in comps] == [30]
     assert "no interval" in sentence(comps) and "too few seeds" in sentence(comps)
@@ -103,18 +108,10 @@ def test_results_csv_has_one_row_per_run(tmp_path: Path):
 def test_report_shows_the_sentence_every_seed_and_the_gates(tmp_path: Path):
     recs = _records({10: [4.0, 5.0], 40: [1.0, -1.0]})
     comps = compare(recs)
-    plan = {
-        "data": {"name": "pets & co", "classes": ["a", "b"], "test_images": 20, "test_from": "holdout"},
-        "model": {
-            "resolution": 16,
-            "patch_size": 2,
-            "grid": 8,
-            "params": {"convit": 1000, "deit": 1010},
-            "convit": {"model_kwargs": {"depth": 4, "embed_dim": 48}},
-        },
-        "seeds": [0, 1],
-        "levels": [{"images_per_class": 10, "epochs": 40}, {"images_per_class": 40, "epochs": 10}],
-    }
+    plan = Plan.from_json(
+        json.loads((Path(__file__).parent / "fixtures" / "study_plan_v1" / "folder_plan.json").read_text())
+    )
+    plan.data = dataclasses.replace(plan.data, name="pets & co")
     page = write_report(tmp_path / "report.html", recs, comps, sentence(comps), plan).read_text()
     assert sentence(comps) in page and "pets &amp; co" in page
     assert page.count("data:image/png;base64,") == 1

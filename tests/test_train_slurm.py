@@ -19,7 +19,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         shutil.which("sbatch") is None,
-        reason="Slurm's sbatch is not on the PATH (start a cluster: bash ../shared/tools/slurm-single-node.sh start)",
+        reason="Slurm's sbatch is not on the PATH "
+        "(start a cluster: bash ../shared/tools/slurm-single-node.sh start)",
     ),
 ]
 

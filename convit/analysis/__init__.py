@@ -16,7 +16,7 @@ and report of the run at its end.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn

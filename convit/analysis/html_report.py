@@ -109,19 +109,19 @@ def _metrics_rows(runs: list[tuple[str, list[dict]]]) -> list[list[str]]:
 def _layer_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per block: type, gates, nonlocality (full, content, positional, at init, per head)."""
     rows, gi = [], 0
-    for l, t in enumerate(summary["layer_types"]):
+    for layer, t in enumerate(summary["layer_types"]):
         gates = summary["gates"][gi] if t == "gpsa" else None
         rows.append(
             [
-                str(l + 1),
+                str(layer + 1),
                 t.upper(),
                 _fmt(_mean(gates)) if gates else "–",
                 " ".join(_fmt(g, 2) for g in gates) if gates else "–",
-                _fmt(_mean(summary["nonlocality"][l]), 2),
-                _fmt(_mean(summary["nonlocality_content"][l]), 2),
-                _fmt(_mean(summary["nonlocality_positional"][l]), 2),
-                _fmt(_mean(init_summary["nonlocality"][l]), 2),
-                " ".join(_fmt(v, 2) for v in summary["nonlocality"][l]),
+                _fmt(_mean(summary["nonlocality"][layer]), 2),
+                _fmt(_mean(summary["nonlocality_content"][layer]), 2),
+                _fmt(_mean(summary["nonlocality_positional"][layer]), 2),
+                _fmt(_mean(init_summary["nonlocality"][layer]), 2),
+                " ".join(_fmt(v, 2) for v in summary["nonlocality"][layer]),
             ]
         )
         gi += t == "gpsa"
@@ -136,12 +136,82 @@ def _centre_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per GPSA head: centre and span at init and after training."""
     ic, isp = init_summary["centres"], init_summary["spans"]
     rows = []
-    for l, (cs, ss) in enumerate(zip(summary["centres"], summary["spans"])):
+    for layer, (cs, ss) in enumerate(zip(summary["centres"], summary["spans"])):
         for h, (c, s) in enumerate(zip(cs, ss)):
-            c0 = ic[l][h] if l < len(ic) else None
-            s0 = isp[l][h] if l < len(isp) else None
-            rows.append([str(l + 1), str(h + 1), _centre(c0), _fmt(s0, 2), _centre(c), _fmt(s, 2)])
+            c0 = ic[layer][h] if layer < len(ic) else None
+            s0 = isp[layer][h] if layer < len(isp) else None
+            rows.append([str(layer + 1), str(h + 1), _centre(c0), _fmt(s0, 2), _centre(c), _fmt(s, 2)])
     return rows
+
+
+#: Column headers of the report's tables.
+_ACCURACY_COLUMNS = [
+    "run",
+    "last epoch",
+    "train loss",
+    "val top-1 (last)",
+    "val top-1 (best)",
+    "test top-1",
+    "test top-5",
+]
+_LAYER_COLUMNS = [
+    "layer",
+    "type",
+    "mean gate",
+    "gates per head",
+    "D",
+    "D content",
+    "D positional",
+    "D fresh init",
+    "D per head",
+]
+_CENTRE_COLUMNS = ["GPSA layer", "head", "centre at init", "span at init", "centre trained", "span trained"]
+_MASKING_COLUMNS = ["masked", "k", "position embedding", "top-1"]
+
+
+def _masking_rows(masking: list[dict]) -> list[list[str]]:
+    """One row per masking setting: what was masked, in how many blocks, and the top-1."""
+    rows = []
+    for r in masking:
+        pos_embed = "removed" if r["remove_pos_embed"] else "kept"
+        rows.append([r["mode"], str(r["k"]), pos_embed, _fmt(r["top1"], 2)])
+    return rows
+
+
+def _sections(
+    note: str,
+    summary: dict,
+    init_summary: dict,
+    runs: list[tuple[str, list[dict]]],
+    masking: Optional[list[dict]],
+) -> list[str]:
+    """The report's tables, in reading order: accuracy, per layer, per head, masking."""
+    sections = [_NOTE.substitute(note=html.escape(note))] if note else []
+    metrics = _metrics_rows(runs)
+    if metrics:
+        sections.append(_section("Accuracy", "", _ACCURACY_COLUMNS, metrics))
+    layers = _layer_rows(summary, init_summary)
+    sections.append(_section("Gates and nonlocality per layer", _GATES_INTRO, _LAYER_COLUMNS, layers))
+    if summary["centres"]:
+        centres = _centre_rows(summary, init_summary)
+        title = "Positional attention centres and spans"
+        sections.append(_section(title, _CENTRES_INTRO, _CENTRE_COLUMNS, centres))
+    if masking:
+        rows = _masking_rows(masking)
+        sections.append(_section("Test-time masking", _MASKING_INTRO, _MASKING_COLUMNS, rows))
+    return sections
+
+
+def _embedded_figures(figures: list[tuple[Path, str]]) -> list[str]:
+    """Each (PNG, caption) as a figure element with the image inline (the page stands alone)."""
+    return [
+        _FIGURE.substitute(
+            png=base64.b64encode(Path(p).read_bytes()).decode("ascii"),
+            name=html.escape(Path(p).name),
+            caption=html.escape(caption),
+        )
+        for p, caption in figures
+    ]
 
 
 def write_html(
@@ -160,77 +230,7 @@ def write_html(
     :func:`locality_summary` of the model and of a fresh one, ``runs`` the (label, log) pairs,
     ``figures`` the (PNG, caption) pairs to embed, ``masking`` the masking table or None."""
     cfg = model.cfg
-    sections = [_NOTE.substitute(note=html.escape(inputs.note))] if inputs.note else []
-    metrics = _metrics_rows(runs)
-    if metrics:
-        sections.append(
-            _section(
-                "Accuracy",
-                "",
-                [
-                    "run",
-                    "last epoch",
-                    "train loss",
-                    "val top-1 (last)",
-                    "val top-1 (best)",
-                    "test top-1",
-                    "test top-5",
-                ],
-                metrics,
-            )
-        )
-    sections.append(
-        _section(
-            "Gates and nonlocality per layer",
-            _GATES_INTRO,
-            [
-                "layer",
-                "type",
-                "mean gate",
-                "gates per head",
-                "D",
-                "D content",
-                "D positional",
-                "D fresh init",
-                "D per head",
-            ],
-            _layer_rows(summary, init_summary),
-        )
-    )
-    if summary["centres"]:
-        sections.append(
-            _section(
-                "Positional attention centres and spans",
-                _CENTRES_INTRO,
-                ["GPSA layer", "head", "centre at init", "span at init", "centre trained", "span trained"],
-                _centre_rows(summary, init_summary),
-            )
-        )
-    if masking:
-        sections.append(
-            _section(
-                "Test-time masking",
-                _MASKING_INTRO,
-                ["masked", "k", "position embedding", "top-1"],
-                [
-                    [
-                        r["mode"],
-                        str(r["k"]),
-                        "removed" if r["remove_pos_embed"] else "kept",
-                        _fmt(r["top1"], 2),
-                    ]
-                    for r in masking
-                ],
-            )
-        )
-    figs = [
-        _FIGURE.substitute(
-            png=base64.b64encode(Path(p).read_bytes()).decode("ascii"),
-            name=html.escape(Path(p).name),
-            caption=html.escape(caption),
-        )
-        for p, caption in figures
-    ]
+    sections = _sections(inputs.note, summary, init_summary, runs, masking)
     doc = _PAGE.substitute(
         title=html.escape(title),
         checkpoint=html.escape(str(checkpoint)),
@@ -244,7 +244,7 @@ def write_html(
         images_source=html.escape(inputs.images_source),
         image_source=html.escape(inputs.source),
         sections="\n".join(sections),
-        figures="\n".join(figs),
+        figures="\n".join(_embedded_figures(figures)),
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
-"""What an analysis looks at besides the model: the checkpoint's metadata, and the images
-(a file given by the user, the first test images of the checkpoint's dataset, or random
-inputs, in that order of preference)."""
+"""What an analysis looks at besides the model: the images (a file given by the user, the
+first test images of the checkpoint's dataset, or random inputs, in that order of preference),
+chosen and normalised by the checkpoint's metadata.  The checkpoint itself is read by the
+weights layer (``read_metadata`` is :func:`convit.weights.checkpoint.read_metadata`, re-exported
+for :mod:`convit.analysis.run_report`)."""
 
 from __future__ import annotations
 
@@ -10,21 +12,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from ..data import build_data, eval_input_size, eval_transform, read_image
 from ..nn.model import ConViTConfig
-from ..weights.checkpoint import read_metadata_json
+from ..weights.checkpoint import read_metadata, read_metadata_json
 
 __all__ = ["AnalysisInputs", "load_inputs", "read_metadata"]
-
-
-def read_metadata(path: Path) -> dict:
-    """Header metadata of one of our safetensors files without loading the tensors ({} else)."""
-    if Path(path).suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
 
 
 @dataclass
@@ -52,74 +45,90 @@ def load_inputs(
        unless the dataset's test images can be loaded;
     2. the first ``max_images`` test images of the dataset the metadata names (if available);
     3. random normal inputs, with a note saying so.
+
+    ``meta`` is the checkpoint's metadata (:func:`convit.weights.checkpoint.read_metadata`).
     """
     data = read_metadata_json(meta, "data", {}) or {}
-    size = cfg.img_size
-    in_chans = cfg.in_chans
-    mean = torch.tensor(data.get("mean", [0.0] * in_chans), dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(data.get("std", [1.0] * in_chans), dtype=torch.float32).view(-1, 1, 1)
+    display = _Display(data, cfg.in_chans)
+    tests = _test_images(data, cfg.img_size[0], max_images)
+    dataset = data.get("dataset")
+    if image is not None:
+        x = _read_image(image, data, cfg)
+        name = f"image {Path(image).name}"
+        if tests.images is not None:
+            images, images_source = tests.images, f"test images of {dataset}"
+        else:
+            images, images_source = x[None], name
+        return AnalysisInputs(images, x, display(x), name, images_source, tests.note, data, tests.test_set)
+    if tests.images is not None:
+        first = tests.images[0]
+        return AnalysisInputs(
+            tests.images,
+            first,
+            display(first),
+            f"first test image of {dataset}",
+            f"test images of {dataset}",
+            tests.note,
+            data,
+            tests.test_set,
+        )
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(min(max_images, 8), cfg.in_chans, *cfg.img_size, generator=g)
+    note = (
+        tests.note + "; " if tests.note else ""
+    ) + "random N(0,1) inputs: content attention is not meaningful"
+    return AnalysisInputs(images, images[0], display(images[0]), "random input", "random inputs", note, data)
 
-    def display(x: torch.Tensor) -> np.ndarray:
-        d = x * std + mean
-        if not data.get("mean"):  # unknown normalisation: stretch to [0, 1] for display
+
+class _Display:
+    """Normalised images back to [0, 1] for display, with the data's statistics (stretched to
+    [0, 1] when they are unknown)."""
+
+    def __init__(self, data: dict, in_chans: int) -> None:
+        self.known = bool(data.get("mean"))
+        self.mean = torch.tensor(data.get("mean", [0.0] * in_chans), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(data.get("std", [1.0] * in_chans), dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        d = x * self.std + self.mean
+        if not self.known:
             d = (d - d.min()) / (d.max() - d.min()).clamp_min(1e-8)
         return d.clamp(0, 1).numpy()
 
-    test_images: Optional[torch.Tensor] = None
-    test_set = None
-    note = ""
+
+@dataclass
+class _TestImages:
+    """The first test images of the checkpoint's dataset, or why there are none."""
+
+    images: Optional[torch.Tensor] = None
+    test_set: Optional[torch.utils.data.Dataset] = None
+    note: str = ""
+
+
+def _test_images(data: dict, size: int, max_images: int) -> _TestImages:
+    """Up to ``max_images`` test images of the dataset ``data`` names, if it can be loaded here."""
     dataset = data.get("dataset")
-    if dataset:
-        try:
-            bundle = build_data(dataset, data_path=data.get("data_path"), img_size=size[0], augment="none")
-            test_set = bundle.test
-            n = min(max_images, len(test_set))
-            test_images = torch.stack([test_set[i][0] for i in range(n)])
-        except Exception as e:  # dataset not available here: fall back, and say so
-            note = f"test set of {dataset!r} unavailable ({type(e).__name__}: {e})"
-    if image is not None:
-        if not data.get("mean"):
-            raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
-        native = data.get("native_size")
-        t = eval_transform(size[0], data["mean"], data["std"], in_chans, native)
-        x = t(
-            read_image(image, "L" if in_chans == 1 else "RGB", target_size=eval_input_size(size[0], native))
-        ).float()
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear")[0]
-        if test_images is not None:
-            return AnalysisInputs(
-                test_images,
-                x,
-                display(x),
-                f"image {Path(image).name}",
-                f"test images of {dataset}",
-                note,
-                data,
-                test_set,
-            )
-        return AnalysisInputs(
-            x[None],
-            x,
-            display(x),
-            f"image {Path(image).name}",
-            f"image {Path(image).name}",
-            note,
-            data,
-            test_set,
-        )
-    if test_images is not None:
-        return AnalysisInputs(
-            test_images,
-            test_images[0],
-            display(test_images[0]),
-            f"first test image of {dataset}",
-            f"test images of {dataset}",
-            note,
-            data,
-            test_set,
-        )
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(min(max_images, 8), in_chans, *size, generator=g)
-    note = (note + "; " if note else "") + "random N(0,1) inputs: content attention is not meaningful"
-    return AnalysisInputs(images, images[0], display(images[0]), "random input", "random inputs", note, data)
+    if not dataset:
+        return _TestImages()
+    test_set = None
+    try:
+        test_set = build_data(dataset, data_path=data.get("data_path"), img_size=size, augment="none").test
+        n = min(max_images, len(test_set))
+        return _TestImages(torch.stack([test_set[i][0] for i in range(n)]), test_set)
+    except Exception as e:  # dataset not available here: fall back, and say so
+        return _TestImages(None, test_set, f"test set of {dataset!r} unavailable ({type(e).__name__}: {e})")
+
+
+def _read_image(image: Path, data: dict, cfg: ConViTConfig) -> torch.Tensor:
+    """``image`` preprocessed as in evaluation, at the model's input size, [C, H, W]."""
+    if not data.get("mean"):
+        raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
+    size, in_chans = cfg.img_size, cfg.in_chans
+    native = data.get("native_size")
+    t = eval_transform(size[0], data["mean"], data["std"], in_chans, native)
+    x = t(
+        read_image(image, "L" if in_chans == 1 else "RGB", target_size=eval_input_size(size[0], native))
+    ).float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear")[0]
+    return x

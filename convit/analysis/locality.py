@@ -151,17 +151,17 @@ def nonlocality(
             w = x.shape[0] / images.shape[0]
             layers = [layer_nonlocality(m, grid) for m in model.attention_maps(x)]
             if not total:
-                total = [{k: None if v is None else v * w for k, v in l.items()} for l in layers]
+                total = [{k: None if v is None else v * w for k, v in entry.items()} for entry in layers]
             else:
-                for acc, l in zip(total, layers):
-                    for k, v in l.items():
+                for acc, entry in zip(total, layers):
+                    for k, v in entry.items():
                         if v is not None:
                             acc[k] = acc[k] + v * w
     return total
 
 
 def gates(model: nn.Module) -> list[torch.Tensor]:
-    """sigma(lambda_h) per head for each GPSA block (eq. 6), ignoring any ``gate_override``."""
+    """sigma(lambda_h) per head for each GPSA block (eq. 6), ignoring any gate fixed by ``gates_fixed``."""
     return [torch.sigmoid(b.attn.gating_param.detach().float()).cpu() for b in model.gpsa_blocks()]
 
 
@@ -282,9 +282,9 @@ def locality_summary(model: nn.Module, images: torch.Tensor, max_images: int = 6
     layers = nonlocality(model, images)
     centres, spans = centres_and_spans(model)
     return {
-        "nonlocality": [_floats(l["full"]) for l in layers],
-        "nonlocality_content": [_floats(l["content"]) for l in layers],
-        "nonlocality_positional": [_floats(l["positional"]) for l in layers],
+        "nonlocality": [_floats(entry["full"]) for entry in layers],
+        "nonlocality_content": [_floats(entry["content"]) for entry in layers],
+        "nonlocality_positional": [_floats(entry["positional"]) for entry in layers],
         "gates": [_floats(g) for g in gates(model)],
         "centres": [_floats(c) for c in centres],
         "spans": [_floats(s) for s in spans],

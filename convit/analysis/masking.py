@@ -7,7 +7,7 @@ one part means evaluating the trained model with sigma(lambda) forced to a const
 * mask the **positional** part: sigma := 0, the layer keeps only its content attention
   (exactly what lambda -> -inf would give).
 
-This is done through ``GPSA.gate_override`` on the first k GPSA blocks.  Separately, the
+This is done with :func:`convit.nn.attention.gates_fixed` on the first k GPSA blocks.  Separately, the
 absolute position embedding can be removed (temporarily zeroed; adding zero is the same as
 skipping it), which tells how much the model relies on it rather than on GPSA's relative
 positions.  Everything is restored on exit, even after an exception.
@@ -16,12 +16,13 @@ positions.  Everything is restored on exit, even after an exception.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
+from ..nn.attention import gates_fixed
 from .locality import eval_mode
 
 __all__ = ["MASK_MODES", "masked", "evaluate_masked", "masking_table"]
@@ -47,24 +48,30 @@ def masked(
     k = len(blocks) if k is None else int(k)
     if not 0 <= k <= len(blocks):
         raise ValueError(f"k={k} is outside 0..{len(blocks)} (the model has {len(blocks)} GPSA blocks)")
-    saved_gates = [b.attn.gate_override for b in blocks]
-    pos = getattr(model, "pos_embed", None)
-    saved_pos = None
-    try:
-        if MASK_MODES[mode] is not None:
-            for b in blocks[:k]:
-                b.attn.gate_override = MASK_MODES[mode]
-        if remove_pos_embed and pos is not None:
-            saved_pos = pos.detach().clone()
-            with torch.no_grad():
-                pos.zero_()
+    value = MASK_MODES[mode]
+    with ExitStack() as stack:
+        if value is not None:
+            stack.enter_context(gates_fixed([b.attn for b in blocks[:k]], value))
+        if remove_pos_embed:
+            stack.enter_context(_no_pos_embed(model))
         yield model
+
+
+@contextmanager
+def _no_pos_embed(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model``'s position embedding is zero (a no-op without one)."""
+    pos = getattr(model, "pos_embed", None)
+    if pos is None:
+        yield
+        return
+    saved = pos.detach().clone()
+    try:
+        with torch.no_grad():
+            pos.zero_()
+        yield
     finally:
-        for b, g in zip(blocks, saved_gates):
-            b.attn.gate_override = g
-        if saved_pos is not None:
-            with torch.no_grad():
-                pos.copy_(saved_pos)
+        with torch.no_grad():
+            pos.copy_(saved)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 from ..core.fileio import read_jsonl as read_log
 from ..nn.model import ConViT, ConViTConfig
 from ..weights.zoo import create_model
-from . import figures  # not `as F`: F is torch.nn.functional's alias everywhere else
+from . import attention_figures, figures  # not `as F`: F is torch.nn.functional's alias everywhere else
 from .html_report import write_html
 from .inputs import AnalysisInputs, load_inputs, read_metadata
 from .locality import attention_grids, locality_summary
@@ -39,8 +39,8 @@ def run_label(log_path: Path) -> str:
 
 def _unique_labels(paths: Sequence[Path]) -> list[str]:
     labels = [run_label(p) for p in paths]
-    for i, l in enumerate(labels):
-        if labels.count(l) > 1:
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1:
             p = Path(paths[i]).resolve()
             labels[i] = f"{p.parent.parent.name}/{p.parent.name}"
     return labels
@@ -61,10 +61,35 @@ def _default_layers(model: ConViT) -> list[int]:
     """First and last GPSA block and the first MHSA block (ConViT), or first and last (DeiT)."""
     depth, k = len(model.blocks), model.local_up_to_layer
     layers = [0, k - 1, k] if k > 0 else [0, depth - 1]
-    return sorted({l for l in layers if 0 <= l < depth})
+    return sorted({layer for layer in layers if 0 <= layer < depth})
 
 
 # -- the analysis -----------------------------------------------------------------------------
+
+
+def _read_runs(logs: Sequence[Path]) -> list[tuple[str, list[dict]]]:
+    """(label, log entries) of each training log, labels made unique."""
+    log_paths = [Path(p) for p in logs]
+    return list(zip(_unique_labels(log_paths), [read_log(p) for p in log_paths]))
+
+
+def _centre_patch(model: ConViT) -> tuple[int, int]:
+    """(row, col) of the patch at the centre of the model's grid: the default query."""
+    grid = model.cfg.grid
+    return grid[0] // 2, grid[1] // 2
+
+
+def _write_numbers(
+    output: Path, summary: dict, init_summary: dict, table: Optional[list[dict]]
+) -> list[Path]:
+    """locality.json (the analysed and the freshly initialised model's), and masking.json when
+    masking was evaluated; returns their paths."""
+    paths = [output / "locality.json"]
+    paths[0].write_text(json.dumps({"analysed": summary, "fresh_init": init_summary}, indent=1))
+    if table is not None:
+        (output / "masking.json").write_text(json.dumps(table, indent=1))
+        paths.append(output / "masking.json")
+    return paths
 
 
 def analyze(
@@ -97,22 +122,14 @@ def analyze(
     inputs = load_inputs(model.cfg, read_metadata(checkpoint), image, max_images)
     summary = locality_summary(model, inputs.images, max_images)
     init_summary = locality_summary(_fresh_model(model.cfg), inputs.images, max_images)
-    log_paths = [Path(p) for p in logs]
-    runs = list(zip(_unique_labels(log_paths), [read_log(p) for p in log_paths]))
+    runs = _read_runs(logs)
     own = checkpoint.parent.name or "model"
-    grid = model.cfg.grid
-    q = tuple(query) if query is not None else (grid[0] // 2, grid[1] // 2)
+    q = tuple(query) if query is not None else _centre_patch(model)
     written = _summary_figures(model, runs, summary, init_summary, output, own) + _attention_figures(
         model, inputs, q, layers, heads, output
     )
-    paths = [p for p, _ in written]
-    summary_path = output / "locality.json"
-    summary_path.write_text(json.dumps({"analysed": summary, "fresh_init": init_summary}, indent=1))
-    paths.append(summary_path)
     table = _masking_on_inputs(model, inputs) if masking else None
-    if table is not None:
-        (output / "masking.json").write_text(json.dumps(table, indent=1))
-        paths.append(output / "masking.json")
+    paths = [p for p, _ in written] + _write_numbers(output, summary, init_summary, table)
     if html_path is not None:
         paths.append(
             write_html(
@@ -142,7 +159,7 @@ def _check_indices(
     if bad:
         raise ValueError(f"head indices {bad} out of range: the model has {n_heads} heads")
     layers = list(layers) if layers is not None else _default_layers(model)
-    bad = [l for l in layers if not 0 <= l < depth]
+    bad = [layer for layer in layers if not 0 <= layer < depth]
     if bad:
         raise ValueError(f"layer indices {bad} out of range: the model has {depth} blocks")
     return layers, heads
@@ -185,7 +202,7 @@ def _summary_figures(
                 "GPSA gates over training and in the analysed model (paper fig. 6).",
             ),
             (
-                figures.plot_centres(
+                attention_figures.plot_centres(
                     (init_summary["centres"], init_summary["spans"]),
                     (summary["centres"], summary["spans"]),
                     output / "centres_spans.png",
@@ -209,21 +226,21 @@ def _attention_figures(
     grids = attention_grids(model, inputs.image, q)
     note = inputs.source + (f" ({inputs.note})" if inputs.note else "")
     written = []
-    for l in layers:
-        t = "gpsa" if model.blocks[l].use_gpsa else "mhsa"
+    for layer in layers:
+        t = "gpsa" if model.blocks[layer].use_gpsa else "mhsa"
         written.append(
             (
-                figures.plot_attention_maps(
-                    grids[l],
+                attention_figures.plot_attention_maps(
+                    grids[layer],
                     inputs.display,
                     q,
-                    l,
-                    output / f"attention_layer{l + 1}.png",
+                    layer,
+                    output / f"attention_layer{layer + 1}.png",
                     heads=heads,
                     note=note,
                     patch_size=model.cfg.patch_size,
                 ),
-                f"Attention of layer {l + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
+                f"Attention of layer {layer + 1} ({t.upper()}) from the query patch {q} on {inputs.source} "
                 "(paper fig. 7).",
             )
         )

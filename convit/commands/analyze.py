@@ -10,6 +10,13 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_inputs(p)
+    _add_attention_maps(p.add_argument_group("attention maps"))
+    _add_outputs(p.add_argument_group("outputs"))
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    """What is analysed: the model, its training logs and the images."""
     p.add_argument("checkpoint", type=Path, help="model file (ours, official .pth or timm)")
     p.add_argument(
         "--model",
@@ -34,12 +41,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "checkpoint's dataset, else a random input)",
     )
     p.add_argument(
+        "--max-images", type=int, default=64, help="test images used for the locality measures (default 64)"
+    )
+
+
+def _add_outputs(p: argparse._ArgumentGroup) -> None:
+    p.add_argument(
         "--output",
         "-o",
         type=Path,
         default=None,
         help="folder for the figures (default: 'analysis' beside the checkpoint)",
     )
+    p.add_argument(
+        "--masking",
+        action="store_true",
+        help="also evaluate test-time masking of content / positional attention",
+    )
+    p.add_argument("--no-html", action="store_true", help="do not write report.html")
+
+
+def _add_attention_maps(p: argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--layers",
         type=int,
@@ -64,15 +86,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("ROW", "COL"),
         help="query patch, 0-based row and column in the patch grid (default: centre)",
     )
-    p.add_argument(
-        "--masking",
-        action="store_true",
-        help="also evaluate test-time masking of content / positional attention",
-    )
-    p.add_argument("--no-html", action="store_true", help="do not write report.html")
-    p.add_argument(
-        "--max-images", type=int, default=64, help="test images used for the locality measures (default 64)"
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         logs,
         args.image,
         output,
-        layers=None if args.layers is None else [l - 1 for l in args.layers],
+        layers=None if args.layers is None else [layer - 1 for layer in args.layers],
         heads=None if args.heads is None else [h - 1 for h in args.heads],
         query=args.query,
         html_path=None if args.no_html else output / "report.html",

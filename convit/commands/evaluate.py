@@ -13,10 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..core.runtime import resolve_amp, resolve_device
-from ..data import build_data, collate_skipping, set_max_image_pixels
+from ..data import DataBundle, build_data, collate_skipping, set_max_image_pixels
+from ..data.registry import dataset_names
 from ..training.engine import evaluate
 from ..weights.zoo import load_model
 
@@ -36,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default=None,
-        help="digits, fashion-mnist, cifar10, cifar100, imagefolder (default: the one the "
-        "checkpoint was trained on)",
+        help=f"{', '.join(dataset_names())} (default: the one the checkpoint was trained on)",
     )
     p.add_argument("--data-path", default=None, help="dataset folder or file")
     p.add_argument("--download", action="store_true", help="let torchvision download fashion-mnist / cifar")
@@ -88,30 +89,9 @@ def run(args: argparse.Namespace) -> int:
         download=args.download,
         strict=args.strict_images,
     )
-    if data.in_chans != model.cfg.in_chans:
-        raise ValueError(
-            f"the checkpoint takes {model.cfg.in_chans}-channel images but {dataset} has "
-            f"{data.in_chans} channel(s)"
-        )
-    if model.num_classes != data.num_classes:
-        raise ValueError(
-            f"the checkpoint has {model.num_classes} classes but {dataset} has {data.num_classes}: "
-            f"fine-tune it first, e.g. `convit train --finetune {args.checkpoint} --dataset {dataset}` "
-            f"(its head is replaced by a {data.num_classes}-class one)"
-        )
+    _check_fits(model, data, dataset, args.checkpoint)
     ds = data.val if args.split == "val" else data.test
-    with tempfile.TemporaryDirectory() as tmp:
-        if hasattr(ds, "failed_log"):  # the DataLoader workers' unreadable files come back through it
-            ds.failed_log = Path(tmp) / "skipped.tsv"
-        loader = DataLoader(
-            ds,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            pin_memory=device.type == "cuda",
-            collate_fn=collate_skipping,
-        )
-        metrics = evaluate(model, loader, device, resolve_amp(args.amp, device))
-        skipped = ds.skipped() if hasattr(ds, "skipped") else {}
+    metrics, skipped = _evaluate_split(model, ds, args, device)
     for path, reason in skipped.items():
         print(f"convit eval: skipped {path}: {reason}", file=sys.stderr)
     metrics = {
@@ -125,14 +105,51 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(
-            f"{dataset} {args.split}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-            f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['images_per_s']:.0f} images/s "
-            f"on {device})"
-            + (
-                f"; {len(skipped)} unreadable image file(s) skipped, never replaced: listed on stderr"
-                if skipped
-                else ""
-            )
-        )
+        print(_describe(metrics, device))
     return 0
+
+
+def _check_fits(model: torch.nn.Module, data: DataBundle, dataset: str, checkpoint: str) -> None:
+    """The model must take the data's channels and have one output per class."""
+    if data.in_chans != model.cfg.in_chans:
+        raise ValueError(
+            f"the checkpoint takes {model.cfg.in_chans}-channel images but {dataset} has "
+            f"{data.in_chans} channel(s)"
+        )
+    if model.num_classes != data.num_classes:
+        raise ValueError(
+            f"the checkpoint has {model.num_classes} classes but {dataset} has {data.num_classes}: "
+            f"fine-tune it first, e.g. `convit train --finetune {checkpoint} --dataset {dataset}` "
+            f"(its head is replaced by a {data.num_classes}-class one)"
+        )
+
+
+def _evaluate_split(
+    model: torch.nn.Module, ds: Dataset, args: argparse.Namespace, device: torch.device
+) -> tuple[dict, dict[str, str]]:
+    """The metrics of ``model`` on ``ds`` and the image files that could not be read."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if hasattr(ds, "failed_log"):  # the DataLoader workers' unreadable files come back through it
+            ds.failed_log = Path(tmp) / "skipped.tsv"
+        loader = DataLoader(
+            ds,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            pin_memory=device.type == "cuda",
+            collate_fn=collate_skipping,
+        )
+        metrics = evaluate(model, loader, device, resolve_amp(args.amp, device))
+        skipped = ds.skipped() if hasattr(ds, "skipped") else {}
+    return metrics, skipped
+
+
+def _describe(metrics: dict, device: torch.device) -> str:
+    """The one line ``convit eval`` prints without ``--json``."""
+    line = (
+        f"{metrics['dataset']} {metrics['split']}: "
+        f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
+        f"({metrics['n']} images, {metrics['images_per_s']:.0f} images/s on {device})"
+    )
+    if metrics["skipped"]:
+        line += f"; {metrics['skipped']} unreadable image file(s) skipped, never replaced: listed on stderr"
+    return line

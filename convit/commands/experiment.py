@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.launch import add_launcher_arguments, options_from_args
+from ..core.launch_flags import add_launcher_arguments, options_from_args
 from ..core.presets import EXPERIMENT_SCALES
 from ..experiments.grids import GRIDS
 from ..experiments.results import write_results
@@ -59,6 +59,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="epochs at fraction 1; a fraction f runs round(E / f) epochs (default: the preset's)",
     )
     p.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants of the grid")
+    _add_overrides(p.add_argument_group("settings of every run"))
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="do not train: rebuild the tables and figure from the finished runs in --output",
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show each run's training output (else in train.log)"
+    )
+    add_launcher_arguments(
+        p,
+        jobs_help="runs trained at once: local processes or Slurm array tasks (give each one "
+        "thread: --set threads=1)",
+    )
+
+
+def _add_overrides(p: argparse._ArgumentGroup) -> None:
+    """What every run of the sweep sets on top of its preset: data, training and model fields."""
     p.add_argument("--data-path", metavar="PATH", help="dataset folder or file (see `convit train --help`)")
     p.add_argument(
         "--set",
@@ -74,20 +93,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         default=[],
         help="ConViTConfig fields for every run's model, e.g. embed_dim=64",
-    )
-    p.add_argument("--dry-run", action="store_true", help="list the planned runs and exit")
-    p.add_argument(
-        "--table-only",
-        action="store_true",
-        help="do not train: rebuild the tables and figure from the finished runs in --output",
-    )
-    p.add_argument(
-        "--verbose", action="store_true", help="show each run's training output (else in train.log)"
-    )
-    add_launcher_arguments(
-        p,
-        jobs_help="runs trained at once: local processes or Slurm array tasks (give each one "
-        "thread: --set threads=1)",
     )
 
 
@@ -105,13 +110,7 @@ def _kv(items) -> dict:
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output or f"runs/experiments/{args.grid}-{args.preset}")
     if args.table_only:
-        records = load_results(output, grid=args.grid)
-        if not records:
-            raise ValueError(f"no finished {args.grid} runs under {output}")
-        paths = write_results(records, output, grid=args.grid)
-        print(paths["md"].read_text())
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-        return 0
+        return _tabulate(args.grid, output)
     train_over = _kv(args.train_set)
     if args.data_path:
         train_over["data_path"] = args.data_path
@@ -127,31 +126,15 @@ def run(args: argparse.Namespace) -> int:
         model_overrides=_kv(args.model_set),
     )
     if args.dry_run:
-        for s in specs:
-            print(
-                f"{s.key:34s} {run_status(s):8s} {s.overrides['model']:14s} epochs {s.overrides['epochs']:5d}  "
-                f"{json.dumps(s.variant.model_kwargs) if s.variant.model_kwargs else ''}"
-            )
-        m = specs[0].overrides if specs else {}
-        print(
-            f"{len(specs)} runs into {output}; architecture of the first: {json.dumps(m.get('model_kwargs'))}"
-        )
+        _list_runs(specs, output)
         return 0
-    meta = {
-        "grid": args.grid,
-        "preset": args.preset,
-        "command": "convit " + " ".join(sys.argv[1:]),
-        "fractions": sorted({s.fraction for s in specs}),
-        "seeds": sorted({s.seed for s in specs}),
-        "variants": list(dict.fromkeys(s.variant.name for s in specs)),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
     options = options_from_args(args)
     print(
         f"{args.grid} at {args.preset}: {len(specs)} runs into {output} ({args.launcher} launcher)",
         flush=True,
     )
     t0 = time.perf_counter()
+    meta = _sweep_meta(args, specs)
     run_sweep(
         specs, output, say=lambda s: print(s, flush=True), quiet=not args.verbose, meta=meta, options=options
     )
@@ -161,3 +144,41 @@ def run(args: argparse.Namespace) -> int:
         f"{output / 'results.csv'}"
     )
     return 0
+
+
+def _tabulate(grid: str, output: Path) -> int:
+    """``--table-only``: the tables and figures again from the finished runs in ``output``."""
+    records = load_results(output, grid=grid)
+    if not records:
+        raise ValueError(f"no finished {grid} runs under {output}")
+    paths = write_results(records, output, grid=grid)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _list_runs(specs: list, output: Path) -> None:
+    """``--dry-run``: one line per planned run, with its state and epochs."""
+    for spec in specs:
+        kwargs = json.dumps(spec.variant.model_kwargs) if spec.variant.model_kwargs else ""
+        print(
+            f"{spec.key:34s} {run_status(spec):8s} {spec.overrides['model']:14s} "
+            f"epochs {spec.overrides['epochs']:5d}  {kwargs}"
+        )
+    first = specs[0].overrides if specs else {}
+    print(
+        f"{len(specs)} runs into {output}; architecture of the first: {json.dumps(first.get('model_kwargs'))}"
+    )
+
+
+def _sweep_meta(args: argparse.Namespace, specs: list) -> dict:
+    """What sweep.json records about the command that started the sweep."""
+    return {
+        "grid": args.grid,
+        "preset": args.preset,
+        "command": "convit " + " ".join(sys.argv[1:]),
+        "fractions": sorted({s.fraction for s in specs}),
+        "seeds": sorted({s.seed for s in specs}),
+        "variants": list(dict.fromkeys(s.variant.name for s in specs)),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }

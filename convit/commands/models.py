@@ -33,7 +33,8 @@ def flops(cfg: ConViTConfig) -> int:
 
     Not torch.utils.flop_counter.FlopCounterMode: it counts what the kernels run, not the
     papers' convention, and on CPU it misses attention computed by scaled_dot_product_attention
-    altogether (the comparison is in docs/model.md); it also needs a forward pass of every model, where this is arithmetic on the config.
+    altogether (the comparison is in docs/model.md); it also needs a forward pass of every model,
+    where this is arithmetic on the config.
     """
     d, n = cfg.embed_dim, cfg.grid[0] * cfg.grid[1]
     hidden = int(d * cfg.mlp_ratio)

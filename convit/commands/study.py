@@ -2,7 +2,7 @@
 
 Examples::
 
-    convit study my_images/                        # DATA/train/<class>/..., DATA/val|test/, or DATA/<class>/...
+    convit study my_images/          # DATA/train/<class>/..., DATA/val|test/, or DATA/<class>/...
     convit study my_images/ --budget 10m --output runs/study
     convit study digits --budget 5m
     convit study my_images/ --launcher local --jobs 2
@@ -15,26 +15,14 @@ Running the same command again skips finished runs and resumes unfinished ones. 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from ..core.launch import add_launcher_arguments, options_from_args, parse_duration
+from ..core.launch_flags import add_launcher_arguments, options_from_args, parse_duration
 from ..study import describe_plan, finish_study, plan_study, run_study
 from ..study.driver import timeout_minutes
+from ..study.inspect import BUILTIN
 from ..study.plan import plan_request
-
-
-def _process_start() -> float:
-    """``time.perf_counter()`` at this process's start (the budget of ``convit study`` run as a
-    program counts Python's start-up too); now where /proc cannot tell."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-        return time.perf_counter() - max(0.0, age)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.perf_counter()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="?",
         metavar="DATA",
         help="image folder (DATA/train/<class>/ with optional DATA/val/ or DATA/test/, or DATA/<class>/) "
-        "or digits, cifar10, fashion-mnist; with --plan: the data folder, if it moved",
+        f"or {', '.join(BUILTIN)}; with --plan: the data folder, if it moved",
     )
     p.add_argument(
         "--budget",
@@ -68,9 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # called in-process (``main([...])`` from a notebook or a test), the budget starts now, not
-    # when the caller's process started
-    t_start = _process_start() if getattr(args, "_whole_process", False) else time.perf_counter()
+    # the budget counts from the command's start (convit.cli.main), module imports included
+    t_start = getattr(args, "started_at", None) or time.perf_counter()
     if args.data is None and args.plan is None:
         raise ValueError("give DATA (an image folder or a built-in dataset) or --plan plan.json")
     if args.seeds < 1 or args.threads < 1 or args.jobs < 1:
@@ -105,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {study / 'plan.json'}")
         return 0
     options.timeout_min = int(args.time / 60) if args.time else timeout_minutes(plan)
-    options.cpus_per_task = options.cpus_per_task or plan["threads"]
+    options.cpus_per_task = options.cpus_per_task or plan.threads
     records, failed = run_study(study, plan, options, say=lambda s: print(s, flush=True))
     verdict = finish_study(study, plan, records)
     print(

@@ -23,16 +23,12 @@ from typing import Any
 
 from ..analysis import training_hooks
 from ..core.fileio import CheckpointSaveError
-from ..core.launch import add_launcher_arguments, options_from_args, submit_distributed
-from ..training.config import (
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    given_fields,
-    load_config_file,
-)
+from ..core.launch import submit_distributed
+from ..core.launch_flags import add_launcher_arguments, options_from_args
+from ..training.config import TrainConfig, load_config_file
 from ..training.engine import NonFiniteLossError
 from ..training.fit import fit
+from ..training.flags import add_config_arguments, config_from_args, given_fields
 from ..training.run_folder import read_resume, resolve_output
 
 

@@ -2,7 +2,8 @@
 
 * :data:`TRAIN_PRESETS` (``convit train --preset NAME``): the
   :class:`~convit.training.config.TrainConfig` fields that differ from its defaults (DeiT's ImageNet
-  recipe) for one kind of data; :data:`DEFAULT_PRESET_FOR_DATASET` picks one when none is named.
+  recipe) for one kind of data; each dataset names the one it runs with when none is named
+  (:attr:`convit.data.registry.DatasetSpec.default_preset`).
 * :data:`EXPERIMENT_SCALES` (``convit experiment GRID --preset NAME``): on which data, at which
   model size and with which recipe a grid of :mod:`convit.experiments.grids` runs
   (:class:`ExperimentScale`).  The grids say what is compared, a scale how big.
@@ -21,7 +22,6 @@ from typing import Any
 
 __all__ = [
     "TRAIN_PRESETS",
-    "DEFAULT_PRESET_FOR_DATASET",
     "FINETUNE_PRESET",
     "DIGITS_DATA_CFG",
     "ExperimentScale",
@@ -119,15 +119,6 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 #: The training preset of ``--finetune`` / ``--pretrained`` runs, used when ``--preset`` is not given.
 FINETUNE_PRESET = "finetune"
-
-#: The training preset of each dataset, used when ``--preset`` is not given.
-DEFAULT_PRESET_FOR_DATASET: dict[str, str] = {
-    "digits": "digits",
-    "fashion-mnist": "fashion-mnist",
-    "cifar10": "cifar",
-    "cifar100": "cifar",
-    "imagefolder": "imagenet",
-}
 
 #: Mean/std of the pixels of the training images of convit.data's fixed digits split (what
 #: ``build_data("digits")`` normalises with; tests/test_zoo.py checks they still agree), and

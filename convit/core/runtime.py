@@ -6,9 +6,11 @@ Small and free of policy about runs or models, so the trainer, ``convit eval`` a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ __all__ = [
     "seed_everything",
     "rng_state",
     "set_rng_state",
+    "tf32_matmuls",
 ]
 
 
@@ -96,3 +99,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
+    """CUDA float32 matmuls and cuDNN convolutions in TF32 (``enabled``) for the duration of the
+    ``with`` block, the process's previous settings restored after it, even on an error.
+
+    Scoped rather than set once for the process: the setting changes numerics, so only the code
+    that asks for it (a run whose numbers were measured with it) may have it, and code running
+    after it in the same process gets what it had before.
+    """
+    restore = _tf32_restorer()
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        restore()
+
+
+def _tf32_restorer() -> Callable[[], None]:
+    """A function that puts the float32 precision settings back as they are now.
+
+    torch has two ways to set them: the float32 matmul precision ("highest", "high", "medium";
+    the ``allow_tf32`` flags are faces of it) and, in newer versions, a precision per backend,
+    after whose use the first way's reads raise.  The settings are saved in the terms that can
+    be read; restoring the matmul precision rather than its flag keeps a "medium" as it was.
+    """
+    try:
+        precision = torch.get_float32_matmul_precision()
+        cudnn = torch.backends.cudnn.allow_tf32
+    except RuntimeError:  # the per-backend settings were used
+        backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+        saved = [b.fp32_precision for b in backends]
+
+        def put_back_each() -> None:
+            for backend, value in zip(backends, saved):
+                backend.fp32_precision = value
+
+        return put_back_each
+
+    def put_back() -> None:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+    return put_back

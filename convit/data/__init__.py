@@ -12,7 +12,8 @@ order that keeps experiments comparable:
 
 The test set is always the dataset's own test split and never changes with ``seed``.
 
-Known datasets (:data:`DATASETS`):
+Known datasets (:data:`DATASETS`; each one entry of :mod:`.registry`, where a new one is added
+with :func:`register_dataset`):
 
 ``digits``
     scikit-learn's 8x8 handwritten digits (bundled with scikit-learn, no download), split
@@ -36,15 +37,19 @@ Augmentations come from torchvision and timm; none is re-implemented here.
 The modules, from the bottom up (none imports the trainer, the analysis or the experiments):
 
 * :mod:`.reader` -- :func:`read_image`, the one image-file reader (training, eval, predict):
-  every Pillow mode as it looks, EXIF orientation, bounded memory, one error type
-  (:class:`ImageReadError`); see docs/images.md;
+  EXIF orientation, bounded memory, one error type (:class:`ImageReadError`); every Pillow mode
+  as it looks through :mod:`.image_modes`; see docs/images.md;
 * :mod:`.splits` -- the stratified hold-out and the per-class subsampling;
 * :mod:`.transforms` -- training / evaluation transforms, DeiT's recipe and its posterize cap;
 * :mod:`.datasets` -- :class:`TensorImageDataset`, :class:`ImageFileDataset`, the skipping
   collates :func:`collate_skipping` / :func:`collate_skipping_even`, the lists of skipped files
   (:func:`read_skipped`, :func:`add_skipped`), :func:`load_image`;
+* :mod:`.registry` -- :class:`DatasetSpec`, one per dataset (loader, channels, default preset,
+  flip policy), :func:`register_dataset`, :func:`dataset_spec`, :func:`dataset_names`;
 * :mod:`.sources` and one reader per dataset: :mod:`.digits`, :mod:`.fashion_mnist`,
-  :mod:`.cifar` (with the JPEG decode cache), :mod:`.imagefolder`;
+  :mod:`.cifar` (with the JPEG decode cache), :mod:`.imagefolder`; each is imported only when
+  its dataset is loaded (scikit-learn, torchvision's dataset classes), as is every module here:
+  ``import convit.data`` loads none of them, its names are resolved on first use;
 * :mod:`.build` -- :func:`build_data` and :class:`DataBundle`;
 * :mod:`.device` -- whole splits held and augmented on the accelerator
   (:class:`DeviceImages`, :class:`TrainBatches`, :class:`EvalBatches`, :func:`device_splits`).
@@ -52,56 +57,67 @@ The modules, from the bottom up (none imports the trainer, the analysis or the e
 
 from __future__ import annotations
 
-from .build import DATASETS, DataBundle, build_data
-from .cifar import load_cifar10_npz
-from .datasets import (
-    ImageFileDataset,
-    TensorImageDataset,
-    UnreadableSample,
-    WorkerImageReadError,
-    add_skipped,
-    collate_skipping,
-    collate_skipping_even,
-    load_image,
-    pixel_limit,
-    read_skipped,
-    set_max_image_pixels,
-)
-from .device import DeviceImages, EvalBatches, TrainBatches, device_splits
-from .imagefolder import IMG_EXTENSIONS
-from .reader import ImageReadError, probe_image, read_image
-from .sources import cache_dir
-from .splits import subsample_per_class
-from .transforms import AUGMENTS, eval_input_size, eval_transform, train_transform
+import importlib
+import importlib.util
+from typing import Any
 
-__all__ = [
-    "DATASETS",
-    "AUGMENTS",
-    "DataBundle",
-    "build_data",
-    "subsample_per_class",
-    "train_transform",
-    "eval_transform",
-    "load_image",
-    "load_cifar10_npz",
-    "cache_dir",
-    "TensorImageDataset",
-    "ImageFileDataset",
-    "IMG_EXTENSIONS",
-    "read_image",
-    "probe_image",
-    "ImageReadError",
-    "UnreadableSample",
-    "WorkerImageReadError",
-    "collate_skipping",
-    "collate_skipping_even",
-    "read_skipped",
-    "add_skipped",
-    "set_max_image_pixels",
-    "pixel_limit",
-    "eval_input_size",
-    "DeviceImages",
-    "TrainBatches",
-    "EvalBatches",
-    "device_splits",
-]
+#: public name -> the submodule that defines it (imported the first time the name is used)
+_EXPORTS: dict[str, str] = {
+    "DATASETS": "registry",
+    "DatasetSpec": "registry",
+    "register_dataset": "registry",
+    "unregister_dataset": "registry",
+    "dataset_spec": "registry",
+    "dataset_names": "registry",
+    "AUGMENTS": "transforms",
+    "DataBundle": "build",
+    "build_data": "build",
+    "subsample_per_class": "splits",
+    "train_transform": "transforms",
+    "eval_transform": "transforms",
+    "eval_input_size": "transforms",
+    "load_image": "datasets",
+    "load_cifar10_npz": "cifar",
+    "cache_dir": "sources",
+    "TensorImageDataset": "datasets",
+    "ImageFileDataset": "datasets",
+    "IMG_EXTENSIONS": "imagefolder",
+    "read_image": "reader",
+    "probe_image": "reader",
+    "ImageReadError": "reader",
+    "UnreadableSample": "datasets",
+    "WorkerImageReadError": "datasets",
+    "collate_skipping": "datasets",
+    "collate_skipping_even": "datasets",
+    "read_skipped": "datasets",
+    "add_skipped": "datasets",
+    "set_max_image_pixels": "datasets",
+    "pixel_limit": "datasets",
+    "DeviceImages": "device",
+    "TrainBatches": "device",
+    "EvalBatches": "device",
+    "device_splits": "device",
+}
+
+#: names read again on every use rather than kept: the registry's names change as datasets register
+_LIVE = frozenset({"DATASETS"})
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule (or a submodule itself) the first time it is asked for."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LIVE:
+        globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, loaded or not, and the module's dunder attributes."""
+    return sorted({*__all__, *(k for k in globals() if k.startswith("__"))})

@@ -26,7 +26,7 @@ try:  # deprecated in torchvision 0.29; Pillow decodes the same pixels when it i
 except ImportError:  # pragma: no cover - depends on the torchvision version
     ImageReadMode = decode_jpeg = None
 
-__all__ = ["load_cifar", "load_cifar10_npz"]
+__all__ = ["load_cifar", "load_cifar10", "load_cifar100", "load_cifar10_npz"]
 
 _CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -75,7 +75,7 @@ def _read_cache(cached: Path) -> Optional[Cifar10Arrays]:
         with np.load(cached) as z:
             return (z["train_x"], z["train_y"], z["test_x"], z["test_y"], [str(c) for c in z["classes"]])
     except (OSError, ValueError, KeyError) as e:
-        warnings.warn(f"ignoring unreadable cache {cached}: {e}")
+        warnings.warn(f"ignoring unreadable cache {cached}: {e}", stacklevel=1)
         return None
 
 
@@ -98,7 +98,7 @@ def _write_cache(arrays: Cifar10Arrays, cached: Path) -> None:
 
         atomic_save(write, cached, "CIFAR-10 cache")
     except OSError as e:
-        warnings.warn(f"could not cache decoded CIFAR-10 in {cached.parent}: {e}")
+        warnings.warn(f"could not cache decoded CIFAR-10 in {cached.parent}: {e}", stacklevel=1)
 
 
 def load_cifar10_npz(
@@ -196,6 +196,15 @@ def load_cifar(name: str, data_path: Optional[str], download: bool) -> Source:
         native_size=32,
         mean=mean,
         std=std,
-        hflip=True,
         default_augment="small",
     )
+
+
+def load_cifar10(data_path: Optional[str], download: bool) -> Source:
+    """CIFAR-10 (the registry's loader): :func:`load_cifar` ``("cifar10", ...)``."""
+    return load_cifar("cifar10", data_path, download)
+
+
+def load_cifar100(data_path: Optional[str], download: bool) -> Source:
+    """CIFAR-100 (the registry's loader): :func:`load_cifar` ``("cifar100", ...)``."""
+    return load_cifar("cifar100", data_path, download)

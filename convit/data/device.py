@@ -22,11 +22,9 @@ from torch.utils.data import Dataset
 
 from .build import build_data
 from .datasets import TensorImageDataset
+from .registry import dataset_spec
 
 __all__ = ["DeviceImages", "TrainBatches", "EvalBatches", "device_splits"]
-
-#: Datasets whose images must not be mirrored (digits: a flipped 2 is not a 2).
-_NO_HFLIP = {"digits"}
 
 
 class DeviceImages:
@@ -161,8 +159,7 @@ def _split_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Stored images and labels of a :class:`convit.data.TensorImageDataset` view."""
     if not isinstance(ds, TensorImageDataset):
         raise ValueError(
-            "the on-device data path needs an in-memory dataset (digits, fashion-mnist, "
-            f"cifar10, cifar100), not {type(ds).__name__}"
+            f"the on-device data path needs a dataset held in memory as one tensor, not {type(ds).__name__}"
         )
     idx = torch.from_numpy(ds.indices)
     return ds.images[idx], torch.from_numpy(ds.labels)
@@ -178,7 +175,8 @@ def device_splits(
     download: bool = False,
 ) -> dict[str, Any]:
     """train / val / test :class:`DeviceImages` with exactly the splits of ``build_data``
-    (same hold-out, same per-class subset for the seed), plus the bundle's metadata.
+    (same hold-out, same per-class subset for the seed), plus the bundle's metadata.  The
+    training split is mirrored only where the dataset's spec allows (``hflip``).
 
     CIFAR-10 from ``cifar10_jpeg.npz`` is decoded once by ``load_cifar10_npz`` (and cached).
     """
@@ -194,7 +192,7 @@ def device_splits(
     if b.native_size is None:
         raise ValueError(f"the on-device data path needs a fixed-size dataset, not {dataset}")
     pad = max(1, b.img_size // 8)  # the `small` augmentation of convit.data
-    hflip = dataset not in _NO_HFLIP
+    hflip = dataset_spec(dataset).hflip  # the dataset's own flip policy
     train = DeviceImages(*_split_tensors(b.train), b.mean, b.std, device, pad=pad, hflip=hflip)
     val = DeviceImages(*_split_tensors(b.val), b.mean, b.std, device, pad=0) if b.val is not None else None
     test = DeviceImages(*_split_tensors(b.test), b.mean, b.std, device, pad=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from sklearn.datasets import load_digits as _sklearn_digits
@@ -12,13 +14,13 @@ from .sources import Source
 __all__ = ["load_digits"]
 
 
-def load_digits() -> Source:
+def load_digits(data_path: Optional[str] = None, download: bool = False) -> Source:
     """scikit-learn's digits with a fixed 80/20 stratified split (random_state=0, any seed):
-    1,437 train / 360 test images.
+    1,437 train / 360 test images.  Bundled with scikit-learn: ``data_path`` and ``download``
+    (a registry loader's arguments) are not used.
 
     Pixels (0..16) are scaled to [0, 1]; mean/std are those of the 1,437 training images'
-    pixels, so they do not depend on the hold-out or the sampling ratio. No horizontal flip:
-    a mirrored 2 is not a 2.
+    pixels, so they do not depend on the hold-out or the sampling ratio.
     """
     d = _sklearn_digits()
     images = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)
@@ -36,6 +38,5 @@ def load_digits() -> Source:
         native_size=8,
         mean=(float(train.mean()),),
         std=(float(train.std()),),
-        hflip=False,
         default_augment="small",
     )

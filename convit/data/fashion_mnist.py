@@ -131,6 +131,5 @@ def load_fashion_mnist(data_path: Optional[str], download: bool) -> Source:
         native_size=28,
         mean=_FASHION_MEAN,
         std=_FASHION_STD,
-        hflip=True,
         default_augment="small",
     )

@@ -83,8 +83,9 @@ def _scan_split(split_dir: Path) -> tuple[list[str], list[tuple[str, int]], list
     return classes, samples, skipped
 
 
-def load_imagefolder(data_path: Optional[str]) -> Source:
-    """``DIR/train/<class>/*`` and ``DIR/val/<class>/*``; unreadable files are skipped."""
+def load_imagefolder(data_path: Optional[str], download: bool = False) -> Source:
+    """``DIR/train/<class>/*`` and ``DIR/val/<class>/*``; unreadable files are skipped.
+    ``download`` (a registry loader's argument) is not used: the folder is the user's."""
     if not data_path:
         raise ValueError("imagefolder needs --data-path DIR with DIR/train/<class>/ and DIR/val/<class>/")
     root = Path(data_path).expanduser()
@@ -103,7 +104,9 @@ def load_imagefolder(data_path: Optional[str]) -> Source:
     if skipped:
         shown = "; ".join(f"{p} ({r})" for p, r in skipped[:20])
         more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-        warnings.warn(f"imagefolder: skipped {len(skipped)} unreadable image file(s): {shown}{more}")
+        warnings.warn(
+            f"imagefolder: skipped {len(skipped)} unreadable image file(s): {shown}{more}", stacklevel=1
+        )
     return Source(
         [p for p, _ in train],
         np.array([y for _, y in train], dtype=np.int64),
@@ -114,7 +117,6 @@ def load_imagefolder(data_path: Optional[str]) -> Source:
         native_size=None,
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
-        hflip=True,
         default_augment="deit",
         train_skipped=dict(skip_tr),
         test_skipped=dict(skip_va),

@@ -1,9 +1,9 @@
 """What every dataset reader returns (:class:`Source`), and helpers the readers share.
 
-A reader (``digits``, ``fashion_mnist``, ``cifar``, ``imagefolder``) only loads a dataset's own
-train and test splits and says how to treat them; the hold-out, the subsampling and the
-transforms are applied afterwards, identically for every dataset, by
-:func:`convit.data.build_data`.
+A reader (``digits``, ``fashion_mnist``, ``cifar``, ``imagefolder``; each named by its entry in
+:mod:`.registry`) only loads a dataset's own train and test splits and says how to treat them;
+the hold-out, the subsampling and the transforms are applied afterwards, identically for every
+dataset, by :func:`convit.data.build_data`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ class Source:
 
     ``*_images`` is a tensor [N, C, H, W] for in-memory datasets or a list of file paths.
     ``native_size`` is the stored size of fixed-size datasets (``None`` for photos),
-    ``hflip`` whether mirroring is a valid augmentation, ``default_augment`` what
-    ``augment="auto"`` means; ``train_skipped`` / ``test_skipped`` the unreadable files left
-    out of each split (path -> reason), ``skipped`` all of them.
+    ``default_augment`` what ``augment="auto"`` means (whether mirroring is valid is the
+    dataset's :attr:`~convit.data.registry.DatasetSpec.hflip`); ``train_skipped`` /
+    ``test_skipped`` the unreadable files left out of each split (path -> reason), ``skipped``
+    all of them.
     """
 
     train_images: Union[torch.Tensor, list[str]]
@@ -39,7 +40,6 @@ class Source:
     native_size: Optional[int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    hflip: bool
     default_augment: str
     train_skipped: dict[str, str] = field(default_factory=dict)
     test_skipped: dict[str, str] = field(default_factory=dict)

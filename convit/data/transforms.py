@@ -26,7 +26,7 @@ from timm.data import create_transform
 from timm.data.auto_augment import RandAugment
 from torchvision.transforms import InterpolationMode, v2
 
-from .reader import convert_image
+from .image_modes import convert_image
 
 __all__ = [
     "AUGMENTS",
@@ -74,7 +74,7 @@ class _ToFloatImage:
     Integer inputs are divided by 255 (whatever their bit depth: 16-bit files reach here as
     8-bit through :func:`convit.data.read_image`); float inputs are assumed to be in [0, 1]
     already. PIL images with transparency are composited on white as the reader does
-    (:func:`convit.data.reader.convert_image`), so ``load_image``'s ``LA`` / ``RGBA`` output
+    (:func:`convit.data.image_modes.convert_image`), so ``load_image``'s ``LA`` / ``RGBA`` output
     looks the same here as ``read_image``'s ``RGB``; other modes use Pillow's ``convert``.
 
     The layout step is torchvision's ``to_image``. Two steps stay ours because the library's

@@ -24,9 +24,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
 from .grids import PAPER_ABLATION, PAPER_SAMPLE_EFFICIENCY
+from .run_record import RunRecord
 from .summary import Cell, by_label_and_fraction, locality_series, mean_of, mean_std, relative_gain, summarize
 from .sweep_figures import grouped_figure, locality_figure, sample_efficiency_figure
 
@@ -108,6 +109,77 @@ def _footer(cells: Sequence[Cell]) -> list[str]:
     return out
 
 
+_SAMPLE_EFFICIENCY_HEADER = [
+    "fraction",
+    "images/class",
+    "train images",
+    "n",
+    "DeiT test",
+    "ConViT test",
+    "gain (test)",
+    "DeiT val",
+    "ConViT val",
+    "gain (val)",
+    "paper ImageNet DeiT-S → ConViT-S (gain)",
+]
+
+
+def _sample_efficiency_row(f: float, cv: Optional[Cell], de: Optional[Cell]) -> list[str]:
+    """One fraction: DeiT's and ConViT's top-1, ConViT's gain, and the paper's ImageNet gain."""
+    paper = PAPER_SAMPLE_EFFICIENCY.get(f)
+    per_class = (cv or de).images_per_class
+    return [
+        f"{f:g}",
+        f"{per_class:.0f}" if per_class else "-",
+        f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
+        str((cv or de).n),
+        _pm(de.test_mean, de.test_std) if de else "-",
+        _pm(cv.test_mean, cv.test_std) if cv else "-",
+        _gain(cv.gain_test, cv.gain_test_sd) if cv else "-",
+        _pm(de.val_mean, de.val_std) if de else "-",
+        _pm(cv.val_mean, cv.val_std) if cv else "-",
+        _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
+        (
+            f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
+            if paper
+            else "-"
+        ),
+    ]
+
+
+def _sample_efficiency_table(cells: Sequence[Cell]) -> list[str]:
+    """One row per fraction, ConViT beside DeiT."""
+    by_f: dict[float, dict[str, Cell]] = {}
+    for c in cells:
+        by_f.setdefault(c.fraction, {})[c.variant] = c
+    rows = [_sample_efficiency_row(f, d.get("convit"), d.get("deit")) for f, d in sorted(by_f.items())]
+    return _table(_SAMPLE_EFFICIENCY_HEADER, rows)
+
+
+def _fraction_table(cells: Sequence[Cell], f: float, grid: str) -> list[str]:
+    """One table of every variant at fraction ``f`` (with the paper's numbers for the ablation)."""
+    per_class = next((c.images_per_class for c in cells if c.fraction == f and c.images_per_class), None)
+    lines = ["", f"### fraction {f:g}" + (f" ({per_class:.0f} images per class)" if per_class else ""), ""]
+    rows = []
+    for c in (c for c in cells if c.fraction == f):
+        row = [
+            c.label,
+            str(c.n),
+            _pm(c.test_mean, c.test_std),
+            _gain(c.gain_test, c.gain_test_sd),
+            _pm(c.val_mean, c.val_std),
+            _gain(c.gain_val, c.gain_val_sd),
+        ]
+        if grid == "ablation":
+            paper = PAPER_ABLATION.get(c.variant)
+            row.append(f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else "-")
+        rows.append(row)
+    header = ["variant", "n", "test top-1", "gain (test)", "val top-1", "gain (val)"]
+    if grid == "ablation":
+        header.append("paper full / 10% ImageNet")
+    return lines + _table(header, rows)
+
+
 def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
     """The summary as Markdown: one table per fraction, plus the paper's numbers alongside."""
     lines = [
@@ -120,80 +192,14 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
         "",
     ]
     if grid == "sample-efficiency":
-        by_f: dict[float, dict[str, Cell]] = {}
-        for c in cells:
-            by_f.setdefault(c.fraction, {})[c.variant] = c
-        rows = []
-        for f, d in sorted(by_f.items()):
-            cv, de = d.get("convit"), d.get("deit")
-            paper = PAPER_SAMPLE_EFFICIENCY.get(f)
-            per_class = (cv or de).images_per_class
-            rows.append(
-                [
-                    f"{f:g}",
-                    f"{per_class:.0f}" if per_class else "-",
-                    f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
-                    str((cv or de).n),
-                    _pm(de.test_mean, de.test_std) if de else "-",
-                    _pm(cv.test_mean, cv.test_std) if cv else "-",
-                    _gain(cv.gain_test, cv.gain_test_sd) if cv else "-",
-                    _pm(de.val_mean, de.val_std) if de else "-",
-                    _pm(cv.val_mean, cv.val_std) if cv else "-",
-                    _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
-                    (
-                        f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
-                        if paper
-                        else "-"
-                    ),
-                ]
-            )
-        lines += _table(
-            [
-                "fraction",
-                "images/class",
-                "train images",
-                "n",
-                "DeiT test",
-                "ConViT test",
-                "gain (test)",
-                "DeiT val",
-                "ConViT val",
-                "gain (val)",
-                "paper ImageNet DeiT-S → ConViT-S (gain)",
-            ],
-            rows,
-        )
-        return "\n".join(lines + _footer(cells)) + "\n"
-    fractions = sorted({c.fraction for c in cells})
-    for f in fractions:
-        per_class = next((c.images_per_class for c in cells if c.fraction == f and c.images_per_class), None)
-        lines += [
-            "",
-            f"### fraction {f:g}" + (f" ({per_class:.0f} images per class)" if per_class else ""),
-            "",
-        ]
-        rows = []
-        for c in (c for c in cells if c.fraction == f):
-            row = [
-                c.label,
-                str(c.n),
-                _pm(c.test_mean, c.test_std),
-                _gain(c.gain_test, c.gain_test_sd),
-                _pm(c.val_mean, c.val_std),
-                _gain(c.gain_val, c.gain_val_sd),
-            ]
-            if grid == "ablation":
-                paper = PAPER_ABLATION.get(c.variant)
-                row.append(f"{paper[0]:.1f} / {paper[1]:.1f}" if paper else "-")
-            rows.append(row)
-        header = ["variant", "n", "test top-1", "gain (test)", "val top-1", "gain (val)"]
-        if grid == "ablation":
-            header.append("paper full / 10% ImageNet")
-        lines += _table(header, rows)
+        lines += _sample_efficiency_table(cells)
+    else:
+        for f in sorted({c.fraction for c in cells}):
+            lines += _fraction_table(cells, f, grid)
     return "\n".join(lines + _footer(cells)) + "\n"
 
 
-def _layer_means(records: Sequence[dict[str, Any]], key: str, which: int) -> list[float]:
+def _layer_means(records: Sequence[RunRecord], key: str, which: int) -> list[float]:
     """Per layer, the mean over heads and seeds of locality ``key`` at evaluated epoch ``which``
     (0: the first evaluated epoch, -1: the last)."""
     per_run = [
@@ -205,7 +211,7 @@ def _layer_means(records: Sequence[dict[str, Any]], key: str, which: int) -> lis
     return [statistics.fmean(run[i] for run in per_run) for i in range(n_layers)]
 
 
-def locality_markdown(records: Sequence[dict[str, Any]]) -> str:
+def locality_markdown(records: Sequence[RunRecord]) -> str:
     """Locality over training (the paper's Figs. 5-7) from the runs' logged evaluations: per
     variant and fraction, each layer's nonlocality (eq. 8, mean over heads) and each GPSA
     layer's gate sigma(lambda) (mean over heads), at the first and the last evaluated epoch,
@@ -243,17 +249,17 @@ def locality_markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def write_results(
-    records: Sequence[dict[str, Any]], output: Path, grid: str = "", title: str = ""
+    records: Sequence[RunRecord], output: Path, grid: str = "", title: str = ""
 ) -> dict[str, Path]:
     """Write results.csv, summary.csv, results.md and the grid's figure into ``output``."""
     output = Path(output)
-    grid = grid or (records[0]["grid"] if records else "")
+    grid = grid or (records[0].grid if records else "")
     paths = {"csv": output / "results.csv", "summary": output / "summary.csv", "md": output / "results.md"}
     with open(paths["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=_RUN_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in records:
-            w.writerow(r)
+            w.writerow(r.to_json())
     cells = summarize(records)
     with open(paths["summary"], "w", newline="") as f:
         fields = list(asdict(cells[0])) if cells else ["variant"]
@@ -261,7 +267,7 @@ def write_results(
         w.writeheader()
         for c in cells:
             w.writerow(asdict(c))
-    preset = records[0].get("preset", "") if records else ""
+    preset = records[0].preset if records else ""
     paths["md"].write_text(markdown(cells, grid, title or f"{grid} ({preset})") + locality_markdown(records))
     if cells:
         fig = output / FIGURE_NAMES.get(grid, "results.png")

@@ -5,9 +5,9 @@ computed from the seed means of each variant and its grid's baseline (DeiT, or 0
 layers) at the same fraction.  Because seeds are paired (same images for every variant), the
 spread of the per-seed gains is reported next to it.
 
-Run records are the dicts of :func:`convit.experiments.runner.load_results` (one per run's
-``result.json``); tables (:mod:`.results`) and figures (:mod:`.figures`) read only what this
-module computes from them.
+Run records are the :class:`~convit.experiments.run_record.RunRecord` of
+:func:`convit.experiments.runner.load_results` (one per run's ``result.json``); tables
+(:mod:`.results`) and figures (:mod:`.sweep_figures`) read only what this module computes from them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from .run_record import RunRecord
 
 __all__ = [
     "mean_std",
@@ -75,42 +77,40 @@ def _num(v: Any) -> Optional[float]:
     return None if v is None else float(v)
 
 
-def mean_of(records: Sequence[dict[str, Any]], key: str) -> Optional[float]:
-    """Mean of ``key`` over the records that have it; None when none has."""
-    vals = [float(r[key]) for r in records if r.get(key) is not None]
+def mean_of(records: Sequence[RunRecord], field: str) -> Optional[float]:
+    """Mean of the attribute ``field`` over the records that have it; None when none has."""
+    vals = [float(getattr(r, field)) for r in records if getattr(r, field) is not None]
     return statistics.fmean(vals) if vals else None
 
 
-def _cell(variant: str, fraction: float, rs: Sequence[dict[str, Any]]) -> Cell:
-    tm, ts = mean_std([x for x in (_num(r.get("test_top1")) for r in rs) if x is not None])
-    vm, vs = mean_std([x for x in (_num(r.get("val_top1")) for r in rs) if x is not None])
+def _cell(variant: str, fraction: float, rs: Sequence[RunRecord]) -> Cell:
+    tm, ts = mean_std([x for x in (_num(r.test_top1) for r in rs) if x is not None])
+    vm, vs = mean_std([x for x in (_num(r.val_top1) for r in rs) if x is not None])
     return Cell(
         variant,
-        rs[0].get("label", variant),
+        rs[0].label,
         fraction,
         len(rs),
         tm,
         ts,
         vm,
         vs,
-        bool(rs[0].get("baseline")),
+        bool(rs[0].baseline),
         train_images=mean_of(rs, "train_images"),
         images_per_class=mean_of(rs, "images_per_class"),
-        wall_s=sum(float(r.get("wall_s") or 0) for r in rs),
-        cpu_s=sum(max(float(r.get("cpu_s") or 0), float(r.get("epochs_cpu_s") or 0)) for r in rs),
-        params=next((int(r["params"]) for r in rs if r.get("params")), None),
+        wall_s=sum(float(r.wall_s or 0) for r in rs),
+        cpu_s=sum(r.cpu_seconds for r in rs),
+        params=next((int(r.params) for r in rs if r.params), None),
     )
 
 
-def _add_gains(
-    cell: Cell, mine: Sequence[dict[str, Any]], base: Cell, theirs: Sequence[dict[str, Any]]
-) -> None:
+def _add_gains(cell: Cell, mine: Sequence[RunRecord], base: Cell, theirs: Sequence[RunRecord]) -> None:
     """The gain of ``cell`` over ``base`` from the seed means, and the spread of the paired per-seed gains."""
     cell.gain_test = relative_gain(cell.test_mean, base.test_mean)
     cell.gain_val = relative_gain(cell.val_mean, base.val_mean)
     for metric in ("test", "val"):
-        ours = {r["seed"]: _num(r.get(f"{metric}_top1")) for r in mine}
-        ref = {r["seed"]: _num(r.get(f"{metric}_top1")) for r in theirs}
+        ours = {r.seed: _num(getattr(r, f"{metric}_top1")) for r in mine}
+        ref = {r.seed: _num(getattr(r, f"{metric}_top1")) for r in theirs}
         paired = [
             relative_gain(ours[s], ref[s])
             for s in ours
@@ -119,17 +119,17 @@ def _add_gains(
         setattr(cell, f"gain_{metric}_sd", mean_std(paired)[1])
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> list[Cell]:
+def summarize(records: Sequence[RunRecord]) -> list[Cell]:
     """Group run records by (variant, fraction); mean/std over seeds; gains vs the baseline.
 
     Variants keep the order they first appear in (the grid's order); fractions are ascending.
     """
-    order: list[str] = list(dict.fromkeys(r["variant"] for r in records))
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    order: list[str] = list(dict.fromkeys(r.variant for r in records))
+    groups: dict[tuple[str, float], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r["variant"], float(r["fraction"])), []).append(r)
+        groups.setdefault((r.variant, float(r.fraction)), []).append(r)
     cells = {(v, f): _cell(v, f, rs) for (v, f), rs in groups.items()}
-    base_name = next((r["variant"] for r in records if r.get("baseline")), None)
+    base_name = next((r.variant for r in records if r.baseline), None)
     if base_name is not None:
         for (v, f), cell in cells.items():
             if (base_name, f) in cells:
@@ -138,11 +138,11 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[Cell]:
     return [cells[(v, f)] for f in fractions for v in order if (v, f) in cells]
 
 
-def by_label_and_fraction(records: Sequence[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+def by_label_and_fraction(records: Sequence[RunRecord]) -> dict[tuple[str, float], list[RunRecord]]:
     """The records grouped by (label, fraction), in the order they first appear."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, float], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.get("label", r["variant"]), float(r["fraction"])), []).append(r)
+        groups.setdefault((r.label, float(r.fraction)), []).append(r)
     return groups
 
 
@@ -151,24 +151,24 @@ def _head_mean(heads: Optional[Sequence[Optional[float]]]) -> float:
     return statistics.fmean(vals) if vals else math.nan
 
 
-def locality_series(record: dict[str, Any], key: str) -> list[tuple[float, list[float]]]:
+def locality_series(record: RunRecord, key: str) -> list[tuple[float, list[float]]]:
     """Locality ``key`` (``"nonlocality"`` per block, ``"gates"`` per GPSA block) over one run's
     training: ``[(epoch, [mean over heads per block]), ...]`` for each evaluation that logged it."""
     return [
         (e["epoch"], [_head_mean(heads) for heads in e["locality"][key]])
-        for e in record.get("evals") or []
+        for e in record.evals
         if (e.get("locality") or {}).get(key)
     ]
 
 
-def locality_curves(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
+def locality_curves(records: Sequence[RunRecord], key: str) -> tuple[list[float], list[list[float]]]:
     """Locality ``key`` over training: (training progress epoch / epochs at each evaluated epoch,
     [[value per block, mean over heads and seeds] per evaluated epoch]); empty without it."""
     runs = []
     for r in records:
         series = locality_series(r, key)
         if series:
-            total = r.get("epochs") or series[-1][0]
+            total = r.epochs or series[-1][0]
             runs.append([(epoch / total, values) for epoch, values in series])
     n = min((len(run) for run in runs), default=0)
     return (

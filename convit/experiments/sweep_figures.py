@@ -18,11 +18,47 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from .grids import PAPER_SAMPLE_EFFICIENCY
+from .run_record import RunRecord
 from .summary import Cell, by_label_and_fraction, locality_curves, mean_of, relative_gain
 
 __all__ = ["sample_efficiency_figure", "grouped_figure", "locality_figure"]
 
 _BLOCK_COLOURS = colormaps["viridis"]  # early blocks dark, late blocks light
+
+
+def _variant_curves(ax: Any, ax2: Any, cs: Sequence[Cell], color: str, base_label: str) -> None:
+    """One variant's test and val top-1 against the fraction on ``ax``; its gain on ``ax2``."""
+    fx = [c.fraction for c in cs]
+    ax.errorbar(
+        fx,
+        [c.test_mean for c in cs],
+        yerr=[0 if math.isnan(c.test_std) else c.test_std for c in cs],
+        marker="o",
+        capsize=3,
+        color=color,
+        label=f"{cs[0].label} (test)",
+    )
+    ax.errorbar(
+        fx,
+        [c.val_mean for c in cs],
+        yerr=[0 if math.isnan(c.val_std) else c.val_std for c in cs],
+        marker="s",
+        capsize=3,
+        color=color,
+        ls="--",
+        alpha=0.6,
+        label=f"{cs[0].label} (val)",
+    )
+    if not cs[0].baseline and any(not math.isnan(c.gain_test) for c in cs):
+        ax2.errorbar(
+            fx,
+            [100 * c.gain_test for c in cs],
+            yerr=[0 if math.isnan(c.gain_test_sd) else 100 * c.gain_test_sd for c in cs],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"{cs[0].label} vs {base_label} (ours, test)",
+        )
 
 
 def sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
@@ -32,38 +68,7 @@ def sample_efficiency_figure(cells: Sequence[Cell], path: Path) -> None:
     base_label = next((c.label for c in cells if c.baseline), "baseline")
     for i, v in enumerate(variants):
         cs = sorted((c for c in cells if c.variant == v), key=lambda c: c.fraction)
-        fx = [c.fraction for c in cs]
-        color = f"C{i}"
-        ax.errorbar(
-            fx,
-            [c.test_mean for c in cs],
-            yerr=[0 if math.isnan(c.test_std) else c.test_std for c in cs],
-            marker="o",
-            capsize=3,
-            color=color,
-            label=f"{cs[0].label} (test)",
-        )
-        ax.errorbar(
-            fx,
-            [c.val_mean for c in cs],
-            yerr=[0 if math.isnan(c.val_std) else c.val_std for c in cs],
-            marker="s",
-            capsize=3,
-            color=color,
-            ls="--",
-            alpha=0.6,
-            label=f"{cs[0].label} (val)",
-        )
-        if not cs[0].baseline and any(not math.isnan(c.gain_test) for c in cs):
-            ax2.errorbar(
-                fx,
-                [100 * c.gain_test for c in cs],
-                yerr=[0 if math.isnan(c.gain_test_sd) else 100 * c.gain_test_sd for c in cs],
-                marker="o",
-                capsize=3,
-                color=color,
-                label=f"{cs[0].label} vs {base_label} (ours, test)",
-            )
+        _variant_curves(ax, ax2, cs, f"C{i}", base_label)
     pf = sorted(PAPER_SAMPLE_EFFICIENCY)
     ax2.plot(
         pf,
@@ -142,7 +147,7 @@ def _locality_panel(
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not on, the curves
 
 
-def locality_figure(records: Sequence[dict[str, Any]], path: Path) -> bool:
+def locality_figure(records: Sequence[RunRecord], path: Path) -> bool:
     """Nonlocality per block and gate per GPSA block over training (the paper's Figs. 5-6): one
     column per fraction and one row per variant and measure, or, for a single fraction, one row
     per variant and one column per measure; False (nothing written) without locality."""

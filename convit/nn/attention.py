@@ -11,7 +11,11 @@ Convolutional Inductive Biases" (ICML 2021), section 3:
 ``GPSA`` computes eq. 5 and 6 literally (A materialised for every image): it is the
 reference.  The model's blocks hold :class:`convit.nn.fast_gpsa.FastGPSA`, a subclass with the
 same parameters that computes the same function faster; ``tests/test_speed_paths.py``
-keeps the two equal.  This module does not import ``fast_gpsa``.
+keeps the two equal.  ``GPSA.forward(layer, x)`` (unbound) runs eq. 6 as written on any GPSA
+layer, FastGPSA included.  This module does not import ``fast_gpsa``.
+
+Test-time masking fixes the gates only inside :func:`gates_fixed`, a context manager: no
+attribute that the forward pass reads can be left set by mistake.
 
 Parameter names (``qk``, ``v``, ``proj``, ``pos_proj``, ``gating_param``, ``qkv``) and the
 channel order of r_ij = (dx, dy, dx^2 + dy^2) are those of the official code and of timm,
@@ -21,7 +25,9 @@ so their checkpoints load unchanged.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.fx
@@ -131,9 +137,9 @@ class GPSA(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.pos_proj = nn.Linear(3, num_heads)  # v_pos, one row per head
         self.gating_param = nn.Parameter(torch.ones(num_heads))  # lambda_h, init 1
-        # Test-time masking (paper tables 5-6): None, or a value that replaces sigma(lambda):
-        # 0.0 keeps only the content part, 1.0 only the positional part.
-        self.gate_override: Optional[float] = None
+        # Test-time masking (paper tables 5-6): a value that replaces sigma(lambda), set only
+        # inside :func:`gates_fixed` (0.0 keeps the content part, 1.0 the positional part).
+        self._gate_fixed: Optional[float] = None
         self.grid: Grid = tuple(grid)
         self.register_buffer("rel_indices", relative_offsets(self.grid), persistent=False)
 
@@ -154,10 +160,11 @@ class GPSA(nn.Module):
     positional_attention = positional_attention_reference
 
     def gate(self) -> torch.Tensor:
-        """sigma(lambda_h), [heads]; the weight of the positional part (or ``gate_override``)."""
+        """sigma(lambda_h), [heads]; the weight of the positional part (inside
+        :func:`gates_fixed`, the value it fixes)."""
         g = torch.sigmoid(self.gating_param)
-        if self.gate_override is not None:
-            g = torch.full_like(g, float(self.gate_override))
+        if self._gate_fixed is not None:
+            g = torch.full_like(g, float(self._gate_fixed))
         return g
 
     def attention_maps(self, x: torch.Tensor) -> AttentionMaps:
@@ -176,9 +183,6 @@ class GPSA(nn.Module):
         v = self.v(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # [B, heads, N, d]
         out = (a @ v).transpose(1, 2).reshape(B, N, C)  # heads concatenated
         return self.proj_drop(self.proj(out))
-
-    # Always the paper's computation, also on subclasses that override ``forward``.
-    forward_reference = forward
 
     @torch.no_grad()
     def local_init(self) -> None:
@@ -201,6 +205,27 @@ class GPSA(nn.Module):
         if grid != self.grid:
             self.grid = grid
             self.rel_indices = relative_offsets(grid, self.rel_indices.device, self.rel_indices.dtype)
+
+
+@contextmanager
+def gates_fixed(modules: Union[nn.Module, Iterable[nn.Module]], value: float) -> Iterator[None]:
+    """Within the block, every GPSA layer in ``modules`` (a model, blocks or layers, searched
+    recursively) uses ``value`` in place of sigma(lambda_h) for all heads: 0.0 keeps only the
+    content attention, 1.0 only the positional attention (test-time masking, paper tables 5-6).
+
+    Each layer's previous setting comes back on exit, also after an exception, so nothing
+    outside the block sees the fixed gate; blocks nest.  The gating parameters are untouched.
+    """
+    roots = [modules] if isinstance(modules, nn.Module) else list(modules)
+    layers = list({id(m): m for root in roots for m in root.modules() if isinstance(m, GPSA)}.values())
+    saved = [layer._gate_fixed for layer in layers]
+    try:
+        for layer in layers:
+            layer._gate_fixed = float(value)
+        yield
+    finally:
+        for layer, before in zip(layers, saved):
+            layer._gate_fixed = before
 
 
 class MHSA(nn.Module):

@@ -28,9 +28,10 @@ use it.  How, and why each step is exact:
   under :func:`is_tracing` P is computed from the weights, so a captured graph cannot hold a
   stale P as a constant.
 
-At ``gate_override`` 0.0 or 1.0 (test-time masking) only the branch that counts runs.  With
-attention dropout in training the layer falls back to the reference: dropout acts on the
-mixed A, which cannot be split between the two terms.  Timings: docs/speed.md.
+With the gates fixed at 0.0 or 1.0 (test-time masking, :func:`convit.nn.attention.gates_fixed`)
+only the branch that counts runs.  With attention dropout in training the layer falls back to
+the reference: dropout acts on the mixed A, which cannot be split between the two terms.
+Timings: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def gated_positional_mix(
 
 class FastGPSA(GPSA):
     """:class:`~convit.nn.attention.GPSA` computed faster (module docstring); same parameters,
-    same state dict, same outputs.  ``forward_reference`` still runs the paper's eq. 6."""
+    same state dict, same outputs.  ``GPSA.forward(layer, x)`` still runs the paper's eq. 6."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # GPSA's arguments
@@ -198,9 +199,9 @@ class FastGPSA(GPSA):
         qkv = self._qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
         g = self.gate()
-        if self.gate_override == 0.0:  # masking: content only (exact, one branch skipped)
+        if self._gate_fixed == 0.0:  # masking: content only (exact, one branch skipped)
             out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        elif self.gate_override == 1.0:  # masking: positional only
+        elif self._gate_fixed == 1.0:  # masking: positional only
             out = _positional_values(self.positional_attention().to(v.dtype), v)
         else:
             content = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # [B, N, heads, d]

@@ -9,14 +9,20 @@ and timm.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from .architecture import (
+    ARCHITECTURE_FIELDS,
+    DATA_DERIVED_FIELDS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ConViTConfig,
+    architecture_cfg,
+)
 from .attention import AttentionMaps, Grid
 from .layers import Block, PatchEmbed, trunc_normal_
 
@@ -24,138 +30,17 @@ from .layers import Block, PatchEmbed, trunc_normal_
 # embedding for another grid, timm's feature-index rules): timm's package imports
 # huggingface_hub, which building a bare model must not need.
 
-#: ImageNet's channel statistics (timm's IMAGENET_DEFAULT_MEAN / _STD; tests/test_model.py checks).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def _pair(v: Union[int, Sequence[int]]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair, got {v}")
-    return v
-
-
-@dataclass
-class ConViTConfig:
-    """Every architectural knob of ConViT/DeiT in one place.
-
-    ``embed_dim`` is the total width (heads x head dim), unlike timm's ConVit which takes the
-    per-head width.  ``local_up_to_layer`` is the number of leading GPSA blocks.
-    """
-
-    img_size: Union[int, tuple[int, int]] = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = False
-    local_up_to_layer: int = 10
-    locality_strength: float = 1.0
-    use_local_init: bool = True
-    use_pos_embed: bool = True
-    global_pool: str = "token"
-    dynamic_img_size: bool = False
-    drop_rate: float = 0.0
-    pos_drop_rate: float = 0.0
-    proj_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    # Ablation switches (paper table 3): the gates' initial value lambda and whether they train;
-    # whether the GPSA blocks train at all (frozen conv-init or frozen random GPSA).
-    gate_init: float = 1.0
-    train_gates: bool = True
-    train_gpsa: bool = True
-
-    def __post_init__(self) -> None:
-        self.img_size = _pair(self.img_size)
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
-        if not 0 <= self.local_up_to_layer <= self.depth:
-            raise ValueError(
-                f"local_up_to_layer={self.local_up_to_layer} must be between 0 and depth={self.depth}"
-            )
-        if self.global_pool not in ("", "token", "avg"):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {self.global_pool!r}")
-        if self.global_pool == "token" and self.local_up_to_layer == self.depth:
-            # The class token joins after the last GPSA block; with no block after it, it would
-            # reach the head untouched (timm then silently pools patch 0 instead).
-            raise ValueError(
-                f"global_pool='token' needs at least one MHSA block, but all {self.depth} blocks are GPSA "
-                "(local_up_to_layer == depth): use global_pool='avg' or fewer GPSA blocks"
-            )
-        for s in self.img_size:
-            if s % self.patch_size:
-                raise ValueError(f"img_size {self.img_size} is not divisible by patch_size={self.patch_size}")
-        if self.in_chans < 1 or self.depth < 1 or self.patch_size < 1:
-            raise ValueError("in_chans, depth and patch_size must be positive")
-
-    @property
-    def grid(self) -> Grid:
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["img_size"] = list(self.img_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ConViTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown ConViT config keys: {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
-
-
-#: ConViTConfig fields that define the weights' shapes and meaning, apart from those of
-#: :data:`DATA_DERIVED_FIELDS`: a file trained with other values cannot be fine-tuned as this
-#: model (convit.training.recipe checks them before fine-tuning).
-ARCHITECTURE_FIELDS: tuple[str, ...] = (
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "qkv_bias",
-    "local_up_to_layer",
-    "use_pos_embed",
-)
-#: ConViTConfig fields that convit.training.recipe.build_model derives from the data (image size,
-#: channels, classes) and the recipe (drop path), whatever the zoo name says; the experiment
-#: runner pins every other field.
-DATA_DERIVED_FIELDS: tuple[str, ...] = ("img_size", "in_chans", "num_classes", "drop_path_rate")
-
-
-def architecture_cfg(cfg: ConViTConfig) -> dict:
-    """The part of timm's ``pretrained_cfg`` that follows from the architecture alone.
-
-    Mean/std and crop are ImageNet's (DeiT's eval: bicubic resize to img_size / 0.875, centre
-    crop); :func:`convit.weights.zoo.create_model` replaces them for models trained on other data.
-    """
-    return dict(
-        url="",
-        hf_hub_id=None,
-        architecture=None,
-        tag=None,
-        num_classes=cfg.num_classes,
-        input_size=(cfg.in_chans, *cfg.img_size),
-        fixed_input_size=not cfg.dynamic_img_size,
-        interpolation="bicubic",
-        crop_pct=0.875,
-        crop_mode="center",
-        mean=IMAGENET_MEAN if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
-        std=IMAGENET_STD if cfg.in_chans == 3 else (0.5,) * cfg.in_chans,
-        pool_size=None,
-        first_conv="patch_embed.proj",
-        classifier="head",
-        license="apache-2.0",
-    )
+# The config and its field groups are re-exported here, where they were first defined.
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ConViTConfig",
+    "ARCHITECTURE_FIELDS",
+    "DATA_DERIVED_FIELDS",
+    "architecture_cfg",
+    "ConViT",
+    "count_params",
+]
 
 
 class ConViT(nn.Module):
@@ -168,6 +53,16 @@ class ConViT(nn.Module):
         elif kwargs:
             cfg = dataclasses.replace(cfg, **kwargs)
         self.cfg = cfg
+        self._set_attributes(cfg)
+        # The parameters are created in the order of the official code (embedding, blocks,
+        # head): each layer draws its default init from the random stream as it is made.
+        self._make_embedding(cfg)
+        self._make_blocks(cfg)
+        self._make_head(cfg)
+        self._init_weights()
+
+    def _set_attributes(self, cfg: ConViTConfig) -> None:
+        """timm's model attributes, read by its factories and wrappers."""
         self.num_classes = cfg.num_classes
         self.global_pool = cfg.global_pool
         self.local_up_to_layer = cfg.local_up_to_layer
@@ -178,6 +73,8 @@ class ConViT(nn.Module):
         # published weights' metadata (url, hub id, mean/std, crop) for named models.
         self.pretrained_cfg: dict = architecture_cfg(cfg)
 
+    def _make_embedding(self, cfg: ConViTConfig) -> None:
+        """Patch embedding, class token, position embedding and its dropout."""
         self.patch_embed = PatchEmbed(
             cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, cfg.dynamic_img_size
         )
@@ -191,9 +88,10 @@ class ConViT(nn.Module):
         else:
             self.pos_embed = None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
-        dpr = torch.linspace(
-            0, cfg.drop_path_rate, cfg.depth, device="cpu"
-        ).tolist()  # stochastic depth decay rule
+
+    def _make_blocks(self, cfg: ConViTConfig) -> None:
+        """The blocks, GPSA first, with drop-path rates rising linearly to ``drop_path_rate``."""
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             [
                 Block(
@@ -216,10 +114,12 @@ class ConViT(nn.Module):
             dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size)
             for i in range(cfg.depth)
         ]
+
+    def _make_head(self, cfg: ConViTConfig) -> None:
+        """The final norm and the classifier (none for ``num_classes=0``)."""
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self._init_weights()
 
     # -- init -------------------------------------------------------------------------------
     def _init_weights(self) -> None:

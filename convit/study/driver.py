@@ -8,11 +8,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ..core.launch import LaunchOptions, Outcome, launch
 from .inspect import inspect_data
 from .plan import make_plan
+from .plan_schema import Plan, PlanRequest, label
+from .records import StudyRecord
 from .report import write_report
 from .runs import (
     PLAN_FILE,
@@ -49,14 +51,14 @@ def _refuse(study: Path, why: str) -> None:
 
 def plan_study(
     study: Path,
-    request: Optional[dict[str, Any]],
+    request: Optional[PlanRequest],
     *,
     plan_file: Optional[str] = None,
     data_root: Optional[str] = None,
     overwrite: bool = False,
     t_start: Optional[float] = None,
     say: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> Plan:
     """The study's plan: ``plan_file``'s, the one already in ``study`` when it was asked for with
     the same ``request``, or a new one (data inspected, models timed, sized to the budget).
     A different plan already in ``study`` is refused unless ``overwrite``."""
@@ -68,13 +70,13 @@ def plan_study(
             if not overwrite:
                 _refuse(study, f"its plan.json differs from {plan_file}")
             _clear(study)
-    elif old is not None and old.get("request") == request:
+    elif old is not None and old.request == request:
         say(f"reusing the plan in {study / PLAN_FILE} (same data, budget and options)")
         plan = old
     else:
         if old is not None and not overwrite:
             _refuse(study, "a plan made for other data, budget or options")
-        summary = inspect_data(request["data"], request.get("data_path"))
+        summary = inspect_data(request.data, request.data_path)
         say(summary.describe())
         plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say)
         if old is not None:
@@ -84,23 +86,25 @@ def plan_study(
     return plan
 
 
-def describe_plan(plan: dict[str, Any]) -> str:
+def describe_plan(plan: Plan) -> str:
     """The plan's size and estimated time, in two lines."""
-    m, runs = plan["model"], len(plan["levels"]) * len(plan["seeds"]) * 2
-    sizes = ", ".join(f"{lv['images_per_class']} ({lv['epochs']} epochs)" for lv in plan["levels"])
+    m = plan.model
+    runs = len(plan.levels) * len(plan.seeds) * len(m.arms)
+    sizes = ", ".join(f"{lv.images_per_class} ({lv.epochs} epochs)" for lv in plan.levels)
+    params = " / ".join(f"{label(a.name)} {a.params:,}" for a in m.arms)
     return (
-        f"plan: {runs} runs = 2 models x {len(plan['levels'])} sizes x {len(plan['seeds'])} seeds; images per "
-        f"class (epochs): {sizes}\n      ConViT {m['params']['convit']:,} / DeiT {m['params']['deit']:,} "
-        f"parameters, {m['resolution']}px input, {m['patch_size']}px patches ({m['grid']}x{m['grid']}); "
-        f"{plan['threads']} thread(s) per run; estimated {plan['estimate_s'] / 60:.1f} min "
-        f"(budget {plan['request']['budget_s'] / 60:.1f} min)"
+        f"plan: {runs} runs = {len(m.arms)} models x {len(plan.levels)} sizes x {len(plan.seeds)} seeds; "
+        f"images per class (epochs): {sizes}\n      {params} "
+        f"parameters, {m.resolution}px input, {m.patch_size}px patches ({m.grid}x{m.grid}); "
+        f"{plan.threads} thread(s) per run; estimated {plan.estimate_s / 60:.1f} min "
+        f"(budget {plan.request.budget_s / 60:.1f} min)"
     )
 
 
-def timeout_minutes(plan: dict[str, Any]) -> int:
+def timeout_minutes(plan: Plan) -> int:
     """A job's time limit: three times the estimated study (a run is shorter), at least 11 min
     (submitit counts any interruption of a shorter job as a timeout, never as a preemption)."""
-    return max(11, int(3 * plan["estimate_s"] / 60) + 5)
+    return max(11, int(3 * plan.estimate_s / 60) + 5)
 
 
 def _say_outcome(
@@ -110,25 +114,23 @@ def _say_outcome(
         if not o.ok:
             say(f"run {o.name} FAILED: {o.error}; log: {o.log}")
             return
-        r = o.value or {}
-        if r.get("status") == "busy":
+        r: StudyRecord = o.value
+        if r.status == "busy":
             return
         done[0] += 1
-        top1 = "-" if r.get("top1") is None else f"{r['top1']:.2f}%"
-        say(
-            f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.get('status')}, {time.perf_counter() - t0:.0f} s)"
-        )
+        top1 = "-" if r.top1 is None else f"{r.top1:.2f}%"
+        say(f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.status}, {time.perf_counter() - t0:.0f} s)")
 
     return tell
 
 
 def run_study(
-    study: Path, plan: dict[str, Any], options: LaunchOptions, say: Callable[[str], None] = print
-) -> tuple[list[dict[str, Any]], dict[str, Outcome]]:
+    study: Path, plan: Plan, options: LaunchOptions, say: Callable[[str], None] = print
+) -> tuple[list[StudyRecord], dict[str, Outcome]]:
     """Run every unfinished run of ``plan`` (resuming partial ones) under ``options``; runs held
     by another process are waited for and picked up if they end unfinished.  Returns the
     finished runs' records and the failed runs' outcomes."""
-    names = [r["name"] for r in plan_runs(study, plan)]
+    names = [r.name for r in plan_runs(study, plan)]
     failed: dict[str, Outcome] = {}
     done = [sum(run_state(study, n) == "done" for n in names)]
     if done[0]:
@@ -147,14 +149,14 @@ def run_study(
             if not o.ok:
                 failed[o.name] = o
     records = [
-        json.loads((study / "runs" / n / RESULT_FILE).read_text())
+        StudyRecord.from_json(json.loads((study / "runs" / n / RESULT_FILE).read_text()))
         for n in names
         if (study / "runs" / n / RESULT_FILE).is_file()
     ]
     return records, failed
 
 
-def finish_study(study: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> str:
+def finish_study(study: Path, plan: Plan, records: list[StudyRecord]) -> str:
     """Write results.csv, report.html and verdict.txt; returns the verdict sentence."""
     comparisons = compare(records)
     verdict = sentence(comparisons)

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Optional
 
 from ..data import IMG_EXTENSIONS, ImageReadError, build_data, probe_image
+from ..data.registry import dataset_names
 
 __all__ = ["BUILTIN", "DataSummary", "inspect_data", "images_per_class"]
 
-#: Built-in dataset names ``convit study`` accepts in place of a folder.
-BUILTIN: tuple[str, ...] = ("digits", "cifar10", "fashion-mnist")
+#: Built-in dataset names ``convit study`` accepts in place of a folder: the registered ones
+#: that need no data folder of their own.
+BUILTIN: tuple[str, ...] = dataset_names(needs_data_path=False)
 
 
 @dataclass
@@ -61,7 +63,8 @@ class DataSummary:
         }[self.test_from]
         return (
             f"{self.name}: {len(self.classes)} classes, {sum(n)} training images ({min(n)}-{max(n)} per "
-            f"class), typically {self.size[0]}x{self.size[1]}, {self.channels} channel(s); test images: {test}"
+            f"class), typically {self.size[0]}x{self.size[1]}, {self.channels} channel(s); "
+            f"test images: {test}"
         )
 
 

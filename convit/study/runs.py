@@ -37,6 +37,8 @@ from ..core.launch import run_lock as _lock
 from ..training.config import TrainConfig
 from ..training.fit import fit
 from .plan import study_runs
+from .plan_schema import Plan
+from .records import StudyRecord, StudyRun
 
 __all__ = [
     "PLAN_FILE",
@@ -58,37 +60,38 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1)), path, "json")
 
 
-def save_plan(study: Path, plan: dict[str, Any]) -> Path:
+def save_plan(study: Path, plan: Plan) -> Path:
+    """Write ``plan`` to ``study/plan.json``."""
     study.mkdir(parents=True, exist_ok=True)
-    write_json(study / PLAN_FILE, plan)
+    write_json(study / PLAN_FILE, plan.to_json())
     return study / PLAN_FILE
 
 
-def load_plan(path: os.PathLike) -> dict[str, Any]:
+def load_plan(path: os.PathLike) -> Plan:
     """The plan in ``path`` (a plan.json, or a study folder holding one)."""
     path = Path(path)
     path = path / PLAN_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no plan at {path}")
-    return json.loads(path.read_text())
+    return Plan.from_json(json.loads(path.read_text()))
 
 
-def plan_runs(study: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
+def plan_runs(study: Path, plan: Plan) -> list[StudyRun]:
     """The plan's runs, reading the data from ``study``'s data view."""
     return study_runs(plan, str(study / "data"))
 
 
-def prepare_data(study: Path, plan: dict[str, Any], root: Optional[str] = None) -> None:
+def prepare_data(study: Path, plan: Plan, root: Optional[str] = None) -> None:
     """Link the plan's training and test files into ``study/data/{train,val}/<class>/`` (image
     folders only; ``root`` replaces the plan's data folder, for a plan moved to another machine).
     Links are numbered in the plan's order, so every process sees the same sorted samples."""
-    data = plan["data"]
-    if data["kind"] != "folder" or (study / "data" / ".complete").is_file():
+    data = plan.data
+    if data.kind != "folder" or (study / "data" / ".complete").is_file():
         return
-    src = Path(root or data["root"])
+    src = Path(root or data.root)
     tmp = study / f".data.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for split, files in (("train", data["train_files"]), ("val", data["test_files"])):
+    for split, files in (("train", data.train_files), ("val", data.test_files)):
         for c, rels in files.items():
             d = tmp / split / c
             d.mkdir(parents=True)
@@ -123,55 +126,59 @@ def run_state(study: Path, name: str) -> str:
     return "partial" if (folder / "last.pt").is_file() else "todo"
 
 
-def execute_run(study: str, name: str) -> dict[str, Any]:
+def execute_run(study: str, name: str) -> StudyRecord:
     """Run ``name`` of the study in ``study`` (a module-level function: launchers pickle it);
-    returns its result record, ``{"status": "busy"}`` when another process holds it."""
+    returns its result record, of status ``busy`` when another process holds it."""
     study_dir = Path(study)
     plan = load_plan(study_dir)
-    runs = {r["name"]: r for r in plan_runs(study_dir, plan)}
+    runs = {r.name: r for r in plan_runs(study_dir, plan)}
     if name not in runs:
         raise ValueError(f"{name} is not a run of the plan in {study_dir}")
     folder = study_dir / "runs" / name
     with _lock(folder) as got:
         if not got:
-            return {"name": name, "status": "busy"}
+            return StudyRecord(name=name, status="busy")
         if (folder / RESULT_FILE).is_file():
-            return dict(json.loads((folder / RESULT_FILE).read_text()), status="done")
+            return StudyRecord.from_json(json.loads((folder / RESULT_FILE).read_text()), status="done")
         return _train(runs[name], folder)
 
 
-def _train(run: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Train (or resume) one run in ``folder`` (its lock held) and write result.json."""
-    last = folder / "last.pt"
-    resumed = last.is_file()
-    cfg = TrainConfig(
-        **run["settings"], output=str(folder), resume=str(last) if resumed else None, overwrite=True
-    ).validate()
+def _note_attempt(folder: Path, resumed: bool) -> None:
+    """One line in attempts.log: when, start or resume, which process on which host and job."""
     with open(folder / "attempts.log", "a") as f:
         f.write(
             f"{time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resumed else 'start'} pid {os.getpid()} "
             f"on {socket.gethostname()} job {os.environ.get('SLURM_JOB_ID', '-')}\n"
         )
+
+
+def _train(run: StudyRun, folder: Path) -> StudyRecord:
+    """Train (or resume) one run in ``folder`` (its lock held) and write result.json."""
+    last = folder / "last.pt"
+    resumed = last.is_file()
+    cfg = TrainConfig(
+        **run.settings, output=str(folder), resume=str(last) if resumed else None, overwrite=True
+    ).validate()
+    _note_attempt(folder, resumed)
     t0 = time.perf_counter()
     with (
         open(folder / "train.log", "a") as log,
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        summary = fit(cfg, on_eval=log_locality)
+        result = fit(cfg, on_eval=log_locality)
     entries = [e for e in read_jsonl(folder / "log.jsonl") if "locality" in e]
-    attempts = (folder / "attempts.log").read_text().count("\n")
-    record = {k: run[k] for k in ("name", "variant", "fraction", "images_per_class", "seed", "epochs")}
-    record.update(
-        top1=summary.get("test_top1"),
-        top5=summary.get("test_top5"),
-        test_loss=summary.get("test_loss"),
+    record = StudyRecord.for_run(
+        run,
+        top1=result.test_top1,
+        top5=result.test_top5,
+        test_loss=result.test_loss,
         seconds=time.perf_counter() - t0,
-        train_images=summary.get("train_images"),
-        attempts=attempts,
+        train_images=result.train_images,
+        attempts=(folder / "attempts.log").read_text().count("\n"),
         resumed=resumed,
         locality=entries[-1]["locality"] if entries else None,
         status="trained",
     )
-    write_json(folder / RESULT_FILE, record)
+    write_json(folder / RESULT_FILE, record.to_json())
     return record

@@ -16,7 +16,8 @@ from typing import Any, Optional
 import torch
 
 from ..data import eval_transform, read_image
-from ..nn.model import ConViT, ConViTConfig, count_params
+from ..nn.model import count_params
+from ..weights.zoo import create_model
 
 __all__ = ["Timing", "measure", "run_seconds", "STARTUP_S", "EPOCH_OVERHEAD_S"]
 
@@ -41,7 +42,7 @@ class Timing:
 
 
 def _time_model(
-    model: ConViT, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4
+    model: torch.nn.Module, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4
 ) -> dict[str, float]:
     """Seconds per image of a training step and of an evaluation, after one warm-up step."""
     x = torch.randn(batch, in_chans, res, res)
@@ -88,15 +89,23 @@ def measure(
     probe_s_per_file: float = 0.0,
     n_files: int = 0,
 ) -> Timing:
-    """Time both models and the data on this machine, in ``threads`` threads (then restored)."""
+    """Time both models and the data on this machine, in ``threads`` threads (then restored).
+
+    architectures: per variant, the model's name and its ``model_kwargs`` (a plan's ``model``
+    entries), built by :func:`convit.weights.zoo.create_model` for the data's size and classes.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         train, evals, params = {}, {}, {}
         for name, arch in architectures.items():
             torch.manual_seed(0)
-            model = ConViT(
-                ConViTConfig(**arch["model_kwargs"], img_size=res, in_chans=in_chans, num_classes=num_classes)
+            model = create_model(
+                arch["model"],
+                **arch["model_kwargs"],
+                img_size=res,
+                in_chans=in_chans,
+                num_classes=num_classes,
             )
             params[name] = count_params(model)
             t = _time_model(model, batch, res, in_chans, num_classes)

@@ -16,7 +16,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from .records import StudyRecord
 
 __all__ = ["T975", "t975", "Comparison", "paired", "compare", "sentence", "write_csv", "CSV_COLUMNS"]
 
@@ -117,25 +119,24 @@ class Comparison:
         return h is not None and abs(self.mean) > h
 
 
-def paired(records: Sequence[dict[str, Any]]) -> dict[int, dict[int, dict[str, float]]]:
+def paired(records: Sequence[StudyRecord]) -> dict[int, dict[int, dict[str, float]]]:
     """images_per_class -> seed -> variant -> top-1, of the finished runs."""
     out: dict[int, dict[int, dict[str, float]]] = {}
     for r in records:
-        if r.get("top1") is not None:
-            out.setdefault(int(r["images_per_class"]), {}).setdefault(int(r["seed"]), {})[r["variant"]] = r[
-                "top1"
-            ]
+        if r.top1 is not None:
+            out.setdefault(int(r.images_per_class), {}).setdefault(int(r.seed), {})[r.variant] = r.top1
     return out
 
 
-def compare(records: Sequence[dict[str, Any]]) -> list[Comparison]:
-    """One :class:`Comparison` per size with at least one seed where both models finished."""
+def compare(records: Sequence[StudyRecord], arm: str = "convit", baseline: str = "deit") -> list[Comparison]:
+    """One :class:`Comparison` (``arm`` minus ``baseline``) per size with at least one seed where
+    both finished."""
     out = []
     for n, seeds in sorted(paired(records).items()):
-        both = sorted(s for s, v in seeds.items() if "convit" in v and "deit" in v)
+        both = sorted(s for s, v in seeds.items() if arm in v and baseline in v)
         if both:
-            c = [seeds[s]["convit"] for s in both]
-            d = [seeds[s]["deit"] for s in both]
+            c = [seeds[s][arm] for s in both]
+            d = [seeds[s][baseline] for s in both]
             out.append(Comparison(n, [a - b for a, b in zip(c, d)], c, d))
     return out
 
@@ -168,15 +169,15 @@ def sentence(comparisons: Sequence[Comparison]) -> str:
     return f"{text[0].upper()}{text[1:]} ({n}; {detail})."
 
 
-def write_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
+def write_csv(records: Sequence[StudyRecord], path: Path) -> Path:
     """results.csv: one row per finished run, sorted by variant, size and seed."""
     rows = sorted(
-        (r for r in records if r.get("top1") is not None),
-        key=lambda r: (r["variant"], r["images_per_class"], r["seed"]),
+        (r for r in records if r.top1 is not None),
+        key=lambda r: (r.variant, r.images_per_class, r.seed),
     )
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k) for k in CSV_COLUMNS})
+            w.writerow({k: getattr(r, k) for k in CSV_COLUMNS})
     return path

@@ -5,9 +5,10 @@ Precedence, lowest first:
 1. the dataclass defaults below (the DeiT ImageNet recipe where DeiT has a value);
 2. a training preset (:data:`convit.core.presets.TRAIN_PRESETS`).  When none is named, ``finetune``
    for ``--finetune`` / ``--pretrained``, else the dataset's (digits -> ``digits``,
-   cifar10/100 -> ``cifar``, ...: :data:`convit.core.presets.DEFAULT_PRESET_FOR_DATASET`);
+   cifar10/100 -> ``cifar``, ...: its :attr:`convit.data.registry.DatasetSpec.default_preset`);
 3. a YAML or TOML file (``convit train --config run.yaml``): a flat mapping of field names;
-4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``).
+4. command-line flags (``--epochs 10``; every field has a flag, ``_`` spelled ``-``:
+   :mod:`convit.training.flags`, which derives them from the dataclass).
 
 Unknown keys are an error that names the closest known key.  The effective config is written
 to ``<output>/config.yaml`` by :func:`convit.training.fit.fit`; that file can be passed back with
@@ -16,12 +17,9 @@ to ``<output>/config.yaml`` by :func:`convit.training.fit.fit`; that file can be
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import math
 import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,23 +27,15 @@ from typing import Any, Optional
 
 import yaml
 
-from ..core.presets import DEFAULT_PRESET_FOR_DATASET, FINETUNE_PRESET, TRAIN_PRESETS
-
-try:
-    import tomllib
-except ImportError:  # Python < 3.11: the same parser as the optional package tomli, if installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ImportError:
-        tomllib = None  # type: ignore[assignment]
+from ..core.presets import FINETUNE_PRESET, TRAIN_PRESETS
+from ..data.registry import dataset_spec, datasets_help
+from .config_values import check_keys, coerce, read_mapping
 
 __all__ = [
     "TrainConfig",
     "build_config",
     "load_config_file",
-    "add_config_arguments",
-    "given_fields",
-    "config_from_args",
+    "fitted_warmup",
     "save_config",
 ]
 
@@ -65,8 +55,8 @@ class TrainConfig:
     # -- preset ----------------------------------------------------------------------------
     preset: Optional[str] = _knob(
         None,
-        "named preset under the config file and flags: imagenet, digits, fashion-"
-        "mnist, cifar, finetune; default: finetune to fine-tune, else by --dataset",
+        f"named preset under the config file and flags: {', '.join(TRAIN_PRESETS)}; "
+        "default: finetune to fine-tune, else the dataset's",
     )
     # -- model -----------------------------------------------------------------------------
     model: str = _knob("convit_digits", "zoo name (see `convit models`)")
@@ -82,7 +72,7 @@ class TrainConfig:
     )
     pretrained: bool = _knob(False, "start from the zoo model's published weights (found locally)")
     # -- data ------------------------------------------------------------------------------
-    dataset: str = _knob("digits", "digits, fashion-mnist, cifar10, cifar100 or imagefolder")
+    dataset: str = _knob("digits", datasets_help())
     data_path: Optional[str] = _knob(None, "dataset folder or file (see convit.data)")
     download: bool = _knob(False, "let torchvision download fashion-mnist / cifar if absent")
     img_size: Optional[int] = _knob(None, "input resolution; default: the dataset's native size")
@@ -235,97 +225,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_BOOL_WORDS = {
-    **dict.fromkeys(("1", "true", "yes", "on"), True),
-    **dict.fromkeys(("0", "false", "no", "off"), False),
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Type coercion (config files and flags arrive as strings / YAML scalars)
-# ---------------------------------------------------------------------------------------------
-
-
-def _field_type(name: str):
-    hints = typing.get_type_hints(TrainConfig)
-    t = hints[name]
-    args = [a for a in typing.get_args(t) if a is not type(None)]
-    optional = typing.get_origin(t) is typing.Union and len(args) < len(typing.get_args(t))
-    base = args[0] if optional else t
-    return (typing.get_origin(base) or base), optional
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert ``value`` to the type of field ``name``, with an error naming the field."""
-    typ, optional = _field_type(name)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if optional:
-            return None
-        raise ValueError(f"config key {name!r} cannot be empty")
-    try:
-        if typ is bool:  # True/False, 1/0 and the words of _BOOL_WORDS
-            word = str(value).lower() if isinstance(value, (str, int)) else None
-            if isinstance(value, bool) or word in _BOOL_WORDS:
-                return value if isinstance(value, bool) else _BOOL_WORDS[word]
-            raise ValueError
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ is float:
-            return float(value)
-        if typ is str:
-            return str(value)
-        if typ is dict:
-            if isinstance(value, Mapping):
-                return dict(value)
-            raise ValueError
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise ValueError(f"config key {name!r}: cannot use {value!r} as {getattr(typ, '__name__', typ)}")
-
-
-def _check_keys(d: Mapping[str, Any], where: str) -> None:
-    unknown = [k for k in d if k not in _FIELDS]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k.replace("-", "_"), list(_FIELDS), n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(
-            f"unknown config key(s) in {where}: {', '.join(hints)}. Known keys: {', '.join(_FIELDS)}"
-        )
-
-
 def load_config_file(path: os.PathLike) -> dict[str, Any]:
     """Read a flat mapping of config keys from YAML (``.yaml``/``.yml``) or TOML (``.toml``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        if tomllib is None:
-            raise ValueError(f"reading {path} needs Python >= 3.11 or the tomli package (pip install tomli)")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"cannot parse TOML config {path}: {e}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"cannot parse YAML config {path}: {e}") from None
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"config file {path} must hold a mapping of keys to values, got {type(data).__name__}"
-        )
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    _check_keys(data, str(path))
-    return {k: _coerce(k, v) for k, v in data.items()}
+    data = read_mapping(path)
+    check_keys(TrainConfig, data, str(Path(path)))
+    return {k: coerce(TrainConfig, k, v) for k, v in data.items()}
 
 
 def build_config(
@@ -338,14 +242,14 @@ def build_config(
     sets ``finetune`` or ``pretrained``, else the dataset's (default ``digits``).
     """
     overrides = dict(overrides or {})
-    _check_keys(overrides, "overrides")
-    overrides = {k: _coerce(k, v) for k, v in overrides.items()}
+    check_keys(TrainConfig, overrides, "overrides")
+    overrides = {k: coerce(TrainConfig, k, v) for k, v in overrides.items()}
     from_file = load_config_file(config_file) if config_file else {}
     layered = {**from_file, **overrides}
     dataset = layered.get("dataset", TrainConfig.dataset)
     finetuning = layered.get("finetune") or layered.get("pretrained")
     preset = layered.get("preset") or (
-        FINETUNE_PRESET if finetuning else DEFAULT_PRESET_FOR_DATASET.get(dataset)
+        FINETUNE_PRESET if finetuning else dataset_spec(dataset).default_preset
     )
     if preset is not None and preset not in TRAIN_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_PRESETS)}")
@@ -378,101 +282,3 @@ def save_config(cfg: TrainConfig, path: os.PathLike, comments: Optional[Mapping[
     lines = [f"# {k}: {v}" for k, v in (comments or {}).items()]
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
     Path(path).write_text("\n".join(lines + [body]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Command-line flags: one per field, generated from the dataclass so nothing is forgotten
-# ---------------------------------------------------------------------------------------------
-
-
-def _parse_kwargs(items) -> dict[str, Any]:
-    """``KEY=VALUE`` items as a dict, each value read as YAML (``true``, ``0.5``, ``[1, 2]``)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-class _KwargsAction(argparse.Action):
-    """``--model-kwargs depth=6 qkv_bias=false``: KEY=VALUE pairs into a dict.
-
-    Not timm.utils.ParseKwargs: it reads values with ``ast.literal_eval`` and falls back to the
-    string, so ``qkv_bias=false`` would arrive as the (truthy) string ``"false"``, and an item
-    without ``=`` is a traceback instead of a usage error.  YAML values keep the config-file
-    spelling working on the command line.
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            setattr(namespace, self.dest, _parse_kwargs(values))
-        except argparse.ArgumentTypeError as e:
-            parser.error(f"{option_string}: {e}")
-
-
-def _optional_number(typ):
-    def parse(s: str):
-        return None if s.lower() in ("none", "null") else typ(s)
-
-    parse.__name__ = typ.__name__
-    return parse
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field, defaulting to "not given" (argparse.SUPPRESS)
-    so that :func:`config_from_args` can tell flags given on the command line from defaults."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help="YAML or TOML file of config keys (flags override it)",
-    )
-    parser.description = (parser.description or "") + (
-        " Defaults shown are DeiT's ImageNet recipe; the preset (digits when no --dataset is given) "
-        "changes some of them."
-    )
-    for f in dataclasses.fields(TrainConfig):
-        typ, optional = _field_type(f.name)
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = f"default {default}"
-        if f.name in TRAIN_PRESETS["digits"] and TRAIN_PRESETS["digits"][f.name] != default:
-            shown += f"; digits preset {TRAIN_PRESETS['digits'][f.name]}"
-        help_ = f"{f.metadata.get('help', '')} ({shown})".replace("%", "%%")
-        kw: dict[str, Any] = dict(default=argparse.SUPPRESS, help=help_, dest=f.name)
-        if typ is bool:
-            parser.add_argument(
-                flag, *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kw
-            )
-        elif typ is dict:
-            parser.add_argument(flag, nargs="+", metavar="KEY=VALUE", action=_KwargsAction, **kw)
-        elif f.name == "resume":
-            parser.add_argument(
-                flag,
-                nargs="?",
-                const="auto",
-                metavar="PATH",
-                **{**kw, "help": help_ + "; without PATH: the --output folder"},
-            )
-        elif f.name == "preset":
-            parser.add_argument(flag, choices=list(TRAIN_PRESETS), **kw)
-        else:
-            parser.add_argument(
-                flag,
-                type=_optional_number(typ) if optional and typ in (int, float) else typ,
-                metavar=f.name.upper() if typ is not str else None,
-                **kw,
-            )
-
-
-def given_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`TrainConfig` fields set by flags actually given on the command line
-    (:func:`add_config_arguments` leaves the others out of ``args``)."""
-    return {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config for ``convit train``'s parsed flags (only flags actually given override)."""
-    return build_config(given_fields(args), getattr(args, "config", None))

@@ -34,7 +34,11 @@ class NonFiniteLossError(RuntimeError):
     def __init__(
         self, epoch: int, step: int, steps: int, loss: float, lr: float, note: str = "", what: str = ""
     ) -> None:
-        self.epoch, self.step, self.steps, self.loss, self.lr = epoch, step, steps, loss, lr
+        self.epoch = epoch
+        self.step = step
+        self.steps = steps
+        self.loss = loss
+        self.lr = lr
         self.what = what
         what = what or f"the training loss is {loss}"
         super().__init__(
@@ -111,8 +115,9 @@ def train_one_epoch(
     (the rate the last step used), ``images_per_s`` and ``train_images`` (over all processes).
 
     epoch: 1-based (for messages, and for the per-update schedule and EMA: after update ``u``
-        of the epoch the update count is ``(epoch - 1) * ceil(len(loader) / accum_steps) + u``).  progress: a bar
-        when stderr is a terminal; log_every: without a bar, print a line every N steps (0: never).
+        of the epoch the update count is ``(epoch - 1) * ceil(len(loader) / accum_steps) + u``).
+        progress: a bar when stderr is a terminal; log_every: without a bar, print a line every
+        N steps (0: never).
 
     Raises :class:`NonFiniteLossError` on a NaN/inf loss before the step that would corrupt
     the weights (on every process at the same step: the check is reduced over ranks), and
@@ -122,24 +127,23 @@ def train_one_epoch(
     steps = len(loader)
     # A disabled GradScaler passes loss and step through unchanged (same numbers, no branches).
     scaler = step.scaler if step.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    loss_sum, count = 0.0, 0  # loss x images and images, in float64 like the evaluation's sums
-    start, lr = time.perf_counter(), step.lr
+    loss_sum = 0.0  # loss x images, in float64 like the evaluation's sums
+    count = 0  # images
+    start = time.perf_counter()
+    lr = step.lr
     bar = _progress(loader, steps, f"epoch {epoch}", progress)
     for i, (images, targets) in enumerate(bar, start=1):
         images, targets = _to_device(images, targets, device, step.channels_last)
         loss, lr = _update(model, images, targets, step, scaler, at=(epoch, i, steps))
-        loss_sum, count = loss_sum + loss * images.shape[0], count + images.shape[0]
+        loss_sum += loss * images.shape[0]
+        count += images.shape[0]
         if bar is not loader:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         elif log_every and i % log_every == 0:
             print_fn(f"  epoch {epoch} step {i}/{steps}  loss {loss:.4f}  lr {lr:.3e}")
     if bar is not loader:
         bar.close()
-    # A finite loss may still have overflowed the weights: their largest |w| (NaN if any is
-    # NaN), one fused reduction over all of them, says so.
-    if not torch.nn.utils.get_total_norm(list(model.parameters()), math.inf).isfinite():
-        raise NonFiniteLossError(epoch, steps, steps, math.nan, lr, what="the weights became NaN/inf")
-
+    _check_weights(model, epoch, steps, lr)
     loss_sum, n = all_reduce_sum(torch.tensor([loss_sum, count], dtype=torch.float64, device=device)).tolist()
     return {
         "train_loss": loss_sum / max(n, 1.0),
@@ -147,6 +151,13 @@ def train_one_epoch(
         "images_per_s": n / max(time.perf_counter() - start, 1e-9),
         "train_images": int(n),
     }
+
+
+def _check_weights(model: nn.Module, epoch: int, steps: int, lr: float) -> None:
+    """A finite loss may still have overflowed the weights: their largest |w| (NaN if any is
+    NaN), one fused reduction over all of them, says so."""
+    if not torch.nn.utils.get_total_norm(list(model.parameters()), math.inf).isfinite():
+        raise NonFiniteLossError(epoch, steps, steps, math.nan, lr, what="the weights became NaN/inf")
 
 
 def _to_device(

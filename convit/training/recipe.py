@@ -10,7 +10,7 @@ from timm's factories, as DeiT's ``main.py`` builds them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -20,9 +20,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from ..nn.model import ARCHITECTURE_FIELDS, ConViT, ConViTConfig
-from ..weights.checkpoint import CheckpointError, config_from_metadata, read_checkpoint, read_metadata_json
-from ..weights.zoo import create_model, model_spec
+from ..nn.model import ConViT, ConViTConfig
+from ..weights.training_start import TrainingStart, training_config, training_model
 from .config import TrainConfig
 from .engine import TrainStep
 
@@ -39,88 +38,25 @@ def build_model(
     replaced by a fresh ``num_classes`` head if the sizes differ; ``--pretrained`` does the same
     as timm's ``pretrained=True`` does (input weights adapted to the data's channels too).
     """
-    model = _weights(cfg, num_classes, in_chans, img_size, say)
+    model = training_model(_start(cfg, num_classes, in_chans, img_size), say)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model
-
-
-def _weights(
-    cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int, say: Callable[[str], None]
-) -> ConViT:
-    """:func:`build_model`'s model, from scratch or from the weights it starts from."""
-    overrides = _overrides(cfg, in_chans, img_size)
-    if cfg.finetune:
-        sd, meta = read_checkpoint(cfg.finetune)
-        _check_same_architecture(cfg, meta)
-        head = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-        model = create_model(cfg.model, checkpoint_path=cfg.finetune, **{**overrides, "num_classes": head})
-        source = cfg.finetune
-    elif cfg.pretrained:  # timm's convention: a new head for another class count, input weights adapted
-        model = create_model(cfg.model, pretrained=True, **{**overrides, "num_classes": num_classes})
-        published = ConViTConfig.from_dict(model_spec(cfg.model).config).num_classes
-        if published != num_classes:
-            say(
-                f"fine-tuning from the published {cfg.model} weights: their {published}-class head is replaced "
-                f"by a new {num_classes}-class head"
-            )
-        return model
-    else:
-        return create_model(cfg.model, **{**overrides, "num_classes": num_classes})
-    if model.num_classes != num_classes:
-        say(
-            f"fine-tuning from {source}: its {model.num_classes}-class head is replaced by a new "
-            f"{num_classes}-class head"
-        )
-        model.reset_classifier(num_classes)
-    return model
-
-
-def _overrides(cfg: TrainConfig, in_chans: int, img_size: int) -> dict:
-    """The ConViTConfig fields a run sets on top of the zoo entry: ``--model-kwargs``, then
-    the drop-path rate and the data's channels and image size where those do not say."""
-    overrides = dict(cfg.model_kwargs)
-    overrides.setdefault("drop_path_rate", cfg.drop_path)
-    overrides.setdefault("in_chans", in_chans)
-    overrides.setdefault("img_size", img_size)
-    return overrides
 
 
 def model_config(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> ConViTConfig:
     """The architecture :func:`build_model` builds, without building it (nothing allocated):
     what :mod:`convit.nn.memory` estimates before the model exists."""
-    return ConViTConfig.from_dict(
-        {**model_spec(cfg.model).config, **_overrides(cfg, in_chans, img_size), "num_classes": num_classes}
-    )
+    return training_config(_start(cfg, num_classes, in_chans, img_size))
 
 
-def _check_same_architecture(cfg: TrainConfig, meta: dict) -> None:
-    """Our files carry their architecture, which ``create_model`` would silently prefer to the
-    zoo name: fine-tuning a file as another ``--model`` is an error that names the differences."""
-    stored = config_from_metadata(meta)
-    if not stored:
-        return  # foreign files: load_into reports any mismatch key by key
-    wanted = ConViTConfig.from_dict(
-        {
-            **model_spec(cfg.model).config,
-            **{k: v for k, v in cfg.model_kwargs.items() if k in ARCHITECTURE_FIELDS},
-        }
-    ).to_dict()
-    diff = [
-        f"{k} {stored[k]} (file) vs {wanted[k]} ({cfg.model})"
-        for k in ARCHITECTURE_FIELDS
-        if k in stored and stored[k] != wanted[k]
-    ]
-    if diff:
-        trained_as = read_metadata_json(meta, "model_name")
-        raise CheckpointError(
-            f"{cfg.finetune} does not match the model {cfg.model}: {'; '.join(diff)}. "
-            + (
-                f"It was trained as {trained_as}: pass --model {trained_as}"
-                if trained_as
-                else "Pass the --model (and --model-kwargs) it was trained with"
-            )
-            + " (a different head size is fine: it is replaced)"
-        )
+def _start(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> TrainingStart:
+    """What the run asks of the weights layer: the zoo entry with ``--model-kwargs``, then the
+    drop-path rate and the data's channels and image size where those do not say."""
+    overrides = dict(cfg.model_kwargs)
+    overrides.setdefault("drop_path_rate", cfg.drop_path)
+    overrides.setdefault("in_chans", in_chans)
+    overrides.setdefault("img_size", img_size)
+    return TrainingStart(cfg.model, num_classes, overrides, cfg.finetune, cfg.pretrained)
 
 
 def build_recipe(
@@ -139,13 +75,37 @@ def build_recipe(
 
     model: the bare model (no DDP / compile wrapper), on ``device``.  steps: batches per epoch
     (an update every ``grad_accum_steps`` of them, and after the last); world: processes (the
-    lr scales with the global batch).  ``layer_decay``: timm's layer-wise lr decay, through the
-    model's ``group_matcher``.  amp_dtype: the autocast dtype, or
-    None; only float16 gets an enabled GradScaler.  Weight decay skips 1-D parameters and
-    ``model.no_weight_decay()`` (pos_embed, cls_token, gates).  The schedule is stepped per
-    update, so short runs warm up smoothly; ``--sched none`` gives no scheduler.  The EMA
-    copies ``model`` as it is now: under DDP, build the recipe after wrapping the model, so
-    every process starts its EMA from rank 0's weights (which DDP has broadcast).
+    lr scales with the global batch).  amp_dtype: the autocast dtype, or None; only float16
+    gets an enabled GradScaler.  The EMA copies ``model`` as it is now: under DDP, build the
+    recipe after wrapping the model, so every process starts its EMA from rank 0's weights
+    (which DDP has broadcast).
+    """
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model, steps, world)
+    loss_fn, mixup_fn = _loss_and_mixup(cfg, num_classes)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+    return TrainStep(
+        optimizer,
+        loss_fn,
+        lr_scheduler=scheduler,
+        mixup_fn=mixup_fn,
+        scaler=scaler,
+        clip_grad=cfg.clip_grad,
+        ema=ema,
+        amp_dtype=amp_dtype,
+        channels_last=cfg.channels_last,
+        accum_steps=cfg.grad_accum_steps,
+    )
+
+
+def _optimizer_and_schedule(
+    cfg: TrainConfig, model: nn.Module, steps: int, world: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """timm's optimizer and its per-update learning-rate schedule (None for ``--sched none``).
+
+    Weight decay skips 1-D parameters and ``model.no_weight_decay()`` (pos_embed, cls_token,
+    gates).  ``layer_decay``: timm's layer-wise lr decay, through the model's ``group_matcher``.
+    The schedule is stepped per update, so short runs warm up smoothly.
     """
     optimizer = create_optimizer_v2(
         model,
@@ -169,21 +129,7 @@ def build_recipe(
     if scheduler is None:  # timm's schedulers apply the layer scales; without one, apply them once
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
-    loss_fn, mixup_fn = _loss_and_mixup(cfg, num_classes)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # only fp16 needs scaling
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    return TrainStep(
-        optimizer,
-        loss_fn,
-        lr_scheduler=scheduler,
-        mixup_fn=mixup_fn,
-        scaler=scaler,
-        clip_grad=cfg.clip_grad,
-        ema=ema,
-        amp_dtype=amp_dtype,
-        channels_last=cfg.channels_last,
-        accum_steps=cfg.grad_accum_steps,
-    )
+    return optimizer, scheduler
 
 
 def _loss_and_mixup(cfg: TrainConfig, num_classes: int) -> tuple[nn.Module, Optional[Mixup]]:

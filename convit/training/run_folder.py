@@ -1,4 +1,4 @@
-"""A run folder: where it is, what it holds, and how a run continues from it.
+"""A run folder: where it is, what it holds, and what a run writes into it.
 
 The run folder (``cfg.output``) holds::
 
@@ -19,22 +19,17 @@ The run folder (``cfg.output``) holds::
                          again from epoch 1 with that run's config.yaml)
     figures/, report.html, tensorboard/
 
-Policy kept here, out of the training loop: which folder ``--output`` / ``--resume`` mean
-(:func:`resolve_output`, :func:`find_last_checkpoint`, :func:`read_resume`), what a fresh run
-removes and a resumed one truncates (:meth:`RunFolder.create`), and what ``last.pt`` holds
-(:class:`TrainingState`).  A resumed run reads its ``last.pt`` once, with
-:func:`load_training_state`: ``convit train --resume`` through :func:`read_resume`, which
-gives the config and the state that :func:`convit.training.fit.fit` is then handed.  Only rank 0 writes.
+Policy kept here, out of the training loop: which folder ``--output`` means
+(:func:`resolve_output`), what a fresh run removes and a resumed one truncates
+(:meth:`RunFolder.create`), and what a run prints.  What ``last.pt`` holds and how ``--resume``
+finds and reads it is :mod:`convit.training.resume`; the ``INCOMPLETE`` marker is
+:mod:`convit.training.incomplete` (both re-exported here).  Only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -42,10 +37,11 @@ import torch
 import torch.nn as nn
 
 from ..core.fileio import atomic_save, read_jsonl
-from ..core.runtime import seed_everything, set_rng_state
 from ..weights.checkpoint import save_model
-from .config import TrainConfig, load_config_file, save_config
-from .engine import TrainStep
+from .config import TrainConfig, save_config
+from .fit_result import FitResult
+from .incomplete import MARKER, NoCheckpointYet, holds_run, running, write_marker
+from .resume import STATE_VERSION, TrainingState, find_last_checkpoint, load_training_state, read_resume
 
 __all__ = [
     "STATE_VERSION",
@@ -58,11 +54,10 @@ __all__ = [
     "TrainingState",
     "RunFolder",
     "truncate_log",
+    "epoch_line",
+    "summary_text",
 ]
 
-STATE_VERSION = 1
-#: Written when a run folder is created, removed once its first ``last.pt`` is written.
-MARKER = "INCOMPLETE"
 #: Files and folders of a run that a fresh run in the same folder must not leave behind.
 _RUN_FILES = (
     "log.jsonl",
@@ -75,127 +70,6 @@ _RUN_FILES = (
     MARKER,
 )
 _RUN_DIRS = ("figures", "tensorboard")
-
-
-class NoCheckpointYet(FileNotFoundError):
-    """``--resume`` of a folder whose run stopped before writing its first ``last.pt``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        super().__init__(
-            f"{folder} holds a run that stopped before its first checkpoint (it has {MARKER} and no "
-            f"last.pt): there is nothing to resume; `convit train --resume {folder}` starts it again "
-            f"from epoch 1 with its config.yaml, and any run with --output {folder} replaces it"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Which folder, which checkpoint
-# ---------------------------------------------------------------------------------------------
-
-
-def find_last_checkpoint(resume: str, output: Optional[str] = None) -> Path:
-    """The ``last.pt`` meant by ``--resume``: a file, a run folder, or ``auto`` (= ``output``)."""
-    if resume == "auto":
-        if not output:
-            raise ValueError("--resume without a path needs --output (the run folder to continue)")
-        resume = output
-    p = Path(resume)
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.is_file() and (p.parent / MARKER).is_file():
-        raise NoCheckpointYet(p.parent)
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from at {p}")
-    return p
-
-
-def load_training_state(path: Path) -> dict[str, Any]:
-    """Read a ``last.pt`` written by :func:`convit.training.fit.fit` (tensors and plain values only)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read training checkpoint {path}: {e}") from None
-    if not isinstance(state, dict) or state.get("format") != "convit-train":
-        raise ValueError(
-            f"{path} is not a training checkpoint written by `convit train` "
-            "(to start from model weights, use --finetune FILE)"
-        )
-    return state
-
-
-def read_resume(resume: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
-    """The run to continue: its config with ``overrides`` (flags given now) on top, and its
-    ``last.pt``, read here once; pass both to :func:`convit.training.fit.fit` (``resume_state``),
-    which then does not read the file again.
-
-    Overriding ``epochs`` extends or shortens the schedule; overriding the model or data
-    makes the checkpoint fail to load, with a message naming the mismatch.  A run that stopped
-    before its first checkpoint (:class:`NoCheckpointYet`) starts again from epoch 1 in its
-    folder, with its ``config.yaml`` and ``overrides`` (state None), and says so.
-    """
-    try:
-        path = find_last_checkpoint(resume, overrides.get("output"))
-    except NoCheckpointYet as e:
-        if not (e.folder / "config.yaml").is_file():
-            raise
-        running = _running(e.folder, here_only=True)  # another machine's: stopped, since it is to resume
-        if running:
-            raise ValueError(
-                f"{e.folder}: its run has not written its first checkpoint yet and is still running "
-                f"({running})"
-            ) from None
-        if os.environ.get("RANK", "0") == "0":
-            print(
-                f"note: {e.folder}: the run there stopped before its first checkpoint, so there is nothing to "
-                "resume; starting it again from epoch 1 with its config.yaml",
-                flush=True,
-            )
-        values = {**load_config_file(e.folder / "config.yaml"), **overrides}
-        return TrainConfig(
-            **{**values, "output": str(e.folder), "resume": None, "overwrite": True}
-        ).validate(), None
-    state = load_training_state(path)
-    values = {**state["config"], "output": str(path.parent)}
-    values.update({k: v for k, v in overrides.items() if k != "resume"})
-    values["resume"] = str(path)
-    return TrainConfig(**values).validate(), state
-
-
-def _holds_run(folder: Path) -> bool:
-    """Whether a new run must not silently replace what ``folder`` holds: a run with a
-    checkpoint, or one still writing its first (:data:`MARKER` naming a live process)."""
-    if (folder / "last.pt").exists():
-        return True
-    if (folder / MARKER).exists():  # stopped before its first checkpoint: replaceable, unless still running
-        return _running(folder) is not None
-    return any((folder / n).exists() for n in ("log.jsonl", "model.safetensors"))
-
-
-def _running(folder: Path, here_only: bool = False) -> Optional[str]:
-    """Which process ``folder``'s :data:`MARKER` names, when it may still be running: a live
-    process of this machine other than this one (``pid N on HOST``), or one of another machine,
-    which cannot be checked from here (unless ``here_only``); None when it has stopped.  (Under
-    torchrun the other ranks resolve the folder before DDP's first synchronisation, so never
-    after rank 0 wrote it.)"""
-    try:
-        text = (folder / MARKER).read_text()
-    except OSError:
-        return None
-    pid, host = re.search(r"^pid: (\d+)$", text, re.M), re.search(r"^host: (.+)$", text, re.M)
-    if pid is None or host is None or int(pid[1]) == os.getpid() and host[1] == socket.gethostname():
-        return None
-    if host[1] != socket.gethostname():
-        return (
-            None if here_only else f"pid {pid[1]} on {host[1]}, another machine: if it has stopped, delete it"
-        )
-    try:
-        os.kill(int(pid[1]), 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's
-        pass
-    return f"pid {pid[1]} on {host[1]}: if it is not a run, delete {folder / MARKER}"
 
 
 def resolve_output(cfg: TrainConfig) -> Path:
@@ -211,21 +85,22 @@ def resolve_output(cfg: TrainConfig) -> Path:
         return find_last_checkpoint(cfg.resume).parent
     if cfg.output is not None:
         out = Path(cfg.output)
-        if not cfg.resume and not cfg.overwrite and _holds_run(out):
-            running = _running(out)
+        if not cfg.resume and not cfg.overwrite and holds_run(out):
+            alive = running(out)
             raise ValueError(
                 f"output folder {out} already holds a run"
                 + (
-                    f" that has not written its first checkpoint yet and may still be running ({running})"
-                    if running
+                    f" that has not written its first checkpoint yet and may still be running ({alive})"
+                    if alive
                     else ""
                 )
                 + "; pass --resume to continue it, --overwrite to replace it, or another --output"
             )
         return out
     base = Path("runs") / f"{cfg.model}_{cfg.dataset}"
-    out, i = base, 1
-    while _holds_run(out):
+    out = base
+    i = 1
+    while holds_run(out):
         i += 1
         out = base.with_name(f"{base.name}-{i}")
     return out
@@ -237,86 +112,6 @@ def truncate_log(path: Path, epoch: int) -> None:
         return
     kept = [e for e in read_jsonl(path) if e.get("epoch", 0) <= epoch]
     atomic_save(lambda p: p.write_text("".join(json.dumps(e) + "\n" for e in kept)), path, "log")
-
-
-# ---------------------------------------------------------------------------------------------
-# last.pt
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingState:
-    """The objects whose state ``last.pt`` holds, so a run continues bit-identically: the
-    model and the optimizer, schedule, loss scaler and EMA of its :class:`~convit.training.engine.TrainStep`."""
-
-    cfg: TrainConfig
-    model: nn.Module  # without DDP / compile wrappers
-    step: TrainStep
-
-    def state_dict(self, epoch: int, best: dict[str, Any], rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        """``last.pt`` after ``epoch``; ``rngs``: every process's RNG state, in rank order."""
-        s = self.step
-        sched = s.lr_scheduler.state_dict() if s.lr_scheduler is not None else None
-        scaled = s.scaler is not None and s.scaler.is_enabled()
-        return {
-            "format": "convit-train",
-            "version": STATE_VERSION,
-            "epoch": epoch,
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": s.optimizer.state_dict(),
-            "scheduler": _plain(sched),
-            "scaler": s.scaler.state_dict() if scaled else None,
-            "ema": s.ema.state_dict() if s.ema is not None else None,
-            "best": best,
-            "rng": rngs,
-        }
-
-    def restore(
-        self, state: dict[str, Any], steps: int, rank: int, world: int, say: Callable[[str], None]
-    ) -> tuple[int, dict[str, Any]]:
-        """Load ``state`` (a ``last.pt``) into the objects; returns (epochs done, best so far).
-
-        The schedule is a function of the update count: it was rebuilt from the config (so
-        ``--epochs`` may extend a run) and is moved to where the run stopped.
-        """
-        s = self.step
-        self.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        if s.ema is not None and state.get("ema") is not None:
-            s.ema.load_state_dict(state["ema"])
-        if state.get("scaler") and s.scaler is not None:
-            s.scaler.load_state_dict(state["scaler"])
-        epoch = int(state["epoch"])
-        if s.lr_scheduler is not None:
-            s.lr_scheduler.step_update(num_updates=epoch * steps)
-        say(f"resuming from epoch {epoch} ({self.cfg.resume})")
-        if epoch >= self.cfg.run_epochs:
-            say(
-                f"the run already trained {epoch} epochs (>= the {self.cfg.run_epochs} asked for): nothing to "
-                f"train, config.yaml left as it was; pass --epochs N with N > {epoch} to train longer"
-            )
-        rngs = state.get("rng") or []
-        if len(rngs) == world:  # continue exactly where the interrupted run was
-            set_rng_state(rngs[rank])
-        else:
-            say(
-                f"note: the checkpoint was written by {len(rngs)} process(es), this run has {world}: "
-                "random streams are re-seeded, so the run will not be bit-identical to an uninterrupted one"
-            )
-            seed_everything(self.cfg.seed + rank + 1000 * epoch)
-        return epoch, dict(state["best"])
-
-
-def _plain(obj: Any) -> Any:
-    """Drop values ``torch.load(weights_only=True)`` would refuse (scheduler internals)."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items() if isinstance(k, str)}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
-        return obj
-    return repr(obj)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,12 +127,13 @@ class RunFolder:
     """
 
     def __init__(self, cfg: TrainConfig, out: Path, epochs: int, say: Callable[[str], None]) -> None:
-        self.cfg, self.out, self.epochs, self.say = cfg, Path(out), epochs, say
-        self.log, self.last, self.skipped = (
-            self.out / "log.jsonl",
-            self.out / "last.pt",
-            self.out / "skipped.tsv",
-        )
+        self.cfg = cfg
+        self.out = Path(out)
+        self.epochs = epochs
+        self.say = say
+        self.log = self.out / "log.jsonl"
+        self.last = self.out / "last.pt"
+        self.skipped = self.out / "skipped.tsv"
         self.meta: dict[str, Any] = {}  # what the model files say about the data (set by create)
         self.writer = None
         self._writer_class = _tensorboard_writer() if cfg.tensorboard else None
@@ -362,11 +158,7 @@ class RunFolder:
             for name in _RUN_DIRS:
                 if (self.out / name).is_dir() and not (self.out / name).is_symlink():
                     shutil.rmtree(self.out / name)
-            (self.out / MARKER).write_text(
-                "This run has not written its first checkpoint (last.pt) yet. If no `convit train` runs here,\n"
-                "it stopped before one: `convit train --output DIR` (or --resume DIR) starts it again.\n"
-                f"pid: {os.getpid()}\nhost: {socket.gethostname()}\n"
-            )
+            write_marker(self.out)
         else:
             truncate_log(self.log, resumed_at)
         if not keep_config:
@@ -450,27 +242,25 @@ def epoch_line(e: dict[str, Any], epochs: int, best: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def summary_text(s: dict[str, Any], has_val: bool) -> str:
+def summary_text(s: FitResult, has_val: bool) -> str:
     """The lines printed at the end of a run: final test (and val) top-1 and the files written."""
     lines = [
-        f"done in {s['time_s']:.1f} s: {s['epochs']} epoch(s) on {s['train_images']} training images",
-        f"  test top-1 {_pct(s['test_top1'])} (final model)"
+        f"done in {s.time_s:.1f} s: {s.epochs} epoch(s) on {s.train_images} training images",
+        f"  test top-1 {_pct(s.test_top1)} (final model)"
         + (
-            f"   val top-1 {_pct(s['val_top1'])} (final), best {_pct(s['best_val_top1'])} "
-            f"at epoch {s['best_epoch']}"
+            f"   val top-1 {_pct(s.val_top1)} (final), best {_pct(s.best_val_top1)} at epoch {s.best_epoch}"
             if has_val
             else "   (no validation split: best.safetensors is the final model)"
         ),
     ]
     lines += [
-        f"  checkpoint: {s['checkpoint']}   (best by val: {s['best']}; resume: {s['last']})",
-        f"  log:        {s['log']}",
+        f"  checkpoint: {s.checkpoint}   (best by val: {s.best}; resume: {s.last})",
+        f"  log:        {s.log}",
     ]
-    if s.get("skipped"):
+    if s.skipped:
         lines.append(
-            f"  skipped:    {s['skipped']} unreadable image file(s), never replaced by others: "
-            f"{s['skipped_list']}"
+            f"  skipped:    {s.skipped} unreadable image file(s), never replaced by others: {s.skipped_list}"
         )
-    if s.get("report"):
-        lines.append(f"  figures:    {s['figures']}   report: {s['report']}")
+    if s.report:
+        lines.append(f"  figures:    {s.figures}   report: {s.report}")
     return "\n".join(lines)

@@ -4,7 +4,8 @@
   official training script); timm's hub files are ``model.safetensors`` / ``pytorch_model.bin``.
   Their keys are ours, so they load unchanged.
 * Our own model files are safetensors whose metadata holds the model config (and optionally
-  class names), so :func:`convit.create_model` can rebuild the architecture from the file alone.
+  class names), so :func:`convit.create_model` can rebuild the architecture from the file alone;
+  for one of timm's own models, its name and arguments (:mod:`convit.weights.timm_arch`).
   An export to timm's hub layout keeps that metadata in a file timm and transformers read
   (``format: pt``, ``library: convit``).
 * A hub-repo folder (``model.safetensors`` + ``config.json``) is read as one checkpoint
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from ..core.fileio import atomic_save
+from .timm_arch import architecture_of
 
 FORMAT = "convit"
 StateDict = dict[str, torch.Tensor]
@@ -153,10 +155,24 @@ def save_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = plain_state_dict(model)
     meta = {"format": "pt", "library": FORMAT} if for_hub else {"format": FORMAT}
-    meta["config"] = json.dumps(model.cfg.to_dict())
+    meta.update(_architecture_metadata(model))
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     return atomic_save(lambda p: save_file(sd, str(p), metadata=meta), path, "model file")
+
+
+def _architecture_metadata(model: nn.Module) -> dict[str, str]:
+    """What rebuilds ``model``: a ConViT's config, or a timm model's name and arguments."""
+    arch = architecture_of(model)
+    if arch is not None:
+        return arch.to_metadata()
+    cfg = getattr(model, "cfg", None)
+    if not hasattr(cfg, "to_dict"):
+        raise TypeError(
+            f"cannot save a {type(model).__name__}: the file must say how to rebuild the model; save a "
+            "ConViT, or a timm model built by convit.create_model('timm:NAME', ...)"
+        )
+    return {"config": json.dumps(cfg.to_dict())}
 
 
 def read_metadata_json(meta: dict, key: str, default=None):
@@ -250,6 +266,8 @@ def adapt_state_dict(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[s
 def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:
     """Bicubically resample a square ``pos_embed`` trained at another resolution."""
     if "pos_embed" not in sd or getattr(model, "pos_embed", None) is None:
+        return sd
+    if not hasattr(model, "pos_embed_has_cls"):  # not a ConViT: timm's own models load as they are
         return sd
     src, dst = sd["pos_embed"], model.pos_embed
     if src.shape == dst.shape or src.ndim != 3 or src.shape[-1] != dst.shape[-1]:

@@ -204,7 +204,7 @@ def resolve_pretrained(name: str, info: Pretrained, folder: Path) -> Path:
     """Local path of zoo model ``name``'s published weights, fetching them if needed.
 
     Order, local copies first: (a) the file :func:`local_weights_file` in ``folder`` (the zoo
-    passes :func:`convit.weights.zoo.weights_dir`: ``$CONVIT_HOME`` or torch hub's checkpoints folder);
+    passes :func:`convit.weights.names.weights_dir`: ``$CONVIT_HOME`` or torch hub's checkpoints folder);
     (b) timm's ``model.safetensors`` of hub repo ``info.hf_hub_id`` in the Hugging Face cache;
     (c) the same file from the hub; (d) the official URL, downloaded to (a)'s path.  (c) and
     (d) are skipped offline (``HF_HUB_OFFLINE``: no socket is opened), (c) also when the hub's

@@ -290,13 +290,7 @@ def config_from_timm(config: dict[str, Any], where: str = "config.json") -> dict
         )
     family = arch.split("_")[0]
     model_args = dict(config.get("model_args") or {})
-    pcfg = config.get("pretrained_cfg") or {}
-    args = {**_CLASS_DEFAULTS[family], **TIMM_BUILDERS[arch], **model_args}
-    if "in_chans" not in model_args and pcfg.get("input_size"):
-        args["in_chans"] = int(pcfg["input_size"][0])
-    if "img_size" not in model_args and pcfg.get("fixed_input_size") and pcfg.get("input_size"):
-        args["img_size"] = list(pcfg["input_size"][1:])
-    args["num_classes"] = int(config.get("num_classes", pcfg.get("num_classes", args["num_classes"])))
+    args = _builder_args(config, arch, model_args)
     keys = (
         "img_size",
         "patch_size",
@@ -317,24 +311,46 @@ def config_from_timm(config: dict[str, Any], where: str = "config.json") -> dict
             use_pos_embed=args.pop("use_pos_embed"),
         )
     else:
-        pos_embed, fc_norm = args.pop("pos_embed"), args.pop("fc_norm", None)
-        if fc_norm or (fc_norm is None and out["global_pool"] not in ("token", "")):
-            raise TimmExportError(f"{where}: fc_norm (a norm after pooling) is not part of our DeiT")
-        if pos_embed not in ("learn", "none"):
-            raise TimmExportError(f"{where}: pos_embed={pos_embed!r}: ours is learned ('learn') or 'none'")
-        out.update(
-            embed_dim=args.pop("embed_dim"),
-            local_up_to_layer=0,
-            use_pos_embed=pos_embed == "learn",
-            dynamic_img_size=bool(args.pop("dynamic_img_size")),
-        )
-        for k, v in _VIT_FIXED.items():
-            if k in args and args.pop(k) != v:
-                raise TimmExportError(f"{where}: model_args {k}={model_args[k]!r}: our DeiT has {k}={v!r}")
+        out.update(_deit_fields(args, model_args, out["global_pool"], where))
     unknown = sorted(set(args) - _INIT_ONLY)
     if unknown:
         raise TimmExportError(
             f"{where}: model_args {unknown} are not ConViT/DeiT arguments this package knows"
         )
     timm_model_args(ConViTConfig(**out))  # what timm computes otherwise (all-GPSA, non-square grid)
+    return out
+
+
+def _builder_args(config: dict[str, Any], arch: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """Every argument timm's builder ``arch`` gets from ``config``: the class defaults, the
+    builder's own, ``model_args``, then the classes and input size of ``pretrained_cfg``."""
+    pcfg = config.get("pretrained_cfg") or {}
+    args = {**_CLASS_DEFAULTS[arch.split("_")[0]], **TIMM_BUILDERS[arch], **model_args}
+    if "in_chans" not in model_args and pcfg.get("input_size"):
+        args["in_chans"] = int(pcfg["input_size"][0])
+    if "img_size" not in model_args and pcfg.get("fixed_input_size") and pcfg.get("input_size"):
+        args["img_size"] = list(pcfg["input_size"][1:])
+    args["num_classes"] = int(config.get("num_classes", pcfg.get("num_classes", args["num_classes"])))
+    return args
+
+
+def _deit_fields(
+    args: dict[str, Any], model_args: dict[str, Any], global_pool: str, where: str
+) -> dict[str, Any]:
+    """The DeiT fields of a VisionTransformer's arguments (taken out of ``args``); refuses, naming
+    the argument, what our DeiT does not compute the same way."""
+    pos_embed, fc_norm = args.pop("pos_embed"), args.pop("fc_norm", None)
+    if fc_norm or (fc_norm is None and global_pool not in ("token", "")):
+        raise TimmExportError(f"{where}: fc_norm (a norm after pooling) is not part of our DeiT")
+    if pos_embed not in ("learn", "none"):
+        raise TimmExportError(f"{where}: pos_embed={pos_embed!r}: ours is learned ('learn') or 'none'")
+    out = dict(
+        embed_dim=args.pop("embed_dim"),
+        local_up_to_layer=0,
+        use_pos_embed=pos_embed == "learn",
+        dynamic_img_size=bool(args.pop("dynamic_img_size")),
+    )
+    for k, v in _VIT_FIXED.items():
+        if k in args and args.pop(k) != v:
+            raise TimmExportError(f"{where}: model_args {k}={model_args[k]!r}: our DeiT has {k}={v!r}")
     return out

@@ -1,0 +1,112 @@
+"""The typed plan of ``convit study`` reads and writes plan.json exactly as version 1 has it.
+
+The fixtures under ``fixtures/study_plan_v1/`` were written by the code before the plan was
+typed (a dry-run study of a small image folder with a held-out split, and of digits), with the
+runs that code derived from them; both must come back unchanged."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_image_folder
+
+from convit.cli import main
+from convit.study.driver import describe_plan
+from convit.study.plan import study_runs
+from convit.study.plan_schema import Plan
+from convit.study.records import StudyRecord
+from convit.study.runs import load_plan, save_plan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "study_plan_v1"
+
+
+def _fixture(name: str):
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.mark.parametrize("kind", ["folder", "digits"])
+def test_a_version_1_plan_reads_and_writes_back_byte_for_byte(kind, tmp_path):
+    text = (FIXTURES / f"{kind}_plan.json").read_text()
+    plan = Plan.from_json(json.loads(text))
+    save_plan(tmp_path, plan)
+    assert (tmp_path / "plan.json").read_text() == text
+    assert load_plan(tmp_path) == plan
+
+
+@pytest.mark.parametrize("kind", ["folder", "digits"])
+def test_a_version_1_plan_gives_the_same_runs(kind):
+    plan = Plan.from_json(_fixture(f"{kind}_plan.json"))
+    runs = [dataclasses.asdict(r) for r in study_runs(plan, "DATA")]
+    assert runs == _fixture(f"{kind}_runs.json")
+
+
+def test_the_plan_reads_as_attributes():
+    plan = Plan.from_json(_fixture("folder_plan.json"))
+    assert plan.arm_names == ["convit", "deit"]
+    assert plan.model.arm("convit").model_kwargs["local_up_to_layer"] == 3
+    assert plan.data.holdout is not None and plan.data.holdout.cap == 250
+    assert [lv.images_per_class for lv in plan.levels] == [3, 11]
+    assert plan.request.sizes == [3, 11] and plan.timing.params["deit"] == plan.model.arm("deit").params
+    assert describe_plan(plan).startswith("plan: 8 runs = 2 models x 2 sizes x 2 seeds;")
+
+
+def test_any_number_of_arms():
+    d = _fixture("folder_plan.json")
+    d["model"]["cnn"] = copy.deepcopy(d["model"]["deit"])
+    d["model"]["params"]["cnn"] = 123
+    plan = Plan.from_json(d)
+    assert plan.arm_names == ["convit", "deit", "cnn"] and plan.to_json() == d
+    runs = study_runs(plan, "DATA")
+    assert len(runs) == 3 * len(plan.levels) * len(plan.seeds)
+    assert {r.variant for r in runs} == {"convit", "deit", "cnn"}
+    assert "cnn 123 parameters" in describe_plan(plan) and "3 models" in describe_plan(plan)
+
+
+def test_another_version_is_refused():
+    d = dict(_fixture("digits_plan.json"), version=2)
+    with pytest.raises(ValueError, match="plan version 2"):
+        Plan.from_json(d)
+
+
+def test_a_new_plan_has_the_version_1_layout(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=14, size=8, splits=("train",))
+    argv = ["study", str(data), "--output", str(tmp_path / "o"), "--budget", "3m", "--sizes", "3", "11"]
+    assert main([*argv, "--dry-run"]) == 0
+    new = json.loads((tmp_path / "o" / "plan.json").read_text())
+    old = _fixture("folder_plan.json")
+
+    def layout(x):
+        if isinstance(x, dict):
+            return {k: layout(v) for k, v in x.items()}
+        return type(x).__name__
+
+    for key in ("version", "request", "model", "levels", "seeds", "recipe", "threads", "timing"):
+        assert layout(new[key]) == layout(old[key]), key
+    assert list(new) == list(old) and list(new["data"]) == list(old["data"])
+
+
+def test_a_record_keeps_the_result_json_keys():
+    d = {
+        "name": "convit-f1-s0",
+        "variant": "convit",
+        "fraction": 1.0,
+        "images_per_class": 11,
+        "seed": 0,
+        "epochs": 40,
+        "top1": 75.0,
+        "top5": 100.0,
+        "test_loss": 0.5,
+        "seconds": 3.0,
+        "train_images": 22,
+        "attempts": 1,
+        "resumed": False,
+        "locality": None,
+        "status": "trained",
+    }
+    record = StudyRecord.from_json(d)
+    assert record.top1 == 75.0 and json.dumps(record.to_json()) == json.dumps(d)
+    assert StudyRecord.from_json(d, status="done").status == "done"
