@@ -23,6 +23,7 @@ import sys
 from typing import Any, Optional
 
 from . import _version
+from .core.lazy import lazy_attributes
 
 __version__: str = _version.__version__
 
@@ -105,18 +106,4 @@ if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
     sys.meta_path.append(_MovedModuleFinder())
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's submodule (or a submodule itself) the first time it is asked for."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The public names (loaded or not), ``__version__`` and the module's dunder attributes."""
-    return sorted({*__all__, "__version__", *(k for k in globals() if k.startswith("__"))})
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, shown=["__version__"])

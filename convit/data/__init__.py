@@ -57,9 +57,7 @@ The modules, from the bottom up (none imports the trainer, the analysis or the e
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
+from ..core.lazy import lazy_attributes
 
 #: public name -> the submodule that defines it (imported the first time the name is used)
 _EXPORTS: dict[str, str] = {
@@ -105,19 +103,4 @@ _LIVE = frozenset({"DATASETS"})
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's submodule (or a submodule itself) the first time it is asked for."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _LIVE:
-        globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The public names, loaded or not, and the module's dunder attributes."""
-    return sorted({*__all__, *(k for k in globals() if k.startswith("__"))})
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, live=_LIVE)
