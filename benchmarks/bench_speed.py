@@ -42,6 +42,10 @@ Examples:
     python benchmarks/bench_speed.py                                 # CPU, tiny, ~2-3 min
     python benchmarks/bench_speed.py --device cuda --models tiny,small,base --json gpu.json
     python benchmarks/bench_speed.py --device cuda --models base --compile
+    python benchmarks/bench_speed.py --device cuda --models small --gpsa-kernel both --deit-w432
+
+--gpsa-kernel both adds ours_convit_nokernel (ours_convit with the fused GPSA kernel switched
+off: FastGPSA's torch path), --deit-w432 adds ours_deit_w432 for small (speed_models.py).
 """
 
 from __future__ import annotations
@@ -56,6 +60,18 @@ from typing import Optional
 
 from measure import MMAP_ENV, MemoryMeter, Timer, environment, measured_bf16_peak
 from speed_models import build_models, prepare_steps
+
+# (a, b): images/s of a over b, for every pair present.
+RATIOS = (
+    ("ours_convit", "ours_deit"),
+    ("ours_convit", "timm_deit"),
+    ("ours_convit", "timm_convit"),
+    ("ours_deit", "timm_deit"),
+    ("ours_convit", "ours_convit_nokernel"),
+    ("ours_convit_nokernel", "ours_deit"),
+    ("ours_convit", "ours_deit_w432"),
+    ("ours_convit_nokernel", "ours_deit_w432"),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,12 +97,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile every model (same ratios reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument(
-        "--only", default=None, help="comma-separated subset of ours_convit,timm_convit,ours_deit,timm_deit"
+        "--only",
+        default=None,
+        help="comma-separated subset of ours_convit,timm_convit,ours_deit,timm_deit "
+        "(and ours_convit_nokernel, ours_deit_w432 where added)",
     )
     p.add_argument(
         "--flush-denormal",
         action="store_true",
         help="torch.set_flush_denormal(True) for the whole run (x86 CPU; informational)",
+    )
+    p.add_argument(
+        "--gpsa-kernel",
+        default="on",
+        choices=["on", "off", "both"],
+        help="the fused GPSA kernel (CUDA) in ours_convit: on, off, or both (adds ours_convit_nokernel)",
+    )
+    p.add_argument(
+        "--deit-w432",
+        action="store_true",
+        help="for small: add ours_deit_w432, a DeiT as wide as ConViT-S (9 heads x 48; random weights)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the ours-vs-timm logits check")
     p.add_argument("--peak-matmul", type=int, default=8192, help="size of the bf16 peak matmul (cuda)")
@@ -151,12 +181,7 @@ def timing_phase(models: dict, mode: str, args, timer: Timer, memory: dict) -> d
             res["achieved_flops"], res["mfu"] = achieved, achieved / args.peak_flops
     # paired ratios: per round, images/s of a over images/s of b = time_b / time_a
     ratios = {}
-    for a, b in (
-        ("ours_convit", "ours_deit"),
-        ("ours_convit", "timm_deit"),
-        ("ours_convit", "timm_convit"),
-        ("ours_deit", "timm_deit"),
-    ):
+    for a, b in RATIOS:
         if a in results and b in results:
             per_round = [tb / ta for ta, tb in zip(results[a]["times"], results[b]["times"])]
             ratios[f"{a}/{b}"] = {
@@ -196,12 +221,16 @@ def cpu_memory_in_child(args) -> dict:
             args.dtype,
             "--warmup",
             str(args.warmup),
+            "--gpsa-kernel",
+            args.gpsa_kernel,
         ]
         for flag, value in (("--threads", args.threads), ("--only", args.only)):
             if value:
                 cmd += [flag, str(value)]
         if args.flush_denormal:
             cmd.append("--flush-denormal")
+        if args.deit_w432:
+            cmd.append("--deit-w432")
         print("  memory: child process " + " ".join(cmd[2:]), flush=True)
         proc = subprocess.run(cmd, env=dict(os.environ, **{MMAP_ENV: "65536"}))
         if proc.returncode != 0 or not os.path.exists(path):
@@ -218,14 +247,14 @@ def print_table(size: str, mode_out: dict, args, mem_note: str) -> None:
             f"\n[{size}] {mode}: batch {next(iter(res.values()))['batch']}, {args.dtype}, "
             f"{args.img_size}x{args.img_size}{', compiled' if args.compile else ''}"
         )
-        hdr = f"  {'model':<12} {'images/s':>9} {'median s':>9} {'min s':>8} {'peak extra MB':>14}"
+        hdr = f"  {'model':<20} {'images/s':>9} {'median s':>9} {'min s':>8} {'peak extra MB':>14}"
         if mode == "train" and args.device == "cuda":
             hdr += f" {'MFU':>6}"
         print(hdr)
         for name, r in res.items():
             mem = "n/a" if r["peak_extra_bytes"] is None else f"{r['peak_extra_bytes'] / 2**20:.0f}"
             line = (
-                f"  {name:<12} {r['images_per_s']:>9.1f} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {mem:>14}"
+                f"  {name:<20} {r['images_per_s']:>9.1f} {r['median_s']:>9.3f} {r['min_s']:>8.3f} {mem:>14}"
             )
             if "mfu" in r:
                 line += f" {100 * r['mfu']:>5.1f}%"
@@ -257,11 +286,16 @@ def _set_up_torch(args) -> None:
             enable(True)
 
 
+def _extras(args) -> tuple[bool, bool]:
+    """build_models' optional competitors: (kernel on and off, the DeiT of ConViT-S's width)."""
+    return args.gpsa_kernel == "both", args.deit_w432
+
+
 def _memory_only(args, only, meter) -> int:
     """The child process of cpu_memory_in_child: peak memory per size and mode, as JSON."""
     mem = {}
     for size in args.models.split(","):
-        models = build_models(size, args.device, only, False, args.img_size)
+        models = build_models(size, args.device, only, False, args.img_size, *_extras(args))
         mem[size] = {mode: memory_phase(models, mode, args, meter) for mode in args.modes.split(",")}
         del models
     with open(args.memory_only, "w") as f:
@@ -277,7 +311,7 @@ def _measure_sizes(args, only, timer, meter) -> dict:
     cpu_mem = cpu_memory_in_child(args) if args.device == "cpu" and meter.available else {}
     for size in args.models.split(","):
         print(f"\n== {size} ==", flush=True)
-        models = build_models(size, args.device, only, not args.no_check, args.img_size)
+        models = build_models(size, args.device, only, not args.no_check, args.img_size, *_extras(args))
         sizes[size] = {}
         for mode in args.modes.split(","):
             if args.device == "cuda":

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Everything GPU-side in one call on a lent GPU (issue 23), under 10 minutes on an H100/H200:
-#   1. the machine: nvidia-smi, torch / timm versions;
-#   2. the GPU tests (tests/test_gpu.py): bf16 step of every zoo family, FastGPSA against eq. 6
-#      on CUDA in fp32 and bf16, torch.compile training against eager, torchrun + NCCL
-#      collectives, resume on CUDA;
-#   3. benchmarks/bench_speed.py --device cuda for tiny, small and base (bf16, eager);
-#   4. 2 epochs of the cifar10-gpu scale at f = 1, ConViT and DeiT (on-device data pipeline);
-#   5. bench_speed.py --compile for base, training only (last: compiling is what runs long; on an
-#      H200 the training step alone took 158 s, both modes did not fit 150 s).
+# Everything GPU-side in one call on a lent GPU (issues 23, 35), under 8 minutes on an H100/H200:
+#   1. the machine: nvidia-smi, torch / timm / triton versions;
+#   2. the GPU tests: tests/test_gpu.py (bf16 step of every zoo family, FastGPSA against eq. 6 on
+#      CUDA in fp32 and bf16, torch.compile training against eager, torchrun + NCCL collectives,
+#      resume on CUDA) and tests/test_triton_gpsa.py (the fused GPSA kernel compiled on CUDA against
+#      eq. 6 in fp32 / fp16 / bf16, its gradients, torch.compile);
+#   3. benchmarks/bench_speed.py --device cuda for tiny, small and base (bf16, eager), with the
+#      fused GPSA kernel on and off side by side (ours_convit, ours_convit_nokernel) and, for
+#      small, a DeiT of ConViT-S's width (ours_deit_w432);
+#   4. benchmarks/profile_gpsa.py: torch.profiler tables of ConViT (kernel on and off) and DeiT,
+#      small and base, inference and training, into $OUT/profile_*.txt;
+#   5. bench_speed.py --compile for base, training only, ours only (last: compiling is what runs
+#      long; on an H200 the training step of 4 competitors alone took 158 s).
+# Optional (RUN_CIFAR=1): 2 epochs of the cifar10-gpu scale at f = 1, ConViT and DeiT.
 # Each stage has its own time limit, so a slow one cannot take the others' results with it.
 #
-#   OUT=folder CIFAR=path/to/cifar10_jpeg.npz [WHEELS=folder of .whl] bash benchmarks/gpu_check.sh
+#   OUT=folder [CIFAR=path/to/cifar10_jpeg.npz RUN_CIFAR=1] [WHEELS=folder of .whl] bash benchmarks/gpu_check.sh
 #
 # Writes $OUT/gpu_check.log (every stage's output), $OUT/speed_eager.json,
-# $OUT/speed_compile_train.json, $OUT/tests.xml (JUnit) and the CIFAR sweep's results.{md,csv}.
+# $OUT/speed_compile_train.json, $OUT/tests.xml (JUnit), $OUT/profile_*.txt and, with RUN_CIFAR=1,
+# the CIFAR sweep's results.{md,csv}.
 set -u -o pipefail
 OUT=${OUT:-benchmarks/results/gpu}
 CIFAR=${CIFAR:-../shared/data/cifar10_jpeg.npz}
@@ -33,12 +39,16 @@ stage() {  # stage NAME SECONDS CMD...: run with a limit, log it, never stop the
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$LOG"
 }
 
-stage machine 30 bash -c "nvidia-smi; $PY -c 'import torch, timm, torchvision; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"timm\", timm.__version__, \"torchvision\", torchvision.__version__, torch.cuda.get_device_name())'"
-stage tests 140 "$PY" -m pytest -q -m '' -p no:cacheprovider -rs tests/test_gpu.py --junitxml "$OUT/tests.xml"
-stage speed_eager 110 "$PY" benchmarks/bench_speed.py --device cuda --models tiny,small,base --json "$OUT/speed_eager.json"
-stage cifar10_gpu 100 "$PY" -m convit.cli experiment sample-efficiency --preset cifar10-gpu --fractions 1.0 --seeds 1 \
-    --epochs 2 --data-path "$CIFAR" --output /tmp/cifar10_gpu --verbose
-cp /tmp/cifar10_gpu/results.md /tmp/cifar10_gpu/results.csv "$OUT/" 2>/dev/null
-stage speed_compile 200 "$PY" benchmarks/bench_speed.py --device cuda --models base --compile --modes train \
-    --json "$OUT/speed_compile_train.json"
+stage machine 20 bash -c "nvidia-smi; $PY -c 'import torch, timm, torchvision, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"timm\", timm.__version__, \"torchvision\", torchvision.__version__, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
+stage tests 110 "$PY" -m pytest -q -m '' -p no:cacheprovider -rs tests/test_gpu.py tests/test_triton_gpsa.py --junitxml "$OUT/tests.xml"
+stage speed_eager 150 "$PY" benchmarks/bench_speed.py --device cuda --models tiny,small,base --gpsa-kernel both --deit-w432 \
+    --json "$OUT/speed_eager.json"
+stage profile 60 "$PY" benchmarks/profile_gpsa.py --device cuda --models small,base --gpsa-kernel both --out "$OUT"
+stage speed_compile 130 "$PY" benchmarks/bench_speed.py --device cuda --models base --compile --modes train --gpsa-kernel both \
+    --only ours_convit,ours_convit_nokernel,ours_deit --json "$OUT/speed_compile_train.json"
+if [ "${RUN_CIFAR:-0}" = 1 ]; then
+    stage cifar10_gpu 100 "$PY" -m convit.cli experiment sample-efficiency --preset cifar10-gpu --fractions 1.0 --seeds 1 \
+        --epochs 2 --data-path "$CIFAR" --output /tmp/cifar10_gpu --verbose
+    cp /tmp/cifar10_gpu/results.md /tmp/cifar10_gpu/results.csv "$OUT/" 2>/dev/null
+fi
 echo "=== done $(date -u +%FT%TZ)" | tee -a "$LOG"

@@ -1,16 +1,57 @@
 """What benchmarks/bench_speed.py times: ours and timm's ConViT and DeiT of one size with the
-same weights (checked to give the same logits), and one inference or training step of each."""
+same weights (checked to give the same logits), and one inference or training step of each.
+
+Optional competitors: ``ours_convit_nokernel`` (a copy of ours_convit whose steps run with the
+fused GPSA kernel switched off, ``convit.nn.triton_gpsa.enabled(False)``: on CUDA the two show
+the kernel's effect) and, for ``small``, ``ours_deit_w432`` (a DeiT as wide as ConViT-S, 9 heads
+x 48 = 432, random weights: the same width, so the ratio shows GPSA's cost alone)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 # -- models --------------------------------------------------------------------------------
 COMPETITORS = ("ours_convit", "timm_convit", "ours_deit", "timm_deit")
+NOKERNEL = "ours_convit_nokernel"
+DEIT_W432 = "ours_deit_w432"
 
 
-def build_models(size: str, device: str, only: Optional[list[str]], check: bool, img: int):
-    """{name: (model, forward-MACs per image)} with timm's weights copied into ours."""
+def extra_models(size: str, device: str, models: dict, kernel_both: bool, deit_w432: bool) -> dict:
+    """``models`` with the optional competitors added (ours_convit_nokernel after ours_convit)."""
+    import torch
+
+    import convit
+    from convit.commands.models import flops
+
+    out = {}
+    for name, entry in models.items():
+        out[name] = entry
+        if name == "ours_convit" and kernel_both:
+            out[NOKERNEL] = (copy.deepcopy(entry[0]), entry[1])
+    if deit_w432 and size == "small":
+        torch.manual_seed(0)
+        wide = convit.create_model("deit_small", embed_dim=432, num_heads=9)
+        out[DEIT_W432] = (wide.to(device), flops(wide.cfg))
+    return out
+
+
+def kernel_off(name: str, gpsa_kernel: str) -> bool:
+    """Whether ``name``'s steps run with the fused GPSA kernel switched off."""
+    return gpsa_kernel == "off" or name == NOKERNEL
+
+
+def build_models(
+    size: str,
+    device: str,
+    only: Optional[list[str]],
+    check: bool,
+    img: int,
+    kernel_both: bool = False,
+    deit_w432: bool = False,
+):
+    """{name: (model, forward-MACs per image)} with timm's weights copied into ours (and the
+    optional competitors of :func:`extra_models`)."""
     import timm
     import torch
 
@@ -36,6 +77,7 @@ def build_models(size: str, device: str, only: Optional[list[str]], check: bool,
                 )
         models[f"ours_{kind}"] = (ours.to(device), macs)
         models[f"timm_{kind}"] = (ref.to(device), macs)
+    models = extra_models(size, device, models, kernel_both, deit_w432)
     if only:
         models = {k: v for k, v in models.items() if k in only}
     return models
@@ -82,5 +124,17 @@ def prepare_steps(models: dict, mode: str, args) -> tuple[dict, int]:
     steps = {}
     for name, (model, _) in models.items():
         m = torch.compile(model) if args.compile else model
-        steps[name], _ = make_step(m, mode, x, y, dtype, args.device)
+        step, _ = make_step(m, mode, x, y, dtype, args.device)
+        steps[name] = without_kernel(step) if kernel_off(name, getattr(args, "gpsa_kernel", "on")) else step
     return steps, batch
+
+
+def without_kernel(step):
+    """``step`` run with the fused GPSA kernel switched off (FastGPSA's torch path)."""
+    from convit.nn.triton_gpsa import enabled
+
+    def run():
+        with enabled(False):
+            step()
+
+    return run

@@ -83,12 +83,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def zoo_params() -> list:
-    """Every zoo model name, for ``parametrize``; the widest (embed_dim > 450: small_plus and the
-    base sizes, over ~40M parameters) in the slow tier: they run the same code at another width
-    and take longest to build."""
+    """Every ConViT / DeiT zoo name, for ``parametrize`` (the CNN arm, ``resnet``, is timm's
+    ResNet: tests/test_cnn_arm.py); the widest (embed_dim > 450: small_plus and the base sizes,
+    over ~40M parameters) in the slow tier: they run the same code at another width and take
+    longest to build."""
     return [
         pytest.param(n, marks=pytest.mark.slow) if model_spec(n).config.get("embed_dim", 192) > 450 else n
         for n in list_models()
+        if model_spec(n).family == "convit"
     ]
 
 

@@ -10,10 +10,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import convit.training.fit as train_mod
 from convit.core.fileio import read_jsonl
 from convit.core.presets import EXPERIMENT_SCALES, experiment_scale
+from convit.core.provenance import file_sha256
 from convit.experiments import grids
 from convit.experiments.results import mean_std, relative_gain, summarize, write_results
 from convit.experiments.run_record import RunRecord
@@ -204,6 +206,12 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
     rec0 = RunRecord.read(first)
     assert rec0.epochs == 1
     check_record_is_the_runs_log(rec0, specs[0].folder)
+    (start,) = rec0.provenance  # one start; the data file hashed, the code and CPU named
+    digits_file = next(iter(start["data_files"]))
+    assert digits_file.endswith("digits.csv.gz") and start["data_files"][digits_file] == file_sha256(
+        digits_file
+    )
+    assert start["torch"] == torch.__version__ and start["cpu_capability"]
 
     calls.clear()
     records = run_sweep(
@@ -297,6 +305,7 @@ def test_a_new_record_has_the_keys_of_the_committed_ones(tmp_path):
     )
     record = execute_run(spec, fit_fn=lambda cfg: result)
     stored = json.loads((spec.folder / "result.json").read_text())
-    assert set(stored) == max((set(json.loads(p.read_text())) for p in COMMITTED), key=len)
+    committed_keys = max((set(json.loads(p.read_text())) for p in COMMITTED), key=len)
+    assert set(stored) == committed_keys | {"provenance"}  # runs before provenance have no such key
     assert RunRecord.from_json(stored) == record and not record.skipped
     assert (stored["epochs"], stored["train_images"], stored["evals"]) == (1, 20, [])

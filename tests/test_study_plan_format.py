@@ -1,4 +1,5 @@
-"""The typed plan of ``convit study`` reads and writes plan.json exactly as version 1 has it.
+"""The typed plan of ``convit study`` reads and writes plan.json exactly as version 1 has it, and
+writes new plans in version 2 (version 1's keys in order, plus validation and power).
 
 The fixtures under ``fixtures/study_plan_v1/`` were written by the code before the plan was
 typed (a dry-run study of a small image folder with a held-out split, and of digits), with the
@@ -67,12 +68,19 @@ def test_any_number_of_arms():
 
 
 def test_another_version_is_refused():
-    d = dict(_fixture("digits_plan.json"), version=2)
-    with pytest.raises(ValueError, match="plan version 2"):
+    d = dict(_fixture("digits_plan.json"), version=3)
+    with pytest.raises(ValueError, match="plan version 3"):
         Plan.from_json(d)
 
 
-def test_a_new_plan_has_the_version_1_layout(tmp_path, capsys):
+def test_a_version_1_plan_says_nothing_of_power_or_validation():
+    plan = Plan.from_json(_fixture("digits_plan.json"))
+    assert plan.power is None and all(lv.val_images == 0 for lv in plan.levels)
+    assert "power" not in describe_plan(plan) and "validation" not in describe_plan(plan)
+    assert all(r.settings["val_fraction"] == 0.0 for r in study_runs(plan, "DATA"))
+
+
+def test_a_new_plan_is_version_2_with_the_version_1_layout_first(tmp_path, capsys):
     data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=14, size=8, splits=("train",))
     argv = ["study", str(data), "--output", str(tmp_path / "o"), "--budget", "3m", "--sizes", "3", "11"]
     assert main([*argv, "--dry-run"]) == 0
@@ -84,9 +92,24 @@ def test_a_new_plan_has_the_version_1_layout(tmp_path, capsys):
             return {k: layout(v) for k, v in x.items()}
         return type(x).__name__
 
-    for key in ("version", "request", "model", "levels", "seeds", "recipe", "threads", "timing"):
+    for key in ("model", "recipe", "threads", "timing"):
         assert layout(new[key]) == layout(old[key]), key
-    assert list(new) == list(old) and list(new["data"]) == list(old["data"])
+    assert new["version"] == 2 and list(new)[: len(old)] == list(old) and list(new)[len(old) :] == ["power"]
+    assert list(new["data"]) == list(old["data"]) and list(new["request"]) == list(old["request"])
+    level_keys = list(new["levels"][0])
+    assert level_keys[:4] == list(old["levels"][0]) and level_keys[4:] == [
+        "val_fraction",
+        "val_images",
+        "eval_every",
+    ]
+    assert new["request"]["seeds"] is None and len(new["seeds"]) >= 3  # chosen by the budget
+    assert new["power"]["seeds"] == len(new["seeds"]) and new["power"]["resolvable"] > 0
+    plan = load_plan(tmp_path / "o")
+    save_plan(tmp_path / "again", plan)
+    assert (
+        json.loads((tmp_path / "again" / "plan.json").read_text()) == new
+        and load_plan(tmp_path / "again") == plan
+    )
 
 
 def test_a_record_keeps_the_result_json_keys():
@@ -108,5 +131,20 @@ def test_a_record_keeps_the_result_json_keys():
         "status": "trained",
     }
     record = StudyRecord.from_json(d)
-    assert record.top1 == 75.0 and json.dumps(record.to_json()) == json.dumps(d)
+    assert record.top1 == 75.0 and record.converged is None
+    written = record.to_json()
+    assert json.dumps(dict(list(written.items())[: len(d)])) == json.dumps(d)  # the old keys, in order
+    assert list(written)[len(d) :] == ["val_top1", "val_curve", "convergence"]
     assert StudyRecord.from_json(d, status="done").status == "done"
+
+
+def test_a_record_keeps_its_validation_curve_and_convergence():
+    from convit.training.convergence import check_convergence
+
+    curve = [(2, 40.0), (4, 55.0), (6, 60.0), (8, 60.2)]
+    check = check_convergence(curve, 100)
+    record = StudyRecord(
+        name="deit-f1-s0", status="trained", val_top1=60.2, val_curve=curve, convergence=check
+    )
+    back = StudyRecord.from_json(json.loads(json.dumps(record.to_json())))
+    assert back == record and back.converged is True

@@ -23,10 +23,11 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
-    """plan.json of a tiny study (2 classes with spaces in a name, a held-out split, 10 images
-    per class, 2 seeds: 4 runs) with ``epochs`` epochs per run."""
+    """plan.json of a tiny study (2 classes with spaces in a name, a held-out test split, 10
+    images per class after a one-image validation hold-out, 2 seeds: 4 runs) with ``epochs``
+    epochs per run, validated every ``epochs / 2``."""
     data = write_image_folder(
-        root / "data", classes=("cat a", "dog"), per_class=13, size=8, splits=("train",)
+        root / "data", classes=("cat a", "dog"), per_class=14, size=8, splits=("train",)
     )
     assert (
         main(
@@ -49,7 +50,8 @@ def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
     path = root / "planned" / "plan.json"
     plan = json.loads(path.read_text())
     for lv in plan["levels"]:
-        lv["epochs"], lv["warmup_epochs"] = epochs, 1
+        assert lv["val_images"] == 2
+        lv["epochs"], lv["warmup_epochs"], lv["eval_every"] = epochs, 1, max(1, epochs // 2)
     path.write_text(json.dumps(plan))
     return path
 
@@ -92,6 +94,13 @@ def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
         assert v * n_test / 100 == pytest.approx(round(v * n_test / 100), abs=1e-6), (name, v, n_test)
     assert {n: len(a) for n, a in attempts(study).items()} == {n: 1 for n in serial_top1}
     assert (study / "report.html").is_file() and (study / "verdict.txt").read_text().strip()
+    # every run was validated on its own hold-out (never the test split) and checked for convergence
+    for name in serial_top1:
+        result = json.loads((study / "runs" / name / "result.json").read_text())
+        assert [e for e, _ in result["val_curve"]] == [2, 4] and result["convergence"] is not None
+        log = read_jsonl(study / "runs" / name / "log.jsonl")
+        assert [e["epoch"] for e in log if "test_top1" in e] == [4]
+    assert "Validation curves" in (study / "report.html").read_text()
     assert sorted(os.listdir(study / "data" / "val")) == ["cat a", "dog"]
     # again: everything is done, nothing is trained, the same verdict is printed
     capsys.readouterr()
@@ -190,3 +199,30 @@ def test_a_small_folder_study_fits_its_budget(tmp_path):
     assert wall <= 1.3 * 120, f"a 2-minute study took {wall:.0f} s:\n{proc.stdout}"
     last = proc.stdout.strip().splitlines()[-1]
     assert "images per class" in last and last == (tmp_path / "o" / "verdict.txt").read_text().strip()
+
+
+def test_the_report_draws_every_runs_validation_curve():
+    from convit.study.curves import convergence_summary, curves_figure
+    from convit.study.records import StudyRecord
+    from convit.training.convergence import check_convergence
+
+    curve = [(2, 40.0), (4, 55.0), (6, 56.0), (8, 70.0)]
+    records = [
+        StudyRecord(
+            name=f"{arm}-f1-s{seed}",
+            status="done",
+            variant=arm,
+            images_per_class=n,
+            seed=seed,
+            val_curve=curve,
+            convergence=check_convergence(curve, 10_000),
+        )
+        for arm in ("convit", "deit")
+        for n in (10, 30)
+        for seed in (0, 1)
+    ]
+    fig = curves_figure(records, ["convit", "deit"])
+    assert len(fig.axes) == 2 and sum(len(ax.lines) for ax in fig.axes) == 8
+    assert all(line.get_linestyle() == "--" for ax in fig.axes for line in ax.lines)  # still improving
+    assert convergence_summary(records).startswith("0 of 8 runs checked had converged")
+    assert curves_figure([StudyRecord(name="x", status="done")], ["convit"]) is None

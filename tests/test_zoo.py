@@ -119,6 +119,7 @@ def test_a_timm_model_round_trips_through_our_safetensors(tmp_path):
 WEIGHTS_ORDER = (
     "pretrained",
     "timm_arch",
+    "cnn",
     "checkpoint",
     "timm_format",
     "model_card",

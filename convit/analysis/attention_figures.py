@@ -179,7 +179,8 @@ def _centre_arrows(ax, c_init: list, s_init: list, c_final: list, s_final: list)
         colour = f"C{h}"
         c0 = c_init[h] if h < len(c_init) else None
         s0 = s_init[h] if h < len(s_init) else None
-        c1, s1 = c_final[h], s_final[h]
+        c1 = c_final[h]
+        s1 = s_final[h]
         ok0 = c0 is not None and None not in c0 and s0 is not None
         ok1 = c1 is not None and None not in c1 and s1 is not None
         if ok0:

@@ -108,7 +108,8 @@ def _metrics_rows(runs: list[tuple[str, list[dict]]]) -> list[list[str]]:
 
 def _layer_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per block: type, gates, nonlocality (full, content, positional, at init, per head)."""
-    rows, gi = [], 0
+    rows = []
+    gi = 0
     for layer, t in enumerate(summary["layer_types"]):
         gates = summary["gates"][gi] if t == "gpsa" else None
         rows.append(
@@ -134,7 +135,8 @@ def _centre(c) -> str:
 
 def _centre_rows(summary: dict, init_summary: dict) -> list[list[str]]:
     """One row per GPSA head: centre and span at init and after training."""
-    ic, isp = init_summary["centres"], init_summary["spans"]
+    ic = init_summary["centres"]
+    isp = init_summary["spans"]
     rows = []
     for layer, (cs, ss) in enumerate(zip(summary["centres"], summary["spans"])):
         for h, (c, s) in enumerate(zip(cs, ss)):

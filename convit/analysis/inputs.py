@@ -56,9 +56,11 @@ def load_inputs(
         x = _read_image(image, data, cfg)
         name = f"image {Path(image).name}"
         if tests.images is not None:
-            images, images_source = tests.images, f"test images of {dataset}"
+            images = tests.images
+            images_source = f"test images of {dataset}"
         else:
-            images, images_source = x[None], name
+            images = x[None]
+            images_source = name
         return AnalysisInputs(images, x, display(x), name, images_source, tests.note, data, tests.test_set)
     if tests.images is not None:
         first = tests.images[0]
@@ -123,7 +125,8 @@ def _read_image(image: Path, data: dict, cfg: ConViTConfig) -> torch.Tensor:
     """``image`` preprocessed as in evaluation, at the model's input size, [C, H, W]."""
     if not data.get("mean"):
         raise ValueError("the checkpoint has no 'data' metadata (mean/std): cannot preprocess --image")
-    size, in_chans = cfg.img_size, cfg.in_chans
+    size = cfg.img_size
+    in_chans = cfg.in_chans
     native = data.get("native_size")
     t = eval_transform(size[0], data["mean"], data["std"], in_chans, native)
     x = t(

@@ -59,7 +59,8 @@ def _fresh_model(cfg: ConViTConfig) -> ConViT:
 
 def _default_layers(model: ConViT) -> list[int]:
     """First and last GPSA block and the first MHSA block (ConViT), or first and last (DeiT)."""
-    depth, k = len(model.blocks), model.local_up_to_layer
+    depth = len(model.blocks)
+    k = model.local_up_to_layer
     layers = [0, k - 1, k] if k > 0 else [0, depth - 1]
     return sorted({layer for layer in layers if 0 <= layer < depth})
 
@@ -115,7 +116,8 @@ def analyze(
     model_name: zoo name, for checkpoints that carry no config (official files, timm's).
     Returns the paths written (PNGs, then the HTML).
     """
-    checkpoint, output = Path(checkpoint), Path(output)
+    checkpoint = Path(checkpoint)
+    output = Path(output)
     model = create_model(model_name, checkpoint_path=checkpoint).eval()
     layers, heads = _check_indices(model, layers, heads)
     output.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,8 @@ def _check_indices(
 ) -> tuple[list[int], list[int]]:
     """The blocks and heads to draw (defaults filled in); out-of-range indices are an error
     raised before anything is computed or written."""
-    n_heads, depth = model.cfg.num_heads, len(model.blocks)
+    n_heads = model.cfg.num_heads
+    depth = len(model.blocks)
     heads = list(heads) if heads is not None else list(range(min(n_heads, MAX_DEFAULT_HEADS)))
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad:

@@ -161,6 +161,8 @@ def _list_runs(specs: list, output: Path) -> None:
     """``--dry-run``: one line per planned run, with its state and epochs."""
     for spec in specs:
         kwargs = json.dumps(spec.variant.model_kwargs) if spec.variant.model_kwargs else ""
+        if spec.variant.params:  # a model the grid sized itself (the CNN arm)
+            kwargs = f"{spec.variant.params:,} params  {kwargs}"
         print(
             f"{spec.key:34s} {run_status(spec):8s} {spec.overrides['model']:14s} "
             f"epochs {spec.overrides['epochs']:5d}  {kwargs}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..nn.model import ConViT
 from ..weights.hub import export_timm
 from ..weights.zoo import load_model
 
@@ -99,6 +100,11 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, args.model, args.img_size)
+    if args.format in ("timm", "hf") and not isinstance(model, ConViT):
+        raise ValueError(
+            f"{args.checkpoint} holds a {type(model).__name__}, not a ConViT: timm's hub layout here "
+            "describes ConViTs only (--format onnx exports any model)"
+        )
     if args.format in ("timm", "hf"):
         metadata = {k: info[k] for k in ("data", "model_name") if info[k] is not None}
         out = export_timm(

@@ -1,16 +1,20 @@
-"""``convit models``: the zoo as a table (parameters, FLOPs at the native resolution, GPSA layers)."""
+"""``convit models``: the zoo as a table (parameters, FLOPs at the native resolution, GPSA layers;
+the CNN arm at its default size)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..nn.model import ConViTConfig
-from ..weights.zoo import list_models, model_spec
+from ..weights.cnn import cnn_config, macs, param_count
+from ..weights.zoo import ModelSpec, list_models, model_spec
 
 
 def count_params_cfg(cfg: ConViTConfig) -> int:
     """Parameter count from the config alone (no weights are allocated)."""
-    d, L, n = cfg.embed_dim, cfg.depth, cfg.grid[0] * cfg.grid[1]
+    d = cfg.embed_dim
+    L = cfg.depth
+    n = cfg.grid[0] * cfg.grid[1]
     hidden = int(d * cfg.mlp_ratio)
     embed = cfg.in_chans * cfg.patch_size**2 * d + d + d  # conv + bias + cls token
     embed += (n + (cfg.local_up_to_layer == 0)) * d if cfg.use_pos_embed else 0
@@ -36,7 +40,8 @@ def flops(cfg: ConViTConfig) -> int:
     altogether (the comparison is in docs/model.md); it also needs a forward pass of every model,
     where this is arithmetic on the config.
     """
-    d, n = cfg.embed_dim, cfg.grid[0] * cfg.grid[1]
+    d = cfg.embed_dim
+    n = cfg.grid[0] * cfg.grid[1]
     hidden = int(d * cfg.mlp_ratio)
     total = n * cfg.in_chans * cfg.patch_size**2 * d
     for i in range(cfg.depth):
@@ -51,25 +56,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'convit_*'")
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = []
-    for name in list_models(args.pattern):
-        spec = model_spec(name)
+def _row(name: str, spec: ModelSpec) -> tuple[str, ...]:
+    """One model's line: a ConViT's or DeiT's sizes from its config, the CNN arm's at its
+    default size (no GPSA, no heads)."""
+    pre = spec.pretrained
+    weights = "official+timm" if pre and pre.url else ("timm" if pre and pre.hf_hub_id else "-")
+    if spec.family == "cnn":
+        cnn = cnn_config(**spec.config)
+        sizes = (param_count(cnn), macs(cnn), "-", "-", cnn.img_size[0])
+    else:
         cfg = ConViTConfig(**spec.config)
-        pre = spec.pretrained
-        weights = "official+timm" if pre and pre.url else ("timm" if pre and pre.hf_hub_id else "-")
-        rows.append(
-            (
-                name,
-                f"{count_params_cfg(cfg) / 1e6:.2f}M",
-                f"{flops(cfg) / 1e9:.2f}G",
-                f"{cfg.local_up_to_layer}/{cfg.depth}",
-                f"{cfg.num_heads}x{cfg.embed_dim // cfg.num_heads}",
-                f"{cfg.img_size[0]}",
-                weights,
-                spec.description,
-            )
+        heads = f"{cfg.num_heads}x{cfg.embed_dim // cfg.num_heads}"
+        sizes = (
+            count_params_cfg(cfg),
+            flops(cfg),
+            f"{cfg.local_up_to_layer}/{cfg.depth}",
+            heads,
+            cfg.img_size[0],
         )
+    params, macs_, gpsa, heads, res = sizes
+    return (
+        name,
+        f"{params / 1e6:.2f}M",
+        f"{macs_ / 1e9:.2f}G",
+        gpsa,
+        heads,
+        f"{res}",
+        weights,
+        spec.description,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [_row(name, model_spec(name)) for name in list_models(args.pattern)]
     header = ("model", "params", "GMACs", "GPSA", "heads", "res", "weights", "description")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for r in [header] + rows:

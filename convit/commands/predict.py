@@ -125,8 +125,11 @@ class _Files(Dataset):
     the reader's warnings travel with the item (out of DataLoader workers too)."""
 
     def __init__(self, paths: list[str], transform, mode: str, target_size: int, max_pixels: Optional[int]):
-        self.paths, self.transform, self.mode = paths, transform, mode
-        self.target_size, self.max_pixels = target_size, max_pixels
+        self.paths = paths
+        self.transform = transform
+        self.mode = mode
+        self.target_size = target_size
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -169,7 +172,9 @@ class _Sink:
     """Where predictions go: stdout (text or ``--json`` lines) or the ``--output`` file."""
 
     def __init__(self, output: Optional[str], as_json: bool, k: int, write):
-        self.as_json, self.k, self.write = as_json, k, write
+        self.as_json = as_json
+        self.k = k
+        self.write = write
         self.file: Optional[IO[str]] = None
         self.csv = None
         if output is not None:
@@ -211,8 +216,10 @@ class _Sink:
 def _batches(args: argparse.Namespace, paths: list[str], model, info) -> Iterator:
     """The DataLoader of ``_Files`` batches with the checkpoint's eval preprocessing."""
     data = info["data"] or {}
-    cfg, pcfg = model.cfg, model.pretrained_cfg  # pcfg: timm-style defaults matching in_chans
-    img_size, in_chans = int(data.get("img_size", cfg.img_size[0])), int(data.get("in_chans", cfg.in_chans))
+    cfg = model.cfg
+    pcfg = model.pretrained_cfg  # timm-style defaults matching in_chans
+    img_size = int(data.get("img_size", cfg.img_size[0]))
+    in_chans = int(data.get("in_chans", cfg.in_chans))
     native = data.get("native_size")
     transform = eval_transform(
         img_size, data.get("mean", pcfg["mean"]), data.get("std", pcfg["std"]), in_chans, native

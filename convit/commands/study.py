@@ -45,7 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="DIR", help="study folder (default runs/study-<data name>)")
     p.add_argument("--plan", metavar="PLAN", help="run this plan.json exactly instead of planning")
     p.add_argument("--overwrite", action="store_true", help="replace another study in --output")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per size (default 2; the interval needs >= 2)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per size (default: chosen by the budget, 3 or more when they fit; the interval needs "
+        ">= 2, and resolves little with 2)",
+    )
     p.add_argument(
         "--sizes", type=int, nargs="+", metavar="N", help="images per class to compare (default: planned)"
     )
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     t_start = getattr(args, "started_at", None) or time.perf_counter()
     if args.data is None and args.plan is None:
         raise ValueError("give DATA (an image folder or a built-in dataset) or --plan plan.json")
-    if args.seeds < 1 or args.threads < 1 or args.jobs < 1:
+    if (args.seeds is not None and args.seeds < 1) or args.threads < 1 or args.jobs < 1:
         raise ValueError("--seeds, --threads and --jobs must be at least 1")
     name = Path(args.data).name if args.data else Path(args.plan).resolve().parent.name
     study = Path(args.output or f"runs/study-{name}")

@@ -82,7 +82,8 @@ def train_job(settings: dict[str, Any]) -> dict[str, Any]:
                 flush=True,
             )
     else:
-        cfg, state = TrainConfig(**settings).validate(), None
+        cfg = TrainConfig(**settings).validate()
+        state = None
     return fit(cfg, resume_state=state, **training_hooks())
 
 

@@ -156,7 +156,9 @@ class ShardSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
-        self.n, self.rank, self.world_size = n, rank, world_size
+        self.n = n
+        self.rank = rank
+        self.world_size = world_size
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.n, self.world_size))

@@ -101,7 +101,8 @@ class Resumable(_Checkpointable):  # type: ignore[misc,valid-type]
     :meth:`checkpoint` (inherited), which resubmits this same call."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn, self.args = fn, args
+        self.fn = fn
+        self.args = args
 
     def __call__(self) -> Any:
         return self.fn(*self.args)

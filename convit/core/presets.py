@@ -18,7 +18,7 @@ from convit, so every other module may read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 __all__ = [
     "TRAIN_PRESETS",
@@ -148,6 +148,9 @@ class ExperimentScale:
     ablation_fractions: fractions for the non-sample-efficiency grids (paper: full and 10%).
     backend: ``fit`` (:func:`convit.training.fit.fit` on DataLoaders) or ``device`` (the same ``fit`` on
         batches made on the accelerator, :mod:`convit.data.device`, for CIFAR-10 on a GPU).
+    img_size, num_classes: the dataset's image side and classes, so that an arm sized to the
+        ConViT's parameter count (the CNN, :mod:`convit.experiments.grids`) is sized before any
+        data is read; a scale without them has no CNN arm.
     """
 
     name: str
@@ -166,6 +169,8 @@ class ExperimentScale:
     eval_points: int = 10
     backend: str = "fit"
     budget: str = ""
+    img_size: Optional[int] = None
+    num_classes: Optional[int] = None
 
 
 # The recipe shared by both CPU scales: DeiT's recipe without mixup/cutmix (the `digits`
@@ -209,6 +214,8 @@ EXPERIMENT_SCALES: dict[str, ExperimentScale] = {
         base_epochs=30,
         base_warmup=2,
         budget="16 runs (2 models x 4 fractions x 2 seeds), each 30 epochs' worth of 1,295 images",
+        img_size=8,
+        num_classes=10,
     ),
     # Fashion-MNIST 28x28, 7x7 patches (4x4 grid).  A run sees 0.6 epochs' worth of the 57k
     # training images (34k images), so fractions stop at 30%: at f = 1 a run would be < 1 epoch.
@@ -229,6 +236,8 @@ EXPERIMENT_SCALES: dict[str, ExperimentScale] = {
         base_warmup=0.05,
         eval_points=5,
         budget="16 runs (2 models x 4 fractions x 2 seeds), each 32k images",
+        img_size=28,
+        num_classes=10,
     ),
     # CIFAR-10 on one GPU: ConViT-Ti vs DeiT-Ti widths (192 = 4 x 48 = 3 x 64), 4x4 patches
     # (8x8 grid), 6 blocks (5 GPSA), bf16, batch 512, uint8 data and augmentation on the GPU.
@@ -265,6 +274,8 @@ EXPERIMENT_SCALES: dict[str, ExperimentScale] = {
         eval_points=10,
         backend="device",
         budget="20 runs (2 models x 5 fractions x 2 seeds), each 30 epochs' worth of 45k images",
+        img_size=32,
+        num_classes=10,
     ),
     # CIFAR-10 on CPU cores, each run trained to convergence on its subset (docs/results.md,
     # sec. 5): 4x4 patches (8x8 grid), 48 wide, 6 blocks (5 GPSA), small enough that a run fits
@@ -291,6 +302,8 @@ EXPERIMENT_SCALES: dict[str, ExperimentScale] = {
         eval_points=10,
         backend="device",
         budget="16 runs (2 models x 4 fractions x 2 seeds), each 8 epochs' worth of 45k images",
+        img_size=32,
+        num_classes=10,
     ),
 }
 

@@ -53,14 +53,16 @@ def _draws(steps: list[Callable], count: int, h: int, w: int) -> list[Optional[t
     bounds = []  # per crop: the exclusive upper bounds of top and left (0: no draw, as torchvision)
     for step in steps:
         if isinstance(step, v2.RandomCrop):
-            pad, (ch, cw) = step.padding[0], step.size
+            pad = step.padding[0]
+            ch, cw = step.size
             bounds.append(
                 (
                     h + 2 * pad - ch + 1 if h + 2 * pad > ch else 0,
                     w + 2 * pad - cw + 1 if w + 2 * pad > cw else 0,
                 )
             )
-            h, w = ch, cw
+            h = ch
+            w = cw
         else:
             bounds.append(None)
     crops = [k for k, pair in enumerate(bounds) if pair is not None]
@@ -72,7 +74,8 @@ def _draws(steps: list[Callable], count: int, h: int, w: int) -> list[Optional[t
         flat = torch.randint(0, ns.pop(), (count, len(crops), 2))
         return [flat[:, crops.index(k)] if k in crops else None for k in range(len(steps))]
     values: list[list] = [[] for _ in steps]
-    randint, rand = torch.randint, torch.rand
+    randint = torch.randint
+    rand = torch.rand
     for _ in range(count):
         for k, step in enumerate(steps):
             if bounds[k] is not None:
@@ -97,7 +100,8 @@ def _vector_randint_is_serial() -> bool:
     """Whether ``torch.randint(0, n, (k,))`` draws what k calls ``torch.randint(0, n, ())`` draw
     and leaves the generator where they leave it (it does on CPU: one draw per element, in
     order); checked once on a private generator, so another torch falls back to the loop."""
-    a, b = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
+    a = torch.Generator().manual_seed(12345)
+    b = torch.Generator().manual_seed(12345)
     loop = torch.stack([torch.randint(0, 3, (), generator=a) for _ in range(97)])
     return torch.equal(loop, torch.randint(0, 3, (97,), generator=b)) and torch.equal(
         torch.rand(4, generator=a), torch.rand(4, generator=b)
@@ -182,8 +186,11 @@ class SampledBatches:
         drop_last: bool = False,
         even: bool = False,
     ) -> None:
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.drop_last, self.even = drop_last, even
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.drop_last = drop_last
+        self.even = even
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]

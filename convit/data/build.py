@@ -48,6 +48,7 @@ class DataBundle:
     native_size: Optional[int] = None
     augment: str = "none"
     skipped: list[str] = field(default_factory=list)
+    files: tuple[str, ...] = ()  # the data files the source read (Source.files)
 
     @property
     def num_classes(self) -> int:
@@ -207,4 +208,5 @@ def build_data(
         native_size=src.native_size,
         augment=aug,
         skipped=list(src.skipped),
+        files=src.files,
     )

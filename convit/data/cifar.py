@@ -28,8 +28,10 @@ except ImportError:  # pragma: no cover - depends on the torchvision version
 
 __all__ = ["load_cifar", "load_cifar10", "load_cifar100", "load_cifar10_npz"]
 
-_CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-_CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+_CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+_CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+_CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 _CIFAR10_NPZ = "cifar10_jpeg.npz"
 _CIFAR10_SHARED = os.path.join("..", "shared", "data", _CIFAR10_NPZ)  # relative to the cwd
 
@@ -186,6 +188,7 @@ def load_cifar(name: str, data_path: Optional[str], download: bool) -> Source:
     else:
         xtr, ytr, xte, yte, classes = _load_pickles(name, where, tried, data_path, download)
     mean, std = (_CIFAR10_MEAN, _CIFAR10_STD) if name == "cifar10" else (_CIFAR100_MEAN, _CIFAR100_STD)
+    files = (str(where[1].resolve()),) if where is not None and where[0] == "npz" else ()
     return Source(
         nhwc_to_tensor(xtr),
         np.asarray(ytr, dtype=np.int64),
@@ -197,6 +200,7 @@ def load_cifar(name: str, data_path: Optional[str], download: bool) -> Source:
         mean=mean,
         std=std,
         default_augment="small",
+        files=files,
     )
 
 

@@ -63,7 +63,8 @@ class TensorImageDataset(Dataset):
         self.transform = transform
         self.to_pil = to_pil
         self._batched = None if to_pil else batched(transform)
-        self._indices_t, self._labels_t = torch.from_numpy(self.indices), torch.from_numpy(self.labels)
+        self._indices_t = torch.from_numpy(self.indices)
+        self._labels_t = torch.from_numpy(self.labels)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -117,7 +118,9 @@ class UnreadableSample:
     __slots__ = ("path", "reason", "shape")
 
     def __init__(self, path: str, reason: str, shape: tuple[int, ...]):
-        self.path, self.reason, self.shape = path, reason, shape
+        self.path = path
+        self.reason = reason
+        self.shape = shape
 
     def __repr__(self) -> str:
         return f"UnreadableSample({self.path!r}: {self.reason})"
@@ -207,8 +210,11 @@ class ImageFileDataset(Dataset):
         self.labels = np.array([y for _, y in samples], dtype=np.int64)
         self.transform = transform
         self.mode = "L" if in_chans == 1 else "RGB"
-        self.strict, self.target_size, self.max_pixels = strict, target_size, max_pixels
-        self.failed_log, self.rejected = failed_log, dict(rejected or {})
+        self.strict = strict
+        self.target_size = target_size
+        self.max_pixels = max_pixels
+        self.failed_log = failed_log
+        self.rejected = dict(rejected or {})
         self.failed: list[str] = []
         self.reasons: dict[str, str] = {}
         self._shape: Optional[tuple[int, ...]] = None
@@ -249,7 +255,8 @@ class ImageFileDataset(Dataset):
         """The shape of one transformed image: of a real one once read, else of a blank
         image (with every random generator restored, so seeded augmentation is unchanged)."""
         if self._shape is None:
-            py, npy = random.getstate(), np.random.get_state()
+            py = random.getstate()
+            npy = np.random.get_state()
             with torch.random.fork_rng(devices=[]):
                 self._shape = tuple(self.transform(Image.new(self.mode, (64, 64))).shape)
             random.setstate(py)

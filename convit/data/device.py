@@ -54,7 +54,8 @@ class DeviceImages:
         c = images.shape[1]
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, c, 1, 1)
-        self.pad, self.hflip = int(pad), bool(hflip)
+        self.pad = int(pad)
+        self.hflip = bool(hflip)
         # Padded once, so a crop is a plain gather (the padding is zeros: black, as torchvision).
         self._padded = torch.nn.functional.pad(self.images, (self.pad,) * 4) if self.pad > 0 else self.images
 
@@ -114,7 +115,10 @@ class TrainBatches:
     """
 
     def __init__(self, data: DeviceImages, batch_size: int, seed: int = 0, even: bool = False) -> None:
-        self.data, self.batch_size, self.seed, self.even = data, int(batch_size), int(seed), even
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.even = even
         self.epoch = 0
         self.generator = torch.Generator(device=data.device)
         n = len(data)
@@ -144,7 +148,8 @@ class EvalBatches:
     """The images of a :class:`DeviceImages` in order, normalised, in chunks of ``batch_size``."""
 
     def __init__(self, data: DeviceImages, batch_size: int) -> None:
-        self.data, self.batch_size = data, int(batch_size)
+        self.data = data
+        self.batch_size = int(batch_size)
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import sklearn.datasets
 import torch
 from sklearn.datasets import load_digits as _sklearn_digits
 from sklearn.model_selection import train_test_split
@@ -39,4 +41,11 @@ def load_digits(data_path: Optional[str] = None, download: bool = False) -> Sour
         mean=(float(train.mean()),),
         std=(float(train.std()),),
         default_augment="small",
+        files=_bundled_file(),
     )
+
+
+def _bundled_file() -> tuple[str, ...]:
+    """scikit-learn's file of the digits (``digits.csv.gz``), for a run's provenance."""
+    path = Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    return (str(path),) if path.is_file() else ()

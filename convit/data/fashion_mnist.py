@@ -23,7 +23,8 @@ from .sources import Source, cache_dir, nhwc_to_tensor
 
 __all__ = ["load_fashion_mnist", "read_idx"]
 
-_FASHION_MEAN, _FASHION_STD = (0.2860,), (0.3530,)
+_FASHION_MEAN = (0.2860,)
+_FASHION_STD = (0.3530,)
 _FASHION_CLASSES = [
     "T-shirt/top",
     "Trouser",
@@ -71,7 +72,8 @@ def _fashion_dirs(data_path: Optional[str]) -> list[Path]:
 
 def _find_idx_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """The four Fashion-MNIST files in ``folder`` (``.gz`` or not), and the missing names."""
-    found, missing = {}, []
+    found = {}
+    missing = []
     for name in _FASHION_FILES:
         hit = next((folder / n for n in (name + ".gz", name) if (folder / n).is_file()), None)
         if hit is None:
@@ -119,8 +121,10 @@ def load_fashion_mnist(data_path: Optional[str], download: bool) -> Source:
         if not download:
             raise _not_found(report)
         found = _download(data_path)
-    xtr, ytr = read_idx(found[_FASHION_FILES[0]]), read_idx(found[_FASHION_FILES[1]])
-    xte, yte = read_idx(found[_FASHION_FILES[2]]), read_idx(found[_FASHION_FILES[3]])
+    xtr = read_idx(found[_FASHION_FILES[0]])
+    ytr = read_idx(found[_FASHION_FILES[1]])
+    xte = read_idx(found[_FASHION_FILES[2]])
+    yte = read_idx(found[_FASHION_FILES[3]])
     return Source(
         nhwc_to_tensor(xtr),
         ytr.astype(np.int64),
@@ -128,6 +132,7 @@ def load_fashion_mnist(data_path: Optional[str], download: bool) -> Source:
         yte.astype(np.int64),
         class_names=list(_FASHION_CLASSES),
         in_chans=1,
+        files=tuple(str(Path(found[name]).resolve()) for name in _FASHION_FILES),
         native_size=28,
         mean=_FASHION_MEAN,
         std=_FASHION_STD,

@@ -111,7 +111,8 @@ def _scaled(im: Image.Image, lo: float, hi: float) -> Image.Image:
 
 def _range(im: Image.Image) -> tuple[float, float]:
     """Smallest and largest finite value of a one-band image ((0, 0) if none is finite)."""
-    lo, hi = np.inf, -np.inf
+    lo = np.inf
+    hi = -np.inf
     for _, rows in _strips(im):
         finite = rows[np.isfinite(rows)] if rows.dtype.kind == "f" else rows
         if finite.size:

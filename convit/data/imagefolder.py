@@ -64,7 +64,8 @@ def _scan_split(split_dir: Path) -> tuple[list[str], list[tuple[str, int]], list
         raise ValueError(
             f"imagefolder: no class folders in {split_dir} (expected {split_dir}/<class>/<images>)"
         )
-    samples, skipped = [], []
+    samples = []
+    skipped = []
     for label, c in enumerate(classes):
         files = _class_files(split_dir / c)
         if not files:

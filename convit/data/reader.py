@@ -60,7 +60,9 @@ class ImageReadError(ValueError):
     did not recognise the file) and ``reason``. ``str(e)`` names all three."""
 
     def __init__(self, path: PathLike, reason: str, format: Optional[str] = None):
-        self.path, self.reason, self.format = str(path), reason, format
+        self.path = str(path)
+        self.reason = reason
+        self.format = format
         fmt = f" ({format})" if format else ""
         super().__init__(f"cannot read image {self.path}{fmt}: {reason}")
 
@@ -74,7 +76,8 @@ class ImageReadWarning(UserWarning):
     naming the file (``path``, ``detail``; ``str()`` is ``"path: detail"``)."""
 
     def __init__(self, path: PathLike, detail: str):
-        self.path, self.detail = str(path), detail
+        self.path = str(path)
+        self.detail = detail
         super().__init__(f"{self.path}: {detail}")
 
 
@@ -137,7 +140,8 @@ def _format_of(e: BaseException) -> Optional[str]:
     """The format whose Pillow plugin raised ``e`` (the ``format`` of the image object in the
     innermost frame that has one): names the format of a file that failed inside
     ``Image.open``, before Pillow returned it."""
-    fmt, tb = None, e.__traceback__
+    fmt = None
+    tb = e.__traceback__
     while tb is not None:
         obj = tb.tb_frame.f_locals.get("self")
         if isinstance(obj, Image.Image) and getattr(type(obj), "format", None):

@@ -28,7 +28,8 @@ class Source:
     ``default_augment`` what ``augment="auto"`` means (whether mirroring is valid is the
     dataset's :attr:`~convit.data.registry.DatasetSpec.hflip`); ``train_skipped`` /
     ``test_skipped`` the unreadable files left out of each split (path -> reason), ``skipped``
-    all of them.
+    all of them.  ``files``: the data files the loader read, for a run's provenance (empty for
+    image folders, whose files are many).
     """
 
     train_images: Union[torch.Tensor, list[str]]
@@ -43,6 +44,7 @@ class Source:
     default_augment: str
     train_skipped: dict[str, str] = field(default_factory=dict)
     test_skipped: dict[str, str] = field(default_factory=dict)
+    files: tuple[str, ...] = ()  # the data files read (a run's provenance hashes them); () for folders
 
     @property
     def skipped(self) -> list[str]:

@@ -63,7 +63,8 @@ def holdout_per_class(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     """
     if fraction == 0:
         return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
-    rest, held = [], []
+    rest = []
+    held = []
     for c in np.unique(labels):
         perm = _class_permutation(np.flatnonzero(labels == c), seed, c, stream=1)
         k = min(int(round(fraction * len(perm))), len(perm) - 1)

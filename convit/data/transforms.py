@@ -135,8 +135,10 @@ class _CapAspect:
         cap = max(1, math.ceil(self.max_aspect * min(w, h)))
         if max(w, h) <= cap:
             return img
-        new_w, new_h = min(w, cap), min(h, cap)
-        left, top = (w - new_w) // 2, (h - new_h) // 2
+        new_w = min(w, cap)
+        new_h = min(h, cap)
+        left = (w - new_w) // 2
+        top = (h - new_h) // 2
         if isinstance(img, Image.Image):
             return img.crop((left, top, left + new_w, top + new_h))
         if isinstance(img, np.ndarray):
@@ -263,7 +265,9 @@ def _cap_posterize(transform: Callable) -> None:
     op = ops[0]
     op.magnitude_max = min(op.magnitude_max or _POSTERIZE_MAX_MAGNITUDE, _POSTERIZE_MAX_MAGNITUDE)
     probe = copy.copy(op)  # shallow: same functions and cap, own prob/magnitude
-    probe.prob, probe.magnitude_std, probe.magnitude = 1.0, 0.0, 1e6
+    probe.prob = 1.0
+    probe.magnitude_std = 0.0
+    probe.magnitude = 1e6
     rng_state = random.getstate()  # the probe must not shift the seeded augmentation stream
     for mode, white in (("L", 255), ("RGB", (255, 255, 255))):
         try:

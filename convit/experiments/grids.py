@@ -17,18 +17,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
+
 from ..core.presets import ExperimentScale
-from ..weights.zoo import model_spec
+from ..data.registry import dataset_spec
+from ..nn.model import count_params
+from ..weights.cnn import cnn_for
+from ..weights.zoo import create_model, model_spec
 
 __all__ = [
     "Variant",
+    "CNN_MODEL",
     "GRIDS",
     "PAPER_SAMPLE_EFFICIENCY",
     "PAPER_ABLATION",
     "grid_variants",
     "scale_depth",
+    "convit_params",
+    "cnn_variant",
     "epochs_for_fraction",
 ]
+
+#: The zoo name of the CNN arm (:mod:`convit.weights.cnn`).
+CNN_MODEL = "resnet"
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,15 @@ class Variant:
 
     name: folder name and CSV key (``convit``, ``frozen-gates``, ...).
     label: human-readable name for tables and figures.
-    role: ``convit`` (the scale's ConViT, with ``model_kwargs`` on top) or ``deit`` (the
-        scale's DeiT baseline at matched size).
-    model_kwargs: :class:`convit.nn.model.ConViTConfig` fields changed by this variant.
+    role: ``convit`` (the scale's ConViT, with ``model_kwargs`` on top), ``deit`` (the
+        scale's DeiT baseline at matched size) or ``cnn`` (the CNN arm, :data:`CNN_MODEL`, sized
+        to the scale's ConViT: :func:`cnn_variant`).
+    model_kwargs: :class:`convit.nn.model.ConViTConfig` fields changed by this variant (the CNN
+        arm: every field of its architecture but those taken from the data).
     baseline: the variant relative gains are computed against (DeiT, or 0 GPSA layers).
+    optional: run only when named (``--variants``), so that a grid's default sweep, and the
+        folders it already filled, stay as they were.
+    params: the parameter count of a model the grid sizes itself (the CNN arm), for ``--dry-run``.
     """
 
     name: str
@@ -48,6 +64,8 @@ class Variant:
     role: str = "convit"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     baseline: bool = False
+    optional: bool = False
+    params: Optional[int] = None
 
 
 def scale_depth(scale: ExperimentScale) -> int:
@@ -55,8 +73,36 @@ def scale_depth(scale: ExperimentScale) -> int:
     return int({**model_spec(scale.convit_model).config, **scale.model_kwargs}.get("depth", 12))
 
 
+def convit_params(scale: ExperimentScale) -> int:
+    """Parameters of ``scale``'s ConViT on its data (the scale's image size and classes, the
+    dataset's channels), counted on a model built on the meta device (nothing allocated, no
+    random numbers drawn)."""
+    kwargs = {**scale.model_kwargs, **scale.convit_kwargs}
+    data = dict(img_size=scale.img_size, in_chans=dataset_spec(scale.dataset).in_chans)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = create_model(scale.convit_model, **kwargs, **data, num_classes=scale.num_classes)
+    return count_params(model)
+
+
+def cnn_variant(scale: ExperimentScale) -> Optional[Variant]:
+    """The CNN arm at ``scale``: timm's ResNet with the parameter count of the scale's ConViT
+    (within 15 %: :func:`convit.weights.cnn.cnn_for`), its architecture pinned; trained with the
+    scale's data and recipe, on request (``--variants resnet``).  None for a scale that does not
+    say its image size and classes."""
+    if scale.img_size is None or scale.num_classes is None:
+        return None
+    in_chans = dataset_spec(scale.dataset).in_chans
+    cfg, params = cnn_for(convit_params(scale), scale.img_size, in_chans, scale.num_classes)
+    pinned = dict(widths=list(cfg.widths), layers=list(cfg.layers), small_stem=cfg.small_stem)
+    return Variant("resnet", "ResNet", role="cnn", model_kwargs=pinned, optional=True, params=params)
+
+
 def _sample_efficiency(p: ExperimentScale) -> list[Variant]:
-    return [Variant("convit", "ConViT"), Variant("deit", "DeiT", role="deit", baseline=True)]
+    """The paper's Table 2 (ConViT against DeiT), and the CNN arm on request."""
+    cnn = cnn_variant(p)
+    return [Variant("convit", "ConViT"), Variant("deit", "DeiT", role="deit", baseline=True)] + (
+        [cnn] if cnn is not None else []
+    )
 
 
 def _ablation(p: ExperimentScale) -> list[Variant]:
@@ -113,17 +159,18 @@ GRIDS = {
 
 
 def grid_variants(grid: str, scale: ExperimentScale, only: Optional[list[str]] = None) -> list[Variant]:
-    """The variants of ``grid`` at ``scale``'s size, optionally only those named in ``only``."""
+    """The variants of ``grid`` at ``scale``'s size: those named in ``only``, else all but the
+    optional ones (the CNN arm)."""
     if grid not in GRIDS:
         raise ValueError(f"unknown experiment {grid!r}; known: {', '.join(GRIDS)}")
     variants = GRIDS[grid](scale)
-    if only:
-        names = [v.name for v in variants]
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {unknown} for {grid}; known: {', '.join(names)}")
-        variants = [v for v in variants if v.name in only]
-    return variants
+    if not only:
+        return [v for v in variants if not v.optional]
+    names = [v.name for v in variants]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown} for {grid}; known: {', '.join(names)}")
+    return [v for v in variants if v.name in only]
 
 
 def epochs_for_fraction(base_epochs: float, fraction: float) -> int:

@@ -98,7 +98,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _footer(cells: Sequence[Cell]) -> list[str]:
     params = {c.label: c.params for c in cells if c.params}
-    wall, cpu = sum(c.wall_s for c in cells), sum(c.cpu_s for c in cells)
+    wall = sum(c.wall_s for c in cells)
+    cpu = sum(c.cpu_s for c in cells)
     out = [""]
     if params:
         out.append("Parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".  ")
@@ -191,9 +192,13 @@ def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
         "means; in brackets the std of the per-seed (paired) gains.",
         "",
     ]
-    if grid == "sample-efficiency":
-        lines += _sample_efficiency_table(cells)
-    else:
+    arms = {c.variant for c in cells}
+    if grid == "sample-efficiency" and arms & {"convit", "deit"}:
+        lines += _sample_efficiency_table([c for c in cells if c.variant in ("convit", "deit")])
+    if grid == "sample-efficiency" and arms - {"convit", "deit"}:
+        for f in sorted({c.fraction for c in cells}):  # other arms (the CNN): every variant per fraction
+            lines += _fraction_table(cells, f, grid)
+    elif grid != "sample-efficiency":
         for f in sorted({c.fraction for c in cells}):
             lines += _fraction_table(cells, f, grid)
     return "\n".join(lines + _footer(cells)) + "\n"
@@ -221,7 +226,8 @@ def locality_markdown(records: Sequence[RunRecord]) -> str:
     for (label, f), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = []
         for key in ("nonlocality", "gates"):
-            first, last = _layer_means(rs, key, 0), _layer_means(rs, key, -1)
+            first = _layer_means(rs, key, 0)
+            last = _layer_means(rs, key, -1)
             cells.append(" ".join(f"{a:.2f}→{b:.2f}" for a, b in zip(first, last)) or "-")
         if cells != ["-", "-"]:
             per_class = mean_of(rs, "images_per_class")

@@ -54,6 +54,8 @@ class RunRecord:
     finished: Optional[str] = None
     epochs_cpu_s: Optional[float] = None  # every attempt's epochs (cpu_s: the last attempt's)
     evals: list[dict[str, Any]] = field(default_factory=list)  # log entries of evaluated epochs
+    # every start of the run (the run folder's provenance.json): data files' SHA-256, commit, versions
+    provenance: Optional[list[dict[str, Any]]] = None
     skipped: bool = False
 
     def __post_init__(self) -> None:
@@ -120,7 +122,14 @@ def finished_record(spec: RunSpec, planned: dict[str, Any], result: Any, times: 
         finished=time.strftime("%Y-%m-%d %H:%M:%S"),
         epochs_cpu_s=sum(e.get("epoch_cpu_time_s", 0.0) for e in log),
         evals=[e for e in log if "val_top1" in e or "test_top1" in e],
+        provenance=_starts(spec.folder),
     )
+
+
+def _starts(folder: Path) -> Optional[list[dict[str, Any]]]:
+    """The run's starts from its provenance.json (None for a fit that wrote none)."""
+    path = folder / "provenance.json"
+    return json.loads(path.read_text())["starts"] if path.is_file() else None
 
 
 def _log_entries(folder: Path) -> list[dict[str, Any]]:
@@ -130,8 +139,13 @@ def _log_entries(folder: Path) -> list[dict[str, Any]]:
     return read_jsonl(path) if path.is_file() else []
 
 
+#: Buffers of a batch norm (the CNN arm's) that a model file holds beside its parameters.
+_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _model_facts(folder: Path) -> dict[str, Optional[int]]:
-    """Parameter count and number of classes of the run's final model (model.safetensors)."""
+    """Parameter count and number of classes of the run's final model (model.safetensors: every
+    tensor but batch-norm statistics)."""
     path = folder / "model.safetensors"
     facts: dict[str, Optional[int]] = {"params": None, "classes": None}
     if not path.is_file():
@@ -140,6 +154,8 @@ def _model_facts(folder: Path) -> dict[str, Optional[int]]:
         with safe_open(str(path), "pt") as f:
             n = 0
             for k in f.keys():
+                if k.rpartition(".")[2] in _NORM_STATISTICS:
+                    continue
                 shape = f.get_slice(k).get_shape()
                 n += math.prod(shape) if shape else 1
             facts["params"] = n

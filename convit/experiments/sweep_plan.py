@@ -20,7 +20,7 @@ from ..core.presets import ExperimentScale, experiment_scale
 from ..nn.model import DATA_DERIVED_FIELDS, ConViTConfig
 from ..training.config import TrainConfig
 from ..weights.zoo import model_spec
-from .grids import Variant, epochs_for_fraction, grid_variants
+from .grids import CNN_MODEL, Variant, epochs_for_fraction, grid_variants
 
 __all__ = ["RunSpec", "run_folder", "plan_runs"]
 
@@ -65,15 +65,19 @@ def _model_for(
 
     Precedence: the zoo's config < the preset's shared sizes < its ConViT-only fields <
     ``overrides`` (the user's, for every run) < the variant's own fields (what the grid
-    varies).  The DeiT baseline never takes a number of GPSA layers from ``overrides``.
+    varies).  The DeiT baseline never takes a number of GPSA layers from ``overrides``; the CNN
+    arm takes none of them (its architecture is the grid's, sized to the scale's ConViT).
     """
     overrides = dict(overrides or {})
     if variant.role == "deit":
         overrides.pop("local_up_to_layer", None)
-        name, kw = preset.deit_model, {**preset.model_kwargs, **overrides, **variant.model_kwargs}
+        name = preset.deit_model
+        kw = {**preset.model_kwargs, **overrides, **variant.model_kwargs}
     elif variant.role == "convit":
         name = preset.convit_model
         kw = {**preset.model_kwargs, **preset.convit_kwargs, **overrides, **variant.model_kwargs}
+    elif variant.role == "cnn":  # sized and pinned by the grid; no ConViTConfig field applies
+        return {"model": CNN_MODEL, "model_kwargs": dict(variant.model_kwargs)}
     else:
         raise ValueError(f"variant {variant.name}: unknown role {variant.role!r}")
     return {"model": name, "model_kwargs": _pinned_architecture(name, kw)}

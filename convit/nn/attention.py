@@ -171,7 +171,8 @@ class GPSA(nn.Module):
         """The three terms of eq. 6 for patch tokens x [B, N, C]: content, P and the gate."""
         B, N, C = x.shape
         _check_tokens(x, self.grid)
-        h, d = self.num_heads, self.head_dim
+        h = self.num_heads
+        d = self.head_dim
         q, k = self.qk(x).view(B, N, 2, h, d).permute(2, 0, 3, 1, 4)  # each [B, heads, N, d]
         content = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # [B, heads, N, N]
         return AttentionMaps(content, self.positional_attention_reference(), self.gate())

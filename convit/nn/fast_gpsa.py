@@ -31,7 +31,8 @@ use it.  How, and why each step is exact:
 With the gates fixed at 0.0 or 1.0 (test-time masking, :func:`convit.nn.attention.gates_fixed`)
 only the branch that counts runs.  With attention dropout in training the layer falls back to
 the reference: dropout acts on the mixed A, which cannot be split between the two terms.
-Timings: docs/speed.md.
+On CUDA the layer runs both terms as one fused Triton kernel instead, where
+:func:`convit.nn.triton_gpsa.applies` (switch: ``CONVIT_GPSA_KERNEL=0``).  Timings: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from . import triton_gpsa
 from .attention import GPSA, Grid, _check_tokens, relative_offsets
 
 # torch.fx.wrap patches a name in the globals of the module that registers it; register
@@ -199,7 +201,12 @@ class FastGPSA(GPSA):
         qkv = self._qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, d]
         g = self.gate()
-        if self._gate_fixed == 0.0:  # masking: content only (exact, one branch skipped)
+        if triton_gpsa.applies(q) and (torch.compiler.is_compiling() or not is_tracing()):
+            # CUDA: both terms in one fused Triton kernel (convit/nn/triton_gpsa.py); no dropout here.
+            w = self.pos_proj.weight
+            b = self.pos_proj.bias
+            out = triton_gpsa.fused_gpsa(q, k, v, w, b, g, self.grid, self._gate_fixed)
+        elif self._gate_fixed == 0.0:  # masking: content only (exact, one branch skipped)
             out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         elif self._gate_fixed == 1.0:  # masking: positional only
             out = _positional_values(self.positional_attention().to(v.dtype), v)
@@ -218,7 +225,8 @@ class FastGPSA(GPSA):
         q | k split, so column blocks of the result are exactly ``qk(x)`` and ``v(x)``.
         """
         w = torch.cat([self.qk.weight, self.v.weight])  # [3C, C]
-        bq, bv = self.qk.bias, self.v.bias
+        bq = self.qk.bias
+        bv = self.v.bias
         if bq is None and bv is None:
             b = None
         else:
@@ -241,7 +249,8 @@ class FastGPSA(GPSA):
         While a tool records a graph (:func:`is_tracing`) P is always computed from the
         weights, so the graph cannot hold a stale P as a constant.
         """
-        w, b = self.pos_proj.weight, self.pos_proj.bias
+        w = self.pos_proj.weight
+        b = self.pos_proj.bias
         if torch.is_grad_enabled() or is_tracing():
             return positional_attention_fast(w, b, self.rel_indices, self.grid)
         key = (w._version, b._version, w.data_ptr(), b.data_ptr(), self.grid, self.rel_indices.device)

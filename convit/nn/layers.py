@@ -42,7 +42,9 @@ class PatchEmbed(nn.Module):
         self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int, dynamic: bool = False
     ) -> None:
         super().__init__()
-        self.img_size, self.patch_size, self.in_chans = tuple(img_size), patch_size, in_chans
+        self.img_size = tuple(img_size)
+        self.patch_size = patch_size
+        self.in_chans = in_chans
         self.dynamic = dynamic
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
 
@@ -79,7 +81,8 @@ def trunc_normal_(
     def cdf(x: float) -> float:
         return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
 
-    lo, hi = cdf((a - mean) / std), cdf((b - mean) / std)
+    lo = cdf((a - mean) / std)
+    hi = cdf((b - mean) / std)
     tensor.uniform_(2 * lo - 1, 2 * hi - 1).erfinv_()
     return tensor.mul_(std * math.sqrt(2.0)).add_(mean).clamp_(min=a, max=b)
 

@@ -95,7 +95,9 @@ def _phases(cfg: ConViTConfig, batch: int, act: int, cpu: bool, locality_images:
     """Peak bytes of each phase beyond weights and optimizer state (module docstring)."""
     n = cfg.grid[0] * cfg.grid[1]
     t = n + 1  # MHSA blocks also see the class token
-    gpsa, mhsa, h = cfg.local_up_to_layer, cfg.depth - cfg.local_up_to_layer, cfg.num_heads
+    gpsa = cfg.local_up_to_layer
+    mhsa = cfg.depth - cfg.local_up_to_layer
+    h = cfg.num_heads
     dropout = cfg.attn_drop_rate > 0
     width = cfg.embed_dim * (_LINEAR_SAVED + 2 * cfg.mlp_ratio) * act * _LINEAR_MEASURED
     linear = batch * (gpsa * n + mhsa * t) * width
@@ -178,7 +180,8 @@ def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> Optional[tuple[int, str
         ("memory.max", "memory.current", "inactive_file"),
         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),
     ):
-        limit, usage = _read_int(root / limit_f), _read_int(root / usage_f)
+        limit = _read_int(root / limit_f)
+        usage = _read_int(root / usage_f)
         if limit is None or usage is None or limit >= 1 << 60:  # "max", or v1's "unlimited"
             continue
         stat = root / limit_f.replace(Path(limit_f).name, "memory.stat")
@@ -218,7 +221,9 @@ def _fixes(cfg: ConViTConfig, batch: int, room: int, est: MemoryEstimate, **kw) 
     def need(c: ConViTConfig, b: int = batch) -> int:
         return estimate_training_memory(c, b, **kw).total
 
-    fixes, (h, w), p = [], cfg.img_size, cfg.patch_size
+    fixes = []
+    h, w = cfg.img_size
+    p = cfg.patch_size
     lo, hi = 0, min(h, w) // p - 1  # the largest square size k * p below this one that fits
     while h == w and lo < hi:
         mid = (lo + hi + 1) // 2
@@ -263,7 +268,8 @@ def check_training_memory(
     if have is None or est.total * shared <= have[0]:
         return est
     room = have[0] // shared
-    (h, w), p = cfg.img_size, cfg.patch_size
+    h, w = cfg.img_size
+    p = cfg.patch_size
     fixes = _fixes(cfg, batch_size, room, est, device=device.type, **kw)
     raise MemoryRefused(
         f"{what} would need {est.describe()}{f' in each of {shared} processes' if shared > 1 else ''}, "

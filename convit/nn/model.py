@@ -293,7 +293,8 @@ class ConViT(nn.Module):
         take, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x = self._embed(x)
-        B, (H, W) = x.shape[0], self.grid
+        B = x.shape[0]
+        H, W = self.grid
         intermediates = []
         for i in range(last + 1):
             x = self._block(i, x)

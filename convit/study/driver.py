@@ -14,7 +14,7 @@ from ..core.launch import LaunchOptions, Outcome, launch
 from .inspect import inspect_data
 from .plan import make_plan
 from .plan_schema import Plan, PlanRequest, label
-from .records import StudyRecord
+from .records import StudyRecord, cut_short_note
 from .report import write_report
 from .runs import (
     PLAN_FILE,
@@ -86,8 +86,49 @@ def plan_study(
     return plan
 
 
+#: A study whose resolvable difference is above this many points gets a warning before its runs.
+WIDE_POINTS = 10.0
+
+
+def _describe_validation(plan: Plan) -> str:
+    """Which runs hold out a validation split to be judged on, in one line."""
+    held = [lv for lv in plan.levels if lv.val_images]
+    if not held:
+        return (
+            "validation: none (the smallest class cannot spare an image): the runs are not checked "
+            "for convergence"
+        )
+    text = (
+        f"validation: {held[0].val_images} images held out of each run's training data "
+        f"({held[0].val_fraction:.3g} of each class), evaluated every few epochs to check convergence "
+        "(never the test split)"
+    )
+    bare = [str(lv.images_per_class) for lv in plan.levels if not lv.val_images]
+    if bare:
+        text += (
+            f"; at {', '.join(bare)} images per class the smallest class cannot spare them: the runs "
+            "at the other sizes are their pilot"
+        )
+    return text
+
+
+def _describe_power(plan: Plan) -> str:
+    """What the study can resolve, with a warning when that is wide (empty for version-1 plans)."""
+    power = plan.power
+    if power is None:
+        return ""
+    text = "\n" + power.describe()
+    if power.resolvable is None or power.resolvable > WIDE_POINTS:
+        text += (
+            "\nwarning: this study cannot resolve differences of a few points; more test images, "
+            "more seeds (--seeds) or a larger --budget would"
+        )
+    return text
+
+
 def describe_plan(plan: Plan) -> str:
-    """The plan's size and estimated time, in two lines."""
+    """The plan's size and estimated time in two lines; for version-2 plans, its validation
+    hold-out and what it can resolve."""
     m = plan.model
     runs = len(plan.levels) * len(plan.seeds) * len(m.arms)
     sizes = ", ".join(f"{lv.images_per_class} ({lv.epochs} epochs)" for lv in plan.levels)
@@ -98,6 +139,8 @@ def describe_plan(plan: Plan) -> str:
         f"parameters, {m.resolution}px input, {m.patch_size}px patches ({m.grid}x{m.grid}); "
         f"{plan.threads} thread(s) per run; estimated {plan.estimate_s / 60:.1f} min "
         f"(budget {plan.request.budget_s / 60:.1f} min)"
+        + (f"\n{_describe_validation(plan)}" if plan.version >= 2 else "")
+        + _describe_power(plan)
     )
 
 
@@ -119,7 +162,11 @@ def _say_outcome(
             return
         done[0] += 1
         top1 = "-" if r.top1 is None else f"{r.top1:.2f}%"
-        say(f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.status}, {time.perf_counter() - t0:.0f} s)")
+        late = "; still improving on validation" if r.converged is False else ""
+        say(
+            f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.status}, "
+            f"{time.perf_counter() - t0:.0f} s{late})"
+        )
 
     return tell
 
@@ -156,10 +203,19 @@ def run_study(
     return records, failed
 
 
+def with_cut_short_note(verdict: str, records: list[StudyRecord]) -> str:
+    """``verdict`` with the clause saying runs were cut short (:func:`cut_short_note`) when some
+    had not converged and the sentence does not say so already."""
+    note = cut_short_note(records)
+    if note is None or note in verdict:
+        return verdict
+    return f"{verdict.rstrip().rstrip('.')}; {note}."
+
+
 def finish_study(study: Path, plan: Plan, records: list[StudyRecord]) -> str:
     """Write results.csv, report.html and verdict.txt; returns the verdict sentence."""
-    comparisons = compare(records)
-    verdict = sentence(comparisons)
+    comparisons = compare(records, plan.arm_names, study / "runs")
+    verdict = with_cut_short_note(sentence(comparisons), records)
     write_csv(records, study / "results.csv")
     write_report(study / "report.html", records, comparisons, verdict, plan)
     (study / "verdict.txt").write_text(verdict + "\n")

@@ -143,7 +143,9 @@ def _scan(split: Path, root: Path, what: str) -> dict[str, list[str]]:
 
 def _probe_all(root: Path, files: list[str]) -> tuple[list[tuple[int, int]], Counter, float]:
     """Sizes and modes of every file from its header; the first unreadable one is an error."""
-    sizes, modes, t0 = [], Counter(), time.perf_counter()
+    sizes = []
+    modes = Counter()
+    t0 = time.perf_counter()
     for rel in files:
         p = root / rel
         try:

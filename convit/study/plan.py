@@ -4,11 +4,14 @@ A plan holds the data (classes, the training and test files of a folder, the hel
 split when the data has none), a ConViT and a DeiT of matched size (same width, depth and
 heads; a patch size giving a grid of about 8x8), the sizes compared (images per class, as
 fractions of the smallest class), the seeds, the epochs of each size (``E / f``, as the paper
-does), the whole recipe (every :class:`~convit.training.config.TrainConfig` field) and the threads per
-run.  The same plan gives bit-identical results under any launcher on the same machine.
+does), the validation hold-out the runs are judged on, the whole recipe (every
+:class:`~convit.training.config.TrainConfig` field), the threads per run, and the smallest
+difference the study can resolve.  The same plan gives bit-identical results under any launcher
+on the same machine.
 
-Sizing: the models are timed on this machine (:mod:`convit.study.timing`) and the sizes and
-epochs fit to the budget (:mod:`convit.study.sizing`).  The plan's typed form and its JSON are
+Sizing: the models are timed on this machine (:mod:`convit.study.timing`), the sizes, epochs,
+seeds and validation hold-out fit to the budget (:mod:`convit.study.sizing`) and the power
+estimated before any run (:mod:`convit.study.power`).  The plan's typed form and its JSON are
 :mod:`convit.study.plan_schema`.
 """
 
@@ -26,6 +29,7 @@ from ..training.config import TrainConfig
 from ..weights.zoo import config_of
 from .inspect import DataSummary
 from .plan_schema import PLAN_VERSION, Arm, Holdout, Level, Plan, PlanData, PlanModels, PlanRequest
+from .power import estimate_power
 from .records import StudyRun
 from .sizing import EPOCHS_FLOOR, EPOCHS_MAX, MIN_IMAGES, check_sizes, size_study
 from .timing import Timing, measure
@@ -43,7 +47,9 @@ __all__ = [
 ]
 
 #: The held-out test split of data without one: this fraction of each class, at most the cap.
-HOLDOUT_FRACTION, HOLDOUT_CAP, HOLDOUT_SEED = 0.2, 250, 0
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_CAP = 250
+HOLDOUT_SEED = 0
 #: Share of the budget the runs are sized to (the rest: start, timing, report, estimate error).
 BUDGET_SHARE = 0.8
 #: The arms compared: zoo name, and the fields only that arm has (ConViT: 3 GPSA blocks of 4).
@@ -57,17 +63,18 @@ SHARED_ARCH = dict(embed_dim=48, num_heads=4, depth=4, mlp_ratio=2.0)
 def plan_request(
     data: str,
     budget_s: float,
-    seeds: int,
+    seeds: Optional[int],
     jobs: int,
     sizes: Optional[Sequence[int]],
     threads: int,
     data_path: Optional[str],
 ) -> PlanRequest:
-    """What the user asked for: a study folder's plan is reused when this is the same."""
+    """What the user asked for: a study folder's plan is reused when this is the same
+    (``seeds`` None: chosen by the budget)."""
     return PlanRequest(
         data=data,
         budget_s=float(budget_s),
-        seeds=int(seeds),
+        seeds=None if seeds is None else int(seeds),
         jobs=int(jobs),
         sizes=sorted(int(s) for s in sizes) if sizes else None,
         threads=int(threads),
@@ -90,7 +97,8 @@ def hold_out(
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """(train, test) per class: a stratified test split fixed by ``seed``, ``HOLDOUT_FRACTION`` of
     each class (at least one, at most ``HOLDOUT_CAP``, always leaving one to train on)."""
-    train, test = {}, {}
+    train = {}
+    test = {}
     for label, (c, fs) in enumerate(files.items()):
         if len(fs) < 2:
             raise ValueError(
@@ -170,7 +178,9 @@ class _Split:
 
 def _split(summary: DataSummary) -> _Split:
     """Hold out a test split of a folder without one; count the training images per class."""
-    train, test, held = summary.train, summary.test, None
+    train = summary.train
+    test = summary.test
+    held = None
     if summary.kind == "folder" and test is None:
         train, test = hold_out(summary.train)
         held = test
@@ -233,13 +243,14 @@ def make_plan(
     t0 = time.perf_counter()
     timing = _time_arms(summary, split, archs, res, batch, request.threads)
     available = request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
-    levels, estimate = size_study(
+    sizing = size_study(
         split.counts,
         timing,
         available_s=available,
         seeds=request.seeds,
         jobs=request.jobs,
         test_images=split.test_images,
+        batch=batch,
         sizes=request.sizes,
     )
     arms = [Arm(v, a["model"], a["model_kwargs"], timing.params[v]) for v, a in archs.items()]
@@ -248,17 +259,19 @@ def make_plan(
         request=request,
         data=_plan_data(summary, split),
         model=PlanModels(resolution=res, patch_size=patch, grid=res // patch, arms=arms),
-        levels=levels,
-        seeds=list(range(request.seeds)),
+        levels=sizing.levels,
+        seeds=list(range(sizing.seeds)),
         recipe=_recipe(batch, request.threads, "cpu"),
         threads=request.threads,
         timing=timing,
-        estimate_s=estimate + elapsed_s + (time.perf_counter() - t0),
+        estimate_s=sizing.estimate_s + elapsed_s + (time.perf_counter() - t0),
+        power=estimate_power(sizing.seeds, split.test_images, len(summary.classes)),
     )
 
 
 def _run_settings(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optional[str]) -> dict[str, Any]:
-    """Every TrainConfig field of one run: the recipe, the arm, the size's epochs, the seed, the data."""
+    """Every TrainConfig field of one run: the recipe, the arm, the size's epochs and validation
+    hold-out, the seed, the data."""
     folder = plan.data.kind == "folder"
     return dict(
         plan.recipe,
@@ -269,7 +282,8 @@ def _run_settings(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optiona
         seed=seed,
         epochs=lv.epochs,
         warmup_epochs=lv.warmup_epochs,
-        eval_every=lv.epochs,
+        val_fraction=lv.val_fraction,
+        eval_every=lv.eval_every or lv.epochs,
         dataset="imagefolder" if folder else plan.data.name,
         data_path=data_path if folder else plan.data.data_path,
     )

@@ -1,9 +1,15 @@
 """The plan of a study as typed objects, and their ``plan.json`` form.
 
 :class:`Plan` holds what :func:`convit.study.plan.make_plan` decided: the request, the data, the
-model arms, the sizes compared (:class:`Level`), the seeds, the recipe and the timing.
-``Plan.to_json()`` writes, and ``Plan.from_json()`` reads, exactly the ``plan.json`` format of
-:data:`PLAN_VERSION` 1, so a plan written before these classes existed still gives the same runs.
+model arms, the sizes compared (:class:`Level`), the seeds, the recipe, the timing and what the
+study can resolve (:class:`~convit.study.power.Power`).  ``Plan.to_json()`` writes, and
+``Plan.from_json()`` reads, the ``plan.json`` format of its version:
+
+* version 1 (the first studies): read and written back byte for byte, so a plan written before
+  gives the same runs and resumes;
+* version 2 (:data:`PLAN_VERSION`): version 1's keys in their order, plus each level's
+  validation hold-out (``val_fraction``, ``val_images``) and evaluation interval
+  (``eval_every``), and ``power`` at the end.
 
 The models are any number of named arms (:class:`Arm`).  In the JSON they sit beside the shared
 input sizes under ``"model"`` (``{"resolution", "patch_size", "grid", "params", <arm>: {...}}``),
@@ -27,10 +33,19 @@ __all__ = [
     "PlanModels",
     "Level",
     "Plan",
+    "READ_VERSIONS",
+    "Power",
+    "POWER",
     "label",
 ]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+#: The plan.json versions this code reads.
+READ_VERSIONS = (1, 2)
+#: The power at which a plan states the difference it can resolve (:mod:`convit.study.power`).
+POWER = 0.80
+#: The keys of a level in version 1.
+_LEVEL_V1_KEYS = ("images_per_class", "fraction", "epochs", "warmup_epochs")
 #: How the report and the summary name an arm (other arms: their own name).
 ARM_LABELS = {"convit": "ConViT", "deit": "DeiT"}
 #: The keys of the JSON's ``"model"`` object that are not arms.
@@ -53,7 +68,7 @@ class PlanRequest:
 
     data: str
     budget_s: float
-    seeds: int
+    seeds: Optional[int]  # None: chosen by the budget
     jobs: int
     sizes: Optional[list[int]]
     threads: int
@@ -161,12 +176,54 @@ class PlanModels:
 
 @dataclass(frozen=True)
 class Level:
-    """One size compared: images per class (a fraction of the smallest class), its epochs."""
+    """One size compared: images per class (``fraction``: the sampling ratio giving that many of
+    the smallest class, after the validation hold-out), its epochs; the validation hold-out of
+    its runs (``val_fraction`` of each class, ``val_images`` in all; 0 for none) and how often
+    they are evaluated on it (``eval_every``; None: at the end only, as version 1)."""
 
     images_per_class: int
     fraction: float
     epochs: int
     warmup_epochs: float
+    val_fraction: float = 0.0
+    val_images: int = 0
+    eval_every: Optional[int] = None
+
+    def to_json(self, version: int = PLAN_VERSION) -> dict[str, Any]:
+        d = _fields_json(self)
+        return {k: d[k] for k in _LEVEL_V1_KEYS} if version == 1 else d
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a plan can resolve (:func:`convit.study.power.estimate_power`): its seeds and test
+    images, the assumptions (expected top-1 and discordance, fractions; the seed sd, points), one
+    seed's sd and the resolvable difference (points; None with one seed: no interval)."""
+
+    seeds: int
+    test_images: int
+    expected_top1: float
+    discordance: float
+    seed_sd: float
+    per_seed_sd: float
+    resolvable: Optional[float]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Power:
+        return cls(**d)
+
+    def describe(self) -> str:
+        """One line for the plan's printout."""
+        if self.resolvable is None:
+            return "power: one seed gives no interval, so this study cannot resolve any difference"
+        return (
+            f"power: this study can resolve differences of about {self.resolvable:.1f} points "
+            f"(95% paired interval over {self.seeds} seeds, {POWER:.0%} power; {self.test_images} test "
+            f"images, a seed's difference varies by about {self.per_seed_sd:.1f} points)"
+        )
 
 
 @dataclass
@@ -184,30 +241,37 @@ class Plan:
     threads: int
     timing: Timing
     estimate_s: float
+    power: Optional[Power] = None
 
     @property
     def arm_names(self) -> list[str]:
         return [a.name for a in self.model.arms]
 
     def to_json(self) -> dict[str, Any]:
-        """The ``plan.json`` object, key for key as written since PLAN_VERSION 1."""
-        return {
+        """The ``plan.json`` object of the plan's version (version 1: key for key as first written)."""
+        out = {
             "version": self.version,
             "request": self.request.to_json(),
             "data": self.data.to_json(),
             "model": self.model.to_json(),
-            "levels": [_fields_json(lv) for lv in self.levels],
+            "levels": [lv.to_json(self.version) for lv in self.levels],
             "seeds": self.seeds,
             "recipe": self.recipe,
             "threads": self.threads,
             "timing": self.timing.to_dict(),
             "estimate_s": self.estimate_s,
         }
+        if self.version >= 2:
+            out["power"] = self.power.to_json() if self.power else None
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Plan:
-        if d.get("version") != PLAN_VERSION:
-            raise ValueError(f"plan version {d.get('version')!r}: this convit reads version {PLAN_VERSION}")
+        if d.get("version") not in READ_VERSIONS:
+            raise ValueError(
+                f"plan version {d.get('version')!r}: this convit reads versions "
+                + ", ".join(map(str, READ_VERSIONS))
+            )
         return cls(
             version=d["version"],
             request=PlanRequest.from_json(d["request"]),
@@ -219,4 +283,5 @@ class Plan:
             threads=d["threads"],
             timing=Timing(**d["timing"]),
             estimate_s=d["estimate_s"],
+            power=Power.from_json(d["power"]) if d.get("power") else None,
         )

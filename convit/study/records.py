@@ -2,15 +2,23 @@
 
 :class:`StudyRun` is one training run of the plan; :class:`StudyRecord` is what it gave, written
 to and read from ``result.json`` in the format of the first studies (:meth:`StudyRecord.to_json`
-keeps its keys and their order).  The verdict, the report and results.csv read records only.
+keeps its keys and their order, the validation keys of version-2 plans' runs after them).  The
+verdict, the report and results.csv read records only.
+
+Whether a run had converged (:func:`convit.training.convergence.check_convergence` on its
+validation curve) is :attr:`StudyRecord.converged`; :func:`cut_short_note` is the clause a
+verdict adds when some runs had not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["StudyRun", "StudyRecord", "RECORD_KEYS"]
+from ..training.convergence import Convergence
+
+__all__ = ["StudyRun", "StudyRecord", "RECORD_KEYS", "unconverged", "cut_short_note", "CUT_SHORT"]
 
 #: The keys of a run's result.json, in their order there.
 RECORD_KEYS = (
@@ -29,6 +37,14 @@ RECORD_KEYS = (
     "resumed",
     "locality",
     "status",
+    "val_top1",
+    "val_curve",
+    "convergence",
+)
+#: The clause a verdict ends with when runs stopped while still improving (``{k}`` of ``{n}``).
+CUT_SHORT = (
+    "runs were cut short by the budget ({k} of {n} still improving on validation at the end); "
+    "longer training may change this"
 )
 
 
@@ -51,7 +67,9 @@ class StudyRecord:
     """What a run gave.  status: ``trained`` (this call trained it), ``done`` (found finished) or
     ``busy`` (held by another process: only ``name`` is known).  top1 / top5 / test_loss: of the
     final model on the test split; locality: the last logged locality entry (gates and
-    nonlocality per layer and head), None when the run logged none."""
+    nonlocality per layer and head), None when the run logged none.  val_top1 / val_curve:
+    the final validation top-1 and (epoch, top-1) at every evaluation; convergence: the check
+    of that curve (None: the run had no validation split, or too few evaluations)."""
 
     name: str
     status: str
@@ -68,6 +86,14 @@ class StudyRecord:
     attempts: int = 1
     resumed: bool = False
     locality: Optional[dict[str, Any]] = None
+    val_top1: Optional[float] = None
+    val_curve: Optional[list[tuple[int, float]]] = None
+    convergence: Optional[Convergence] = None
+
+    @property
+    def converged(self) -> Optional[bool]:
+        """Whether the run had converged on validation; None when it was not checked."""
+        return None if self.convergence is None else self.convergence.converged
 
     @classmethod
     def for_run(cls, run: StudyRun, **results: Any) -> StudyRecord:
@@ -83,7 +109,10 @@ class StudyRecord:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RECORD_KEYS}
+        out = {k: getattr(self, k) for k in RECORD_KEYS}
+        out["val_curve"] = [list(pt) for pt in self.val_curve] if self.val_curve is not None else None
+        out["convergence"] = self.convergence.to_json() if self.convergence else None
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], status: Optional[str] = None) -> StudyRecord:
@@ -91,4 +120,21 @@ class StudyRecord:
         known = {k: d[k] for k in RECORD_KEYS if k in d}
         if status is not None:
             known["status"] = status
+        if known.get("val_curve") is not None:
+            known["val_curve"] = [(int(e), float(v)) for e, v in known["val_curve"]]
+        if known.get("convergence") is not None:
+            known["convergence"] = Convergence.from_json(known["convergence"])
         return cls(**known)
+
+
+def unconverged(records: Sequence[StudyRecord]) -> list[StudyRecord]:
+    """The runs checked and found still improving on validation when they stopped."""
+    return [r for r in records if r.converged is False]
+
+
+def cut_short_note(records: Sequence[StudyRecord]) -> Optional[str]:
+    """:data:`CUT_SHORT` when some checked runs had not converged, else None (the clause a
+    verdict sentence ends with)."""
+    checked = [r for r in records if r.converged is not None]
+    late = unconverged(records)
+    return CUT_SHORT.format(k=len(late), n=len(checked)) if late else None

@@ -1,5 +1,6 @@
 """``report.html`` of a study: the verdict, top-1 against images per class for both models (every
-seed, mean and spread), the paired differences, and the gates and nonlocality of the runs.
+seed, mean and spread), the paired differences, the gates and nonlocality of the runs, and every
+run's validation curve (:mod:`convit.study.curves`).
 
 A self-contained page (figures embedded as base64 PNGs, drawn on matplotlib's Agg canvas like
 :mod:`convit.analysis.figures`), built from the runs' ``result.json`` records alone.
@@ -19,6 +20,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .curves import convergence_summary, curves_figure
+from .intervals import Interval
 from .plan_schema import Plan, label
 from .records import StudyRecord
 from .verdict import Comparison
@@ -38,14 +41,20 @@ p.small{color:#444;font-size:13px}
 <p class='verdict'>$sentence</p>
 <p class='small'>$setup</p>
 <img src='data:image/png;base64,$accuracy' alt='top-1 against images per class'>
-<h2>Paired differences (ConViT minus DeiT, same seed: same subset, same test split)</h2>
+<h2>Paired differences (ConViT minus each arm, same seed: same subset, same test split)</h2>
 $pairs
+<p class='small'>Estimates and intervals in points of top-1, over seeds and test images
+(docs/study.md, &ldquo;Reading the verdict&rdquo;); the average is the line over sizes at their
+mean log size.</p>
 <h2>Locality at the end of training</h2>
 <p class='small'>Gate &sigma;(&lambda;): weight of the positional attention of each GPSA layer """
     """(1 = convolution-like,
 0 = content only), mean over heads and seeds. Nonlocality: attention-weighted distance between query and key
 patches (in patches), mean over heads and seeds; DeiT's for comparison.</p>
 $locality
+<h2>Validation curves</h2>
+<p class='small'>$convergence</p>
+$curves
 <h2>Every run</h2>
 $runs
 </body></html>
@@ -91,22 +100,32 @@ def accuracy_figure(records: Sequence[StudyRecord], arms: Sequence[str] = ("conv
     return fig
 
 
-def _pair_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
-    rows = []
+def _iv(iv: Interval) -> str:
+    return "–" if not iv.known else f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+
+
+def _pair_rows(comparisons: Sequence[Comparison]) -> list[list[Any]]:
+    """Per arm and size: the seeds' means, the differences, the interval from the size's seeds
+    and from the line over sizes; then the average over sizes and the trend per doubling."""
+    rows: list[list[Any]] = []
     for c in comparisons:
-        h = c.half_width
-        rows.append(
-            [
-                c.images_per_class,
-                c.n,
-                f"{statistics.fmean(c.convit):.2f}",
-                f"{statistics.fmean(c.deit):.2f}",
-                " ".join(f"{d:+.2f}" for d in c.differences),
-                f"{c.mean:+.2f}",
-                "–" if h is None else f"[{c.mean - h:+.2f}, {c.mean + h:+.2f}]",
-                "yes" if c.clear else "no",
-            ]
-        )
+        arm = label(c.arm)
+        for s in c.sizes:
+            rows.append(
+                [
+                    arm,
+                    s.images_per_class,
+                    s.n,
+                    f"{statistics.fmean(s.convit):.2f}",
+                    f"{statistics.fmean(s.other):.2f}",
+                    " ".join(f"{d:+.2f}" for d in s.differences),
+                    _iv(s.direct),
+                    _iv(s.fitted),
+                ]
+            )
+        rows.append([arm, "average", "", "", "", "", "", _iv(c.average)])
+        if c.trend is not None:
+            rows.append([arm, "per doubling", "", "", "", "", "", _iv(c.trend)])
     return rows
 
 
@@ -143,7 +162,8 @@ def _locality_rows(records: Sequence[StudyRecord], arms: Sequence[str]) -> list[
 
 def _setup(plan: Plan) -> str:
     """The study's setup in a few sentences: data, models, sizes, seeds, epochs."""
-    m, d = plan.model, plan.data
+    m = plan.model
+    d = plan.data
     first = m.arms[0].model_kwargs
     params = ", ".join(f"{a.label} {a.params:,}" for a in m.arms)
     return (
@@ -158,21 +178,39 @@ def _setup(plan: Plan) -> str:
 
 
 def _run_rows(records: Sequence[StudyRecord]) -> list[list[Any]]:
+    converged = {True: "yes", False: "no", None: "–"}
     return [
-        [r.name, r.images_per_class, r.seed, f"{r.top1:.2f}", r.epochs, f"{r.seconds:.0f}", r.attempts]
+        [
+            r.name,
+            r.images_per_class,
+            r.seed,
+            f"{r.top1:.2f}",
+            r.epochs,
+            f"{r.seconds:.0f}",
+            r.attempts,
+            converged[r.converged],
+        ]
         for r in sorted(records, key=lambda r: (r.variant, r.images_per_class, r.seed))
     ]
 
 
+def _curves(records: Sequence[StudyRecord], arms: Sequence[str]) -> str:
+    """The validation-curve figure as an <img> (empty without curves)."""
+    fig = curves_figure(records, arms)
+    if fig is None:
+        return ""
+    return f"<img src='data:image/png;base64,{_png(fig)}' alt='validation top-1 against epoch, every run'>"
+
+
 _PAIR_HEADER = [
+    "ConViT minus",
     "images/class",
     "seeds",
     "ConViT mean",
-    "DeiT mean",
+    "other mean",
     "differences",
-    "mean",
-    "95% interval",
-    "clear?",
+    "this size's seeds",
+    "line over sizes",
 ]
 
 
@@ -196,8 +234,11 @@ def write_report(
             _locality_rows(records, arms),
         ),
         runs=_table(
-            ["run", "images/class", "seed", "top-1", "epochs", "seconds", "attempts"], _run_rows(records)
+            ["run", "images/class", "seed", "top-1", "epochs", "seconds", "attempts", "converged"],
+            _run_rows(records),
         ),
+        convergence=html.escape(convergence_summary(records)),
+        curves=_curves(records, arms),
     )
     path.write_text(page)
     return path

@@ -9,7 +9,8 @@ Layout::
         lock                    held (fcntl.flock) by the process running it
         attempts.log            one line per start or resume of the run
         train.log               the trainer's output; config.yaml, log.jsonl, last.pt, ... (fit's)
-        result.json             written atomically when the run has finished
+        result.json             written atomically when the run has finished (with its
+                                validation curve and whether it had converged)
     DIR/logs/                   the launchers' job logs
     DIR/results.csv, report.html
 
@@ -35,7 +36,9 @@ from ..analysis import log_locality
 from ..core.fileio import atomic_save, read_jsonl
 from ..core.launch import run_lock as _lock
 from ..training.config import TrainConfig
+from ..training.convergence import Convergence, can_judge, check_convergence, val_curve
 from ..training.fit import fit
+from .outcomes import write_test_correct
 from .plan import study_runs
 from .plan_schema import Plan
 from .records import StudyRecord, StudyRun
@@ -52,7 +55,8 @@ __all__ = [
     "is_locked",
 ]
 
-PLAN_FILE, RESULT_FILE = "plan.json", "result.json"
+PLAN_FILE = "plan.json"
+RESULT_FILE = "result.json"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -140,7 +144,7 @@ def execute_run(study: str, name: str) -> StudyRecord:
             return StudyRecord(name=name, status="busy")
         if (folder / RESULT_FILE).is_file():
             return StudyRecord.from_json(json.loads((folder / RESULT_FILE).read_text()), status="done")
-        return _train(runs[name], folder)
+        return _train(runs[name], folder, _val_images(plan, runs[name]))
 
 
 def _note_attempt(folder: Path, resumed: bool) -> None:
@@ -152,8 +156,21 @@ def _note_attempt(folder: Path, resumed: bool) -> None:
         )
 
 
-def _train(run: StudyRun, folder: Path) -> StudyRecord:
-    """Train (or resume) one run in ``folder`` (its lock held) and write result.json."""
+def _val_images(plan: Plan, run: StudyRun) -> int:
+    """The validation images of ``run`` (its level's; 0 without a hold-out)."""
+    return next((lv.val_images for lv in plan.levels if lv.fraction == run.fraction), 0)
+
+
+def _convergence(curve: list[tuple[int, float]], n_val: int) -> Optional[Convergence]:
+    """The convergence check of a run's validation curve; None when it cannot be judged."""
+    if n_val < 1 or not can_judge(curve):
+        return None
+    return check_convergence(curve, n_val)
+
+
+def _train(run: StudyRun, folder: Path, n_val: int = 0) -> StudyRecord:
+    """Train (or resume) one run in ``folder`` (its lock held) and write result.json, with the
+    run's validation curve and its convergence check on ``n_val`` validation images."""
     last = folder / "last.pt"
     resumed = last.is_file()
     cfg = TrainConfig(
@@ -167,7 +184,10 @@ def _train(run: StudyRun, folder: Path) -> StudyRecord:
         contextlib.redirect_stderr(log),
     ):
         result = fit(cfg, on_eval=log_locality)
-    entries = [e for e in read_jsonl(folder / "log.jsonl") if "locality" in e]
+        write_test_correct(cfg, folder)  # per-image outcomes for the verdict
+    log = read_jsonl(folder / "log.jsonl")
+    entries = [e for e in log if "locality" in e]
+    curve = val_curve(log)
     record = StudyRecord.for_run(
         run,
         top1=result.test_top1,
@@ -179,6 +199,9 @@ def _train(run: StudyRun, folder: Path) -> StudyRecord:
         resumed=resumed,
         locality=entries[-1]["locality"] if entries else None,
         status="trained",
+        val_top1=result.val_top1,
+        val_curve=curve or None,
+        convergence=_convergence(curve, n_val),
     )
     write_json(folder / RESULT_FILE, record.to_json())
     return record

@@ -19,12 +19,14 @@ from ..data import eval_transform, read_image
 from ..nn.model import count_params
 from ..weights.zoo import create_model
 
-__all__ = ["Timing", "measure", "run_seconds", "STARTUP_S", "EPOCH_OVERHEAD_S"]
+__all__ = ["Timing", "measure", "run_seconds", "STARTUP_S", "EPOCH_OVERHEAD_S", "EVAL_OVERHEAD_S"]
 
 #: Seconds of a run outside its training steps: process, data scan, model build, files.
 STARTUP_S = 3.0
 #: Seconds per epoch outside its steps: last.pt, log line, loader start.
 EPOCH_OVERHEAD_S = 0.04
+#: Seconds per validation outside its images: the locality probe, best.safetensors.
+EVAL_OVERHEAD_S = 0.05
 
 
 @dataclass
@@ -97,7 +99,9 @@ def measure(
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        train, evals, params = {}, {}, {}
+        train = {}
+        evals = {}
+        params = {}
         for name, arch in architectures.items():
             torch.manual_seed(0)
             model = create_model(
@@ -109,15 +113,31 @@ def measure(
             )
             params[name] = count_params(model)
             t = _time_model(model, batch, res, in_chans, num_classes)
-            train[name], evals[name] = t["train"], t["eval"]
+            train[name] = t["train"]
+            evals[name] = t["eval"]
         load = _time_loading(root, files or [], res)
     finally:
         torch.set_num_threads(before)
     return Timing(train, evals, load, STARTUP_S + probe_s_per_file * n_files, params)
 
 
-def run_seconds(timing: Timing, variant: str, *, train_images: int, epochs: int, test_images: int) -> float:
-    """Estimated wall time of one run: start-up, ``epochs`` over ``train_images``, one evaluation."""
+def run_seconds(
+    timing: Timing,
+    variant: str,
+    *,
+    train_images: int,
+    epochs: int,
+    test_images: int,
+    val_images: int = 0,
+    evals: int = 0,
+) -> float:
+    """Estimated wall time of one run: start-up, ``epochs`` over ``train_images``, ``evals``
+    evaluations of ``val_images`` validation images, one evaluation of the test split."""
     per_train = timing.train_s[variant] + timing.load_s
     per_eval = timing.eval_s[variant] + timing.load_s
-    return timing.startup_s + epochs * (train_images * per_train + EPOCH_OVERHEAD_S) + test_images * per_eval
+    return (
+        timing.startup_s
+        + epochs * (train_images * per_train + EPOCH_OVERHEAD_S)
+        + evals * (val_images * per_eval + EVAL_OVERHEAD_S)
+        + test_images * per_eval
+    )

@@ -1,60 +1,31 @@
-"""The verdict of a study: paired differences by seed, their 95% intervals, one sentence, results.csv.
+"""The verdict of a study: ConViT against every other arm, per size and pooled, in one sentence.
 
-Runs of ConViT and DeiT with the same seed share the training subset, the initial draw of
-the data order and the test split, so each seed gives one paired difference
-``d_s = top1(ConViT) - top1(DeiT)`` per size.  The interval is
-``mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n)`` (Student's t, exact for small n from
-:data:`T975`); when it contains 0 the sentence says there is no clear difference, and with one
-seed it says the seeds cannot tell.
+Runs of two arms with the same seed share the training subset, the initial draw of the data
+order and the test split, so each seed gives one paired difference ``d = top1(ConViT) -
+top1(other)`` per size.  :mod:`convit.study.intervals` turns them (and, where the runs wrote
+them, their per-image outcomes, :mod:`convit.study.outcomes`) into 95% intervals that count both
+the seeds' spread and the test split's own sampling noise, per size and pooled over sizes by a
+line in log(images per class).  With more than one other arm the intervals are Bonferroni's
+(level 1 - 0.05 / comparisons).  The sentence (:mod:`convit.study.wording`) says what they
+support and no more; results.csv lists every run.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
+from .intervals import Interval, analyse, binomial_covariance, image_covariance, image_products
+from .outcomes import TEST_CORRECT_FILE, load_test_correct
 from .records import StudyRecord
 
-__all__ = ["T975", "t975", "Comparison", "paired", "compare", "sentence", "write_csv", "CSV_COLUMNS"]
-
-#: t(0.975, df) for df = 1..30 (Student's t, two-sided 95%).
-T975 = (
-    12.706205,
-    4.302653,
-    3.182446,
-    2.776445,
-    2.570582,
-    2.446912,
-    2.364624,
-    2.306004,
-    2.262157,
-    2.228139,
-    2.200985,
-    2.178813,
-    2.160369,
-    2.144787,
-    2.131450,
-    2.119905,
-    2.109816,
-    2.100922,
-    2.093024,
-    2.085963,
-    2.079614,
-    2.073873,
-    2.068658,
-    2.063899,
-    2.059539,
-    2.055529,
-    2.051831,
-    2.048407,
-    2.045230,
-    2.042272,
-)
+__all__ = ["SizeResult", "Comparison", "paired", "compare", "sentence", "write_csv", "CSV_COLUMNS"]
 
 CSV_COLUMNS = (
     "variant",
@@ -72,101 +43,240 @@ CSV_COLUMNS = (
 )
 
 
-def t975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table to 30, then the
-    Cornish-Fisher expansion, within 1e-4)."""
-    if df < 1:
-        raise ValueError(f"t needs at least 1 degree of freedom, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    z = 1.959964
-    return (
-        z
-        + (z**3 + z) / (4 * df)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-    )
-
-
-@dataclass
-class Comparison:
-    """ConViT minus DeiT at one size: the paired differences and their 95% interval."""
+@dataclass(frozen=True)
+class SizeResult:
+    """ConViT minus one arm at one size: the seeds' top-1 and two intervals of the difference,
+    from this size's seeds (``direct``) and from the line over sizes (``fitted``)."""
 
     images_per_class: int
-    differences: list[float]
+    seeds: list[int]
     convit: list[float]
-    deit: list[float]
+    other: list[float]
+    direct: Interval
+    fitted: Interval
+
+    @property
+    def differences(self) -> list[float]:
+        return [a - b for a, b in zip(self.convit, self.other)]
 
     @property
     def n(self) -> int:
-        return len(self.differences)
+        return len(self.seeds)
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.differences)
 
-    @property
-    def half_width(self) -> Optional[float]:
-        """Half the 95% interval; None with one seed."""
-        if self.n < 2:
-            return None
-        return t975(self.n - 1) * statistics.stdev(self.differences) / math.sqrt(self.n)
 
-    @property
-    def clear(self) -> bool:
-        """Whether the interval leaves out 0."""
-        h = self.half_width
-        return h is not None and abs(self.mean) > h
+@dataclass(frozen=True)
+class Comparison:
+    """ConViT minus ``arm`` over every size both finished: per size, the average over the sizes
+    (the line at their mean log size), the trend per doubling of images per class (None with one
+    size), the pooled seed spread, and how the test split's noise was counted (``test_part``:
+    ``per-image``, ``binomial`` or ``seeds only``; ``missing``: runs without per-image outcomes)."""
+
+    arm: str
+    sizes: list[SizeResult]
+    average: Interval
+    trend: Optional[Interval]
+    seed_sd: float
+    seed_df: int
+    test_part: str
+    comparisons: int = 1
+    missing: list[str] = field(default_factory=list)
 
 
-def paired(records: Sequence[StudyRecord]) -> dict[int, dict[int, dict[str, float]]]:
-    """images_per_class -> seed -> variant -> top-1, of the finished runs."""
-    out: dict[int, dict[int, dict[str, float]]] = {}
+def paired(records: Sequence[StudyRecord]) -> dict[int, dict[int, dict[str, StudyRecord]]]:
+    """images_per_class -> seed -> variant -> record, of the finished runs."""
+    out: dict[int, dict[int, dict[str, StudyRecord]]] = {}
     for r in records:
         if r.top1 is not None:
-            out.setdefault(int(r.images_per_class), {}).setdefault(int(r.seed), {})[r.variant] = r.top1
+            out.setdefault(int(r.images_per_class), {}).setdefault(int(r.seed), {})[r.variant] = r
     return out
 
 
-def compare(records: Sequence[StudyRecord], arm: str = "convit", baseline: str = "deit") -> list[Comparison]:
-    """One :class:`Comparison` (``arm`` minus ``baseline``) per size with at least one seed where
-    both finished."""
-    out = []
-    for n, seeds in sorted(paired(records).items()):
-        both = sorted(s for s, v in seeds.items() if arm in v and baseline in v)
-        if both:
-            c = [seeds[s][arm] for s in both]
-            d = [seeds[s][baseline] for s in both]
-            out.append(Comparison(n, [a - b for a, b in zip(c, d)], c, d))
-    return out
+def compare(
+    records: Sequence[StudyRecord],
+    arms: Sequence[str] = ("convit", "deit"),
+    runs: Optional[Path] = None,
+    test_images: Optional[int] = None,
+) -> list[Comparison]:
+    """ConViT (the first of ``arms``) against each other arm that has at least one seed of one
+    size where both finished.  ``runs``: the study's runs folder, where each run's per-image
+    outcomes are read; without them the test split's noise is left out (or, given
+    ``test_images``, approximated from the accuracies as binomial)."""
+    reference = arms[0]
+    others = [a for a in arms[1:] if a != arms[0]]
+    found = [c for a in others if (c := _compare_arm(records, reference, a, runs, test_images)) is not None]
+    level = 1 - 0.05 / max(len(found), 1)
+    return [_compare_arm(records, reference, c.arm, runs, test_images, level, len(found)) for c in found]
 
 
-def _phrase(c: Comparison, unit: str) -> str:
-    h, at = c.half_width, f"{c.images_per_class}{unit}"
-    if h is None:
-        return f"ConViT minus DeiT is {c.mean:+.1f} points at {at} (one seed: no interval)"
-    if not c.clear:
-        return f"no clear difference at {at} ({c.mean:+.1f} ± {h:.1f})"
-    word = "ahead" if c.mean > 0 else "behind"
-    return f"ConViT is {word} by {abs(c.mean):.1f} ± {h:.1f} points at {at}"
+def _compare_arm(
+    records: Sequence[StudyRecord],
+    reference: str,
+    arm: str,
+    runs: Optional[Path],
+    test_images: Optional[int],
+    level: float = 0.95,
+    comparisons: int = 1,
+) -> Optional[Comparison]:
+    table = {
+        n: {s: v for s, v in seeds.items() if reference in v and arm in v}
+        for n, seeds in paired(records).items()
+    }
+    table = {n: seeds for n, seeds in sorted(table.items()) if seeds}
+    if not table:
+        return None
+    width = max(len(seeds) for seeds in table.values())
+    d = np.full((1, len(table), width), np.nan)
+    for k, seeds in enumerate(table.values()):
+        for j, s in enumerate(sorted(seeds)):
+            d[0, k, j] = seeds[s][reference].top1 - seeds[s][arm].top1
+    test_cov, products, part, missing = _test_part(table, reference, arm, runs, test_images)
+    a = analyse(d, test_cov, np.array(list(table)), products, level)
+    sizes = [
+        SizeResult(
+            n,
+            sorted(seeds),
+            [seeds[s][reference].top1 for s in sorted(seeds)],
+            [seeds[s][arm].top1 for s in sorted(seeds)],
+            a.direct.item(0, k),
+            a.fitted.item(0, k),
+        )
+        for k, (n, seeds) in enumerate(table.items())
+    ]
+    trend = a.trend.item(0) if a.trend is not None else None
+    seed_sd = float(np.sqrt(a.seed_var[0]))
+    return Comparison(
+        arm, sizes, a.average.item(0), trend, seed_sd, int(a.seed_df[0]), part, comparisons, missing
+    )
+
+
+def _test_part(
+    table: dict[int, dict[int, dict[str, StudyRecord]]],
+    reference: str,
+    arm: str,
+    runs: Optional[Path],
+    test_images: Optional[int],
+) -> tuple[np.ndarray, Optional[np.ndarray], str, list[str]]:
+    """The test split's covariance across sizes (1, K, K), the per-image products it came from,
+    how it was counted, and the runs whose per-image outcomes are missing."""
+    kk = len(table)
+    outcomes, missing = _outcomes(table, reference, arm, runs)
+    if outcomes is not None:
+        products = image_products(np.nan_to_num(outcomes)[None], ~np.isnan(outcomes[..., 0])[None])
+        return image_covariance(products), products, "per-image", []
+    if test_images:
+        width = max(len(s) for s in table.values())
+        top = np.full((2, 1, kk, width), np.nan)
+        for k, seeds in enumerate(table.values()):
+            for j, s in enumerate(sorted(seeds)):
+                top[:, 0, k, j] = seeds[s][reference].top1, seeds[s][arm].top1
+        return binomial_covariance(top[0], top[1], test_images), None, "binomial", missing
+    return np.zeros((1, kk, kk)), None, "seeds only", missing
+
+
+def _outcomes(
+    table: dict[int, dict[int, dict[str, StudyRecord]]], reference: str, arm: str, runs: Optional[Path]
+) -> tuple[Optional[np.ndarray], list[str]]:
+    """(K, S, n) per-image differences in correctness (NaN: no such seed), or None and the runs
+    whose files are missing (or disagree on the number of test images)."""
+    if runs is None:
+        return None, []
+    loaded = {
+        r.name: load_test_correct(runs / r.name)
+        for seeds in table.values()
+        for v in seeds.values()
+        for r in (v[reference], v[arm])
+    }
+    missing = sorted(name for name, x in loaded.items() if x is None)
+    lengths = {len(x) for x in loaded.values() if x is not None}
+    if missing or len(lengths) != 1:
+        return None, missing or sorted(loaded)
+    width = max(len(s) for s in table.values())
+    out = np.full((len(table), width, lengths.pop()), np.nan, dtype=np.float32)
+    for k, seeds in enumerate(table.values()):
+        for j, s in enumerate(sorted(seeds)):
+            pair = seeds[s]
+            out[k, j] = loaded[pair[reference].name].astype(np.float32) - loaded[pair[arm].name]
+    return out, []
+
+
+#: An interval that contains 0 and lies within +-this many points says the arms are equivalent.
+EQUIVALENT_WITHIN = 2.0
+
+
+def _span(c: Comparison) -> str:
+    lo = c.sizes[0].images_per_class
+    hi = c.sizes[-1].images_per_class
+    return f"at {lo} images per class" if lo == hi else f"from {lo} to {hi} images per class"
+
+
+def _where(c: Comparison) -> str:
+    """Where a clear average holds: at every size when the line's interval at each leaves out 0
+    on the same side, else on average over the sizes."""
+    a = c.average
+    if len(c.sizes) == 1:
+        return _span(c)
+    if all(s.fitted.clear and s.fitted.low * a.low > 0 for s in c.sizes):
+        return f"at every size {_span(c)}"
+    return f"on average {_span(c)}"
+
+
+def _claim(c: Comparison) -> str:
+    """What the pooled interval supports about ConViT against one arm."""
+    a = c.average
+    other = _label(c.arm)
+    iv = f"{a.estimate:+.1f} points [{a.low:+.1f}, {a.high:+.1f}]"
+    if not a.known:
+        return f"ConViT minus {other} is {a.estimate:+.1f} points {_span(c)} (one seed: no interval)"
+    if a.clear:
+        word = "ahead of" if a.estimate > 0 else "behind"
+        text = f"ConViT is {word} {other} {_where(c)}, {iv}"
+    elif max(-a.low, a.high) <= EQUIVALENT_WITHIN:
+        text = (
+            f"ConViT and {other} are within ±{max(-a.low, a.high):.1f} points of each other {_span(c)} ({iv})"
+        )
+    else:
+        text = f"no clear difference between ConViT and {other} {_span(c)} ({iv}, width {a.high - a.low:.1f})"
+    t = c.trend
+    if t is not None and t.clear:
+        text += f", the difference changing by {t.estimate:+.1f} [{t.low:+.1f}, {t.high:+.1f}] per doubling"
+    return text
+
+
+def _label(arm: str) -> str:
+    return {"convit": "ConViT", "deit": "DeiT", "resnet": "ResNet"}.get(arm, arm)
+
+
+def _detail(comparisons: Sequence[Comparison]) -> str:
+    """How the intervals were made, and what they leave out."""
+    seeds = sorted({s.n for c in comparisons for s in c.sizes})
+    n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    c = comparisons[0]
+    level = 100 * (1 - 0.05 / c.comparisons)
+    over = {"per-image": "seeds and test images", "binomial": "seeds and test images (binomial)"}
+    parts = [f"{n} seed{'s' if seeds[-1] > 1 else ''}, {len(c.sizes)} size{'s' if len(c.sizes) > 1 else ''}"]
+    parts.append(f"{level:.4g}% intervals over {over.get(c.test_part, 'seeds')}")
+    if c.comparisons > 1:
+        parts.append(f"Bonferroni for {c.comparisons} comparisons")
+    missing = sorted({m for c in comparisons for m in c.missing})
+    if missing:
+        parts.append(
+            f"{TEST_CORRECT_FILE} missing for {len(missing)} run(s): the test split's own noise left out"
+        )
+    return "; ".join(parts)
 
 
 def sentence(comparisons: Sequence[Comparison]) -> str:
-    """One sentence over every size, smallest first, e.g. "ConViT is ahead by 6.1 ± 2.3 points
-    at 50 images per class; no clear difference at 500 (+0.4 ± 1.9) (2 seeds; paired
-    differences, 95% interval)."."""
+    """One sentence over every comparison, e.g. "ConViT is ahead of DeiT at every size from 10
+    to 250 images per class, +4.1 points [+2.9, +5.3] (3 seeds, 4 sizes; 95% intervals over
+    seeds and test images)."; it never claims more than the intervals support."""
     if not comparisons:
         return "No verdict yet: no size has finished runs of both models."
-    parts = [_phrase(c, " images per class" if i == 0 else "") for i, c in enumerate(comparisons)]
-    text = "; ".join(parts)
-    seeds = sorted({c.n for c in comparisons})
-    n = (
-        f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}"
-        if len(seeds) == 1
-        else f"{seeds[0]}-{seeds[-1]} seeds"
-    )
-    detail = "paired differences, 95% interval" if seeds[-1] > 1 else "too few seeds for an interval"
-    return f"{text[0].upper()}{text[1:]} ({n}; {detail})."
+    text = "; ".join(_claim(c) for c in comparisons)
+    return f"{text[0].upper()}{text[1:]} ({_detail(comparisons)})."
 
 
 def write_csv(records: Sequence[StudyRecord], path: Path) -> Path:

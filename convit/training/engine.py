@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -222,6 +223,18 @@ def _update(
     return value, lr
 
 
+def _count_batch(logits: torch.Tensor, targets: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """Add a batch's loss, top-1 and top-5 hits and image count to ``sums``; returns its top-1 hits."""
+    k = min(5, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    hit = topk.eq(targets[:, None])
+    sums[0] += F.cross_entropy(logits, targets, reduction="sum").double()
+    sums[1] += hit[:, 0].sum()
+    sums[2] += hit.any(dim=1).sum()
+    sums[3] += targets.shape[0]
+    return hit[:, 0]
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -229,43 +242,48 @@ def evaluate(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     channels_last: bool = False,
-) -> dict[str, float]:
+    per_sample: bool = False,
+) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
     Returns ``top1``, ``top5``, ``loss``, ``n`` (images over all processes) and
     ``images_per_s``.  With fewer than 5 classes, top-5 is top-``num_classes`` (100%).
     Each process must see a disjoint shard (see :class:`convit.core.distributed.ShardSampler`).
+    ``per_sample=True`` adds ``correct``: a CPU bool tensor, whether top-1 was right for each
+    image in the order ``loader`` gave them (the dataset's order for an unshuffled loader).  It
+    is this process's images only, so under DDP it is refused: evaluate in one process.
 
     Not timm.utils.accuracy / AverageMeter: those give per-batch percentages averaged in Python
     floats on each process (a ``.item()`` sync per batch); counting hits into one float64
     tensor reduced once over ranks gives exact counts, hence exact DDP metrics.
     """
+    if per_sample and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise ValueError("per_sample needs one process: each one sees only its shard of the images")
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, n
+    hits: list[torch.Tensor] = []
     start = time.perf_counter()
     for images, targets in loader:
         images, targets = _to_device(images, targets, device, channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
-        logits = logits.float()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        hit = topk.eq(targets[:, None])
-        sums[0] += F.cross_entropy(logits, targets, reduction="sum").double()
-        sums[1] += hit[:, 0].sum()
-        sums[2] += hit.any(dim=1).sum()
-        sums[3] += targets.shape[0]
+        hit = _count_batch(logits.float(), targets, sums)
+        if per_sample:
+            hits.append(hit.cpu())
     all_reduce_sum(sums)
     elapsed = time.perf_counter() - start
     model.train(was_training)
     n = sums[3].item()
     if n == 0:
         raise ValueError("evaluation set is empty")
-    return {
+    metrics: dict[str, Any] = {
         "top1": 100.0 * sums[1].item() / n,
         "top5": 100.0 * sums[2].item() / n,
         "loss": sums[0].item() / n,
         "n": int(n),
         "images_per_s": n / max(elapsed, 1e-9),
     }
+    if per_sample:
+        metrics["correct"] = torch.cat(hits)
+    return metrics

@@ -157,7 +157,9 @@ def _build(
     keep_config = state is not None and start_epoch >= epochs  # nothing to train: config.yaml still fits
     comments = config_comments(cfg, lr=lr, world=world, device=device, on_device=on_device)
     resumed_at = start_epoch if state is not None else None
-    distributed.on_main(folder.create, run_metadata(cfg, data.bundle), resumed_at, keep_config, comments)
+    metadata = run_metadata(cfg, data.bundle)
+    files = data.bundle.files
+    distributed.on_main(folder.create, metadata, resumed_at, keep_config, comments, files)
     probe = first_reads(data, folder, procs.rank, probe=locality and procs.is_main)
     say(
         describe_run(

@@ -20,6 +20,7 @@ from ..core.runtime import resolve_amp, seed_everything, set_threads
 from ..data import DataBundle
 from ..nn import memory
 from ..nn.model import count_params
+from ..weights.cnn import cnn_config_of
 from . import unreadable
 from .batches import PROBE_IMAGES, RunData
 from .config import TrainConfig
@@ -102,9 +103,13 @@ def _check_memory(
     locality: bool,
 ) -> None:
     """Refuse a run whose estimated memory (model, optimizer states, EMA, activations of a
-    batch, the locality probe) exceeds what ``device`` has, before anything is allocated."""
+    batch, the locality probe) exceeds what ``device`` has, before anything is allocated.  The
+    estimate is calibrated on ConViTs: other models (the CNN arm) train unchecked."""
+    arch = model_config(cfg, num_classes, bundle.in_chans, bundle.img_size)
+    if arch is None:
+        return
     memory.check_training_memory(
-        model_config(cfg, num_classes, bundle.in_chans, bundle.img_size),
+        arch,
         cfg.batch_size,
         device,
         processes=procs.local_world_size,
@@ -195,7 +200,7 @@ def describe_run(
     precision = f", {str(amp_dtype).replace('torch.', '')} autocast" if amp_dtype else ""
     b = data.bundle
     return (
-        f"{cfg.model} ({size} params) on {cfg.dataset}: {len(b.train)} train / "
+        f"{cfg.model} ({_architecture(model)}{size} params) on {cfg.dataset}: {len(b.train)} train / "
         f"{len(b.val) if data.val is not None else 0} val / {len(b.test)} test images; "
         f"{epochs} epochs x {steps} steps of {cfg.batch_size * world}"
         + (f", an update every {cfg.grad_accum_steps}" if cfg.grad_accum_steps > 1 else "")
@@ -203,3 +208,10 @@ def describe_run(
         f"{cfg.run_warmup_epochs:g} epochs); "
         f"{world} process(es) on {device}{precision}; run folder {out}"
     )
+
+
+def _architecture(model: nn.Module) -> str:
+    """What the describe line says of a model that is not a ConViT (whose name says it all):
+    the CNN arm's widths, blocks and stem, before its parameter count."""
+    cnn = cnn_config_of(model)
+    return f"{cnn.describe()}; " if cnn is not None else ""

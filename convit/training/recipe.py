@@ -20,7 +20,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from ..nn.model import ConViT, ConViTConfig
+from ..nn.model import ConViTConfig
 from ..weights.training_start import TrainingStart, training_config, training_model
 from .config import TrainConfig
 from .engine import TrainStep
@@ -30,7 +30,7 @@ __all__ = ["build_model", "build_recipe", "model_config"]
 
 def build_model(
     cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int, say: Callable[[str], None] = print
-) -> ConViT:
+) -> nn.Module:
     """The zoo model ``cfg.model`` sized for the data, optionally starting from weights, with
     gradient checkpointing as ``--grad-checkpointing`` asks.
 
@@ -43,9 +43,10 @@ def build_model(
     return model
 
 
-def model_config(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> ConViTConfig:
+def model_config(cfg: TrainConfig, num_classes: int, in_chans: int, img_size: int) -> Optional[ConViTConfig]:
     """The architecture :func:`build_model` builds, without building it (nothing allocated):
-    what :mod:`convit.nn.memory` estimates before the model exists."""
+    what :mod:`convit.nn.memory` estimates before the model exists; None for a model that is
+    not a ConViT (the CNN arm), which that estimate does not cover."""
     return training_config(_start(cfg, num_classes, in_chans, img_size))
 
 

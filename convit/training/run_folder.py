@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..core.fileio import atomic_save, read_jsonl
+from ..core.provenance import Provenance, collect
 from ..weights.checkpoint import save_model
 from .config import TrainConfig, save_config
 from .fit_result import FitResult
@@ -67,9 +68,19 @@ _RUN_FILES = (
     "ema.safetensors",
     "report.html",
     "skipped.tsv",
+    "provenance.json",
     MARKER,
 )
 _RUN_DIRS = ("figures", "tensorboard")
+
+
+def record_start(path: Path, provenance: Provenance, resumed_at: Optional[int]) -> None:
+    """Add one start of the run to its ``provenance.json`` (``{"starts": [...]}``): a resumed run
+    may have been continued by other code, data or on another CPU, so every start is kept."""
+    starts = json.loads(path.read_text())["starts"] if path.is_file() and resumed_at is not None else []
+    starts.append({**provenance.to_json(), "resumed_at_epoch": resumed_at})
+    text = json.dumps({"starts": starts}, indent=1) + "\n"
+    atomic_save(lambda p: p.write_text(text), path, "provenance.json")
 
 
 def resolve_output(cfg: TrainConfig) -> Path:
@@ -139,12 +150,18 @@ class RunFolder:
         self._writer_class = _tensorboard_writer() if cfg.tensorboard else None
 
     def create(
-        self, meta: dict[str, Any], resumed_at: Optional[int], keep_config: bool, comments: dict[str, Any]
+        self,
+        meta: dict[str, Any],
+        resumed_at: Optional[int],
+        keep_config: bool,
+        comments: dict[str, Any],
+        data_files: tuple[str, ...] = (),
     ) -> None:
         """Make the folder.  A fresh run removes a replaced run's files and folders (nothing of it
         may pass for this one) and writes :data:`MARKER` (removed with its first ``last.pt``); a
         resumed run drops log entries after its checkpoint's epoch.  The
-        config is written unless ``keep_config`` (a finished run resumed with nothing to train)."""
+        config is written unless ``keep_config`` (a finished run resumed with nothing to train).
+        ``provenance.json`` gains this start's provenance (``data_files`` hashed)."""
         self.meta = meta
         self.out.mkdir(parents=True, exist_ok=True)
         if resumed_at is None:
@@ -163,6 +180,7 @@ class RunFolder:
             truncate_log(self.log, resumed_at)
         if not keep_config:
             save_config(self.cfg, self.out / "config.yaml", comments=comments)
+        record_start(self.out / "provenance.json", collect(data_files), resumed_at)
         if self._writer_class is not None:
             self.writer = self._writer_class(log_dir=str(self.out / "tensorboard"))
 

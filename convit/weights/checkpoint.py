@@ -5,7 +5,8 @@
   Their keys are ours, so they load unchanged.
 * Our own model files are safetensors whose metadata holds the model config (and optionally
   class names), so :func:`convit.create_model` can rebuild the architecture from the file alone;
-  for one of timm's own models, its name and arguments (:mod:`convit.weights.timm_arch`).
+  for one of timm's own models, its name and arguments (:mod:`convit.weights.timm_arch`); for
+  the CNN arm, its :class:`~convit.weights.cnn.CNNConfig` (``cnn_config``).
   An export to timm's hub layout keeps that metadata in a file timm and transformers read
   (``format: pt``, ``library: convit``).
 * A hub-repo folder (``model.safetensors`` + ``config.json``) is read as one checkpoint
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from ..core.fileio import atomic_save
+from .cnn import cnn_config_of, cnn_metadata
 from .timm_arch import architecture_of
 
 FORMAT = "convit"
@@ -162,15 +164,20 @@ def save_model(
 
 
 def _architecture_metadata(model: nn.Module) -> dict[str, str]:
-    """What rebuilds ``model``: a ConViT's config, or a timm model's name and arguments."""
+    """What rebuilds ``model``: a ConViT's config, a timm model's name and arguments, or the
+    CNN arm's config."""
     arch = architecture_of(model)
     if arch is not None:
         return arch.to_metadata()
+    cnn = cnn_config_of(model)
+    if cnn is not None:
+        return cnn_metadata(cnn)
     cfg = getattr(model, "cfg", None)
     if not hasattr(cfg, "to_dict"):
         raise TypeError(
             f"cannot save a {type(model).__name__}: the file must say how to rebuild the model; save a "
-            "ConViT, or a timm model built by convit.create_model('timm:NAME', ...)"
+            "ConViT, the CNN arm (convit.create_model('resnet', ...)), or a timm model built by "
+            "convit.create_model('timm:NAME', ...)"
         )
     return {"config": json.dumps(cfg.to_dict())}
 
@@ -247,7 +254,8 @@ def adapt_state_dict(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[s
     convolution adapted to the model's channels (:func:`adapt_input_conv`), and a classifier of
     another size (or none) replaced by the model's own freshly initialised one.  Returns the
     new state dict and what was changed, in words."""
-    sd, changed = dict(sd), []
+    sd = dict(sd)
+    changed = []
     own = model.state_dict()
     key = "patch_embed.proj.weight"
     if key in sd and key in own and sd[key].shape[1] != own[key].shape[1]:
@@ -269,7 +277,8 @@ def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:
         return sd
     if not hasattr(model, "pos_embed_has_cls"):  # not a ConViT: timm's own models load as they are
         return sd
-    src, dst = sd["pos_embed"], model.pos_embed
+    src = sd["pos_embed"]
+    dst = model.pos_embed
     if src.shape == dst.shape or src.ndim != 3 or src.shape[-1] != dst.shape[-1]:
         return sd
     prefix = int(model.pos_embed_has_cls)

@@ -1,10 +1,11 @@
 """The model names: the zoo's literal table of configurations, and how a model name reads.
 
-A name says which :class:`~convit.nn.architecture.ConViTConfig` it means (:class:`ModelSpec`),
-where its published weights live (:class:`~convit.weights.pretrained.Pretrained`) and the
-data it expects.  :func:`parse_model_name` reads names as timm does: ``convit_tiny``,
-``convit_tiny.fb_in1k`` (a pretrained tag), ``hf-hub:org/repo``, ``local-dir:PATH``, and
-``timm:NAME`` for timm's own models that are not ConViTs.  Building a model from a name is
+A name says which :class:`~convit.nn.architecture.ConViTConfig` it means (:class:`ModelSpec`;
+``resnet``, the CNN arm, which :class:`~convit.weights.cnn.CNNConfig`), where its published
+weights live (:class:`~convit.weights.pretrained.Pretrained`) and the data it expects.
+:func:`parse_model_name` reads names as timm does: ``convit_tiny``, ``convit_tiny.fb_in1k``
+(a pretrained tag), ``hf-hub:org/repo``, ``local-dir:PATH``, and ``timm:NAME`` for timm's own
+models that are not ConViTs.  Building a model from a name is
 :func:`convit.weights.zoo.create_model`'s work; this module builds nothing.
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "register",
     "list_models",
     "model_spec",
+    "CONVIT_TINY_PARAMS",
     "weights_dir",
     "parse_model_name",
     "check_tag",
@@ -39,12 +41,15 @@ class ModelSpec:
 
     data: overlay for timm's ``pretrained_cfg`` (mean, std, crop_pct, interpolation, ...) when
     the model's data differ from the ImageNet defaults of :func:`convit.nn.model.architecture_cfg`.
+    family: ``convit`` (``config`` holds ConViTConfig fields: ConViT and DeiT) or ``cnn`` (the
+    CNN arm: ``config`` holds what :func:`convit.weights.cnn.cnn_config` reads).
     """
 
     config: dict
     pretrained: Optional[Pretrained] = None
     description: str = ""
     data: dict = field(default_factory=dict)
+    family: str = "convit"
 
 
 def _convit(
@@ -94,6 +99,10 @@ def _digits(local_up_to_layer: int, description: str, **extra: Any) -> ModelSpec
 
 _FB = "https://dl.fbaipublicfiles.com/convit/"
 
+#: convit_tiny's parameters (224 px, 1000 classes): the size of the zoo's CNN arm unless a run
+#: sizes it to the model it is compared with (``target_params=N``, ``base_width=W``).
+CONVIT_TINY_PARAMS = 5_710_512
+
 #: The zoo: every name as it is registered; :func:`register` adds more.
 _REGISTRY: dict[str, ModelSpec] = {
     "convit_tiny": _convit(
@@ -127,6 +136,12 @@ _REGISTRY: dict[str, ModelSpec] = {
         3, "ConViT for 8x8 digits: 2x2 patches, 4 heads x 12, 4 blocks, 3 GPSA, avg pool"
     ),
     "deit_digits": _digits(0, "DeiT matching convit_digits: no GPSA", qkv_bias=True),
+    "resnet": ModelSpec(
+        dict(target_params=CONVIT_TINY_PARAMS, img_size=224, in_chans=3, num_classes=1000),
+        description="the CNN arm: timm's ResNet (BasicBlock), widths sized to a parameter target "
+        "(default convit_tiny's; target_params=N or base_width=W)",
+        family="cnn",
+    ),
 }
 
 

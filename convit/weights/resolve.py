@@ -25,6 +25,7 @@ from .checkpoint import (
     infer_config,
     read_checkpoint,
 )
+from .cnn import cnn_from_metadata
 from .names import check_tag, list_models, model_spec, parse_model_name, weights_dir
 from .timm_arch import TimmArchitecture
 from .timm_format import config_from_timm
@@ -42,6 +43,7 @@ class ModelSource:
 
     config: dict[str, Any] = field(default_factory=dict)
     timm: Optional[TimmArchitecture] = None  # one of timm's own models instead of a ConViT
+    cnn: Optional[dict[str, Any]] = None  # the CNN arm instead: what convit.weights.cnn.cnn_config reads
     zoo_name: Optional[str] = None
     weights: Optional[Path] = None
     state_dict: Optional[StateDict] = None
@@ -53,10 +55,17 @@ class ModelSource:
     origin: str = ""  # how messages name the weights
 
     @property
+    def is_convit(self) -> bool:
+        """Whether this builds a ConViT (or DeiT): not one of timm's models, not the CNN arm."""
+        return self.timm is None and self.cnn is None
+
+    @property
     def head_classes(self) -> int:
-        """Rows of the weights' classifier: the classes they were trained on (0 without a head)."""
+        """Rows of the weights' classifier (a ResNet's is ``fc``): the classes they were trained
+        on (0 without a head)."""
         sd = self.state_dict or {}
-        return sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        key = "head.weight" if "head.weight" in sd else "fc.weight"
+        return sd[key].shape[0] if key in sd else 0
 
 
 def resolve_source(
@@ -105,7 +114,10 @@ def _named(name: ModelName, fetch: bool) -> ModelSource:
     spec = model_spec(ident)  # an unknown name fails here, naming the closest ones
     if tag:
         check_tag(ident, tag)
-    src = ModelSource(config=dict(spec.config), zoo_name=ident, label=ident)
+    if spec.family == "cnn":
+        src = ModelSource(cnn=dict(spec.config), zoo_name=ident, label=ident)
+    else:
+        src = ModelSource(config=dict(spec.config), zoo_name=ident, label=ident)
     if fetch:
         if spec.pretrained is None:
             raise ValueError(f"no published weights for {ident!r}")
@@ -145,13 +157,18 @@ def _settle_architecture(src: ModelSource) -> None:
         src.timm = arch
         src.config = {}
         return
+    saved_cnn = cnn_from_metadata(src.meta)
+    if saved_cnn is not None:
+        src.cnn = saved_cnn
+        src.config = {}
+        return
     stored = config_from_metadata(src.meta)
     if stored is None and src.timm_config:
         stored = config_from_timm(src.timm_config, str(src.weights or src.label))
     if stored is not None:
         src.config = {**src.config, **stored}
-    elif src.timm is not None:
-        return  # timm's own model: its file loads strictly into the named architecture
+    elif not src.is_convit:
+        return  # timm's own model or the CNN arm: its file loads strictly into the named architecture
     elif not src.config:
         if src.weights is None:
             raise ValueError("create_model needs a model name or a checkpoint_path")
@@ -168,7 +185,8 @@ def _no_config_error(weights: Path) -> CheckpointError:
         like = [
             n
             for n in list_models()
-            if all(ConViTConfig.from_dict(model_spec(n).config).to_dict()[k] == shapes[k] for k in keys)
+            if model_spec(n).family == "convit"
+            and all(ConViTConfig.from_dict(model_spec(n).config).to_dict()[k] == shapes[k] for k in keys)
         ]
     except CheckpointError:
         like = []

@@ -339,7 +339,8 @@ def _deit_fields(
 ) -> dict[str, Any]:
     """The DeiT fields of a VisionTransformer's arguments (taken out of ``args``); refuses, naming
     the argument, what our DeiT does not compute the same way."""
-    pos_embed, fc_norm = args.pop("pos_embed"), args.pop("fc_norm", None)
+    pos_embed = args.pop("pos_embed")
+    fc_norm = args.pop("fc_norm", None)
     if fc_norm or (fc_norm is None and global_pool not in ("token", "")):
         raise TimmExportError(f"{where}: fc_norm (a norm after pooling) is not part of our DeiT")
     if pos_embed not in ("learn", "none"):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Union
 from ..nn.architecture import ARCHITECTURE_FIELDS, ConViTConfig
 from ..nn.model import ConViT
 from .checkpoint import CheckpointError, config_from_metadata, read_metadata_json
+from .cnn import cnn_from_metadata
 from .resolve import resolve_source
 from .zoo import build_model, config_of, create_model
 
@@ -24,8 +25,9 @@ __all__ = ["TrainingStart", "training_model", "training_config"]
 @dataclass(frozen=True)
 class TrainingStart:
     """What a run trains: the model ``name`` (a zoo name) with ``overrides`` on top (ConViTConfig
-    fields: the run's ``--model-kwargs``, then those derived from the data), for ``num_classes``
-    classes, from scratch, from ``finetune`` (a weight file) or from the ``pretrained`` weights."""
+    fields, or the CNN arm's: the run's ``--model-kwargs``, then those derived from the data),
+    for ``num_classes`` classes, from scratch, from ``finetune`` (a weight file) or from the
+    ``pretrained`` weights."""
 
     name: str
     num_classes: int
@@ -34,9 +36,12 @@ class TrainingStart:
     pretrained: bool = False
 
 
-def training_config(start: TrainingStart) -> ConViTConfig:
+def training_config(start: TrainingStart) -> Optional[ConViTConfig]:
     """The architecture :func:`training_model` builds, without building it (nothing allocated):
-    what :mod:`convit.nn.memory` estimates before the model exists."""
+    what :mod:`convit.nn.memory` estimates before the model exists.  None for a model that is
+    not a ConViT (the CNN arm, timm's models), which that estimate does not cover."""
+    if not resolve_source(start.name).is_convit:
+        return None
     return config_of(start.name, **{**start.overrides, "num_classes": start.num_classes})
 
 
@@ -81,8 +86,13 @@ def _check_same_architecture(start: TrainingStart, meta: dict) -> None:
     """Our files carry their architecture, which ``create_model`` would silently prefer to the
     zoo name: fine-tuning a file as another model is an error that names the differences."""
     stored = config_from_metadata(meta)
+    named_convit = resolve_source(start.name).is_convit
+    if cnn_from_metadata(meta) is not None and named_convit:
+        raise _other_family(start, meta, "holds the CNN arm")
     if not stored:
         return  # foreign files: load_into reports any mismatch key by key
+    if not named_convit:
+        raise _other_family(start, meta, "holds a ConViT")
     asked = {k: v for k, v in start.overrides.items() if k in ARCHITECTURE_FIELDS}
     wanted = config_of(start.name, **asked).to_dict()
     diff = [
@@ -101,3 +111,12 @@ def _check_same_architecture(start: TrainingStart, meta: dict) -> None:
             )
             + " (a different head size is fine: it is replaced)"
         )
+
+
+def _other_family(start: TrainingStart, meta: dict, holds: str) -> CheckpointError:
+    """The error for fine-tuning a file of one family (a ConViT, the CNN arm) as the other."""
+    trained_as = read_metadata_json(meta, "model_name")
+    return CheckpointError(
+        f"{start.finetune} {holds}, not a {start.name}: "
+        + (f"pass --model {trained_as}" if trained_as else "pass the --model it was trained with")
+    )

@@ -20,6 +20,7 @@ from timm.models._features import FeatureGetterNet
 from ..nn.architecture import ConViTConfig, architecture_cfg
 from ..nn.model import ConViT
 from .checkpoint import CheckpointError, adapt_state_dict, load_into, read_metadata_json
+from .cnn import build_cnn, cnn_config
 from .names import ModelSpec, list_models, model_spec, parse_model_name, register, weights_dir
 from .resolve import ModelName, ModelSource, resolve_source
 from .timm_arch import build_timm_model
@@ -57,7 +58,9 @@ def create_model(
         (``config.json`` + ``model.safetensors``, as ``convit export --format timm`` writes or
         timm publishes); ``'timm:NAME'`` for one of timm's own models that is not a ConViT
         (``timm:resnet18``: ``timm.create_model(NAME, pretrained=False, **overrides)``, saved
-        and loaded by our safetensors like a ConViT).  May be omitted when ``checkpoint_path``
+        and loaded by our safetensors like a ConViT); ``'resnet'``, the CNN arm
+        (:mod:`convit.weights.cnn`: timm's ResNet sized by ``target_params=N`` or
+        ``base_width=W``).  May be omitted when ``checkpoint_path``
         carries its config (our files and export folders).
     pretrained: load the published weights: the zoo's (:func:`weights_dir`, then the Hugging
         Face cache, then the hub, then the official URL: :func:`convit.weights.hub.resolve_pretrained`)
@@ -76,7 +79,8 @@ def create_model(
         the head are pruned.  ``feature_cfg`` goes to the wrapper (``output_fmt='NLC'``,
         ``norm=True``).  ConViTs only.
     overrides: ConViTConfig fields, e.g. ``num_classes=10, drop_path_rate=0.1`` (for a timm
-        model: ``timm.create_model``'s keyword arguments).
+        model: ``timm.create_model``'s keyword arguments; for the CNN arm: CNNConfig fields,
+        ``target_params`` or ``base_width``).
     """
     model = build_model(resolve_source(name, pretrained, checkpoint_path), overrides)
     if not features_only:
@@ -94,6 +98,8 @@ def build_model(src: ModelSource, overrides: Optional[dict[str, Any]] = None) ->
     overrides = overrides or {}
     if src.timm is not None:
         model = build_timm_model(src.timm.with_kwargs(**overrides))
+    elif src.cnn is not None:
+        model = build_cnn(cnn_config(**{**src.cnn, **overrides}))
     else:
         model = ConViT(ConViTConfig.from_dict({**src.config, **overrides}))
     sd = src.state_dict
@@ -116,8 +122,10 @@ def config_of(name: ModelName, **overrides: Any) -> ConViTConfig:
     """The ConViTConfig ``create_model(name, **overrides)`` builds, without building it or
     reading weights (nothing allocated): for sizing a model before it exists."""
     src = resolve_source(name)
-    if src.timm is not None:
-        raise ValueError(f"{name} is one of timm's models, not a ConViT: it has no ConViTConfig")
+    if not src.is_convit:
+        raise ValueError(
+            f"{name} is not a ConViT (one of timm's models, or the CNN arm): it has no ConViTConfig"
+        )
     return ConViTConfig.from_dict({**src.config, **overrides})
 
 
