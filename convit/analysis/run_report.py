@@ -127,9 +127,8 @@ def analyze(
     runs = _read_runs(logs)
     own = checkpoint.parent.name or "model"
     q = tuple(query) if query is not None else _centre_patch(model)
-    written = _summary_figures(model, runs, summary, init_summary, output, own) + _attention_figures(
-        model, inputs, q, layers, heads, output
-    )
+    written = _summary_figures(model, runs, summary, init_summary, output, own)
+    written += _attention_figures(model, inputs, q, layers, heads, output)
     table = _masking_on_inputs(model, inputs) if masking else None
     paths = [p for p, _ in written] + _write_numbers(output, summary, init_summary, table)
     if html_path is not None:
