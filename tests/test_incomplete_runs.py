@@ -4,6 +4,7 @@ it cleanly (``--resume`` starts it again from epoch 1 with its config.yaml)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -26,7 +27,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(
     with monkeypatch.context() as m:
         interrupt_at_epoch(m, 1)
         assert train_tiny("--epochs", "2") == 130
-    assert sorted(p.name for p in run.iterdir()) == [MARKER, "config.yaml"]
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "config.yaml", "provenance.json"]
     assert "pid: " in (run / MARKER).read_text() and not (run / "last.pt").exists()
     with pytest.raises(NoCheckpointYet, match="stopped before its first checkpoint"):
         find_last_checkpoint(str(run))
@@ -44,7 +45,9 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(
         "last.pt",
         "log.jsonl",
         "model.safetensors",
+        "provenance.json",
     ]
+    assert len(json.loads((run / "provenance.json").read_text())["starts"]) == 1  # the old run's is gone
     assert build_config(config_file=run / "config.yaml").epochs == 1
 
 

@@ -226,3 +226,19 @@ def test_the_report_draws_every_runs_validation_curve():
     assert all(line.get_linestyle() == "--" for ax in fig.axes for line in ax.lines)  # still improving
     assert convergence_summary(records).startswith("0 of 8 runs checked had converged")
     assert curves_figure([StudyRecord(name="x", status="done")], ["convit"]) is None
+
+
+@pytest.mark.slow
+def test_study_report_reads_cleanly_in_a_browser(plan_file, serial_top1):
+    """report.html in Chromium at 1280x800 (tests/browser.py): no console errors, every plot
+    loads, the verdict sentence is visible without scrolling; the screenshot is kept beside it."""
+    from browser import browser_or_skip, view_page
+
+    browser_or_skip()
+    study = plan_file.parent.parent / "serial"
+    view = view_page(study / "report.html", ".verdict", study / "report.png")
+    assert view.console_errors == []
+    assert view.image_count >= 2 and view.broken_images == []
+    assert view.key_visible_without_scrolling, (view.key_top, view.key_bottom, view.viewport_height)
+    assert view.key_text.strip() == (study / "verdict.txt").read_text().strip()
+    assert view.screenshot.stat().st_size > 10_000

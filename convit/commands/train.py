@@ -105,7 +105,7 @@ def _submit(args: argparse.Namespace, cfg: TrainConfig) -> int:
     )
     if not args.wait:
         return 0
-    summary = job.results()[0]
+    summary = job.results()[0].to_dict()  # rank 0's FitResult
     print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float, str))))
     return 0
 

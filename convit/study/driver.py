@@ -121,7 +121,7 @@ def _describe_power(plan: Plan) -> str:
     if power.resolvable is None or power.resolvable > WIDE_POINTS:
         text += (
             "\nwarning: this study cannot resolve differences of a few points; more test images, "
-            "more seeds (--seeds) or a larger --budget would"
+            "more seeds (--seeds) or a larger --budget would narrow what it can resolve"
         )
     return text
 

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from ..core.fileio import atomic_save
 from ..core.runtime import resolve_amp, resolve_device
-from ..data import build_data, collate_skipping, set_max_image_pixels
+from ..data import collate_skipping
+from ..training.batches import bundle_for
 from ..training.config import TrainConfig
 from ..training.engine import evaluate
 from ..weights.zoo import load_model
@@ -37,18 +38,7 @@ def per_image_correct(cfg: TrainConfig, checkpoint: Path) -> np.ndarray:
     right (top-1), in the split's order; unreadable images are left out, as in ``fit``."""
     device = resolve_device(cfg.device)
     model, _ = load_model(checkpoint, device=str(device))
-    set_max_image_pixels(cfg.max_image_pixels)
-    bundle = build_data(
-        cfg.dataset,
-        cfg.data_path,
-        img_size=cfg.img_size,
-        sampling_ratio=cfg.sampling_ratio,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-        augment=cfg.augment,
-        download=cfg.download,
-        strict=cfg.strict_images,
-    )
+    bundle = bundle_for(cfg)
     # In order and in this process: per-sample outcomes are refused under DDP.
     batch = 2 * cfg.batch_size
     loader = DataLoader(bundle.test, batch_size=batch, shuffle=False, collate_fn=collate_skipping)

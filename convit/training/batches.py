@@ -36,7 +36,7 @@ from ..data.batched import SampledBatches
 from ..data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
 from .config import TrainConfig
 
-__all__ = ["RunData", "data_loaders", "device_batches"]
+__all__ = ["RunData", "bundle_for", "data_loaders", "device_batches"]
 
 #: Images of the held-out split a locality hook measures (the probe).
 PROBE_IMAGES = 64
@@ -58,7 +58,7 @@ def data_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
     """DataLoaders over :func:`convit.data.build_data`'s splits.  Training is sharded over the
     processes (DistributedSampler, or DeiT's RepeatAugSampler); evaluation by
     :class:`~convit.core.distributed.ShardSampler`, which shows every image exactly once."""
-    bundle = _bundle(cfg)
+    bundle = bundle_for(cfg)
     sampler = _train_sampler(cfg, bundle.train, rank, world)
     drop_last = len(sampler) >= 2 * cfg.batch_size  # DeiT drops the ragged last batch
     collate = collate_skipping_even if _mixing(cfg) else collate_skipping
@@ -80,7 +80,7 @@ def data_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: i
     )
 
 
-def _bundle(cfg: TrainConfig) -> DataBundle:
+def bundle_for(cfg: TrainConfig) -> DataBundle:
     """The dataset's splits as the config asks for them; an empty training split is an error."""
     set_max_image_pixels(cfg.max_image_pixels)
     bundle = build_data(
