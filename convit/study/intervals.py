@@ -135,7 +135,7 @@ def image_products(outcomes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     x = (outcomes - outcomes.mean(-1, keepdims=True)) * m[..., None]
     mean = np.swapaxes(x.sum(-2) / seeds[..., None], -1, -2)  # (B, n, K)
     prod = mean[..., :, None] * mean[..., None, :]
-    squares = np.swapaxes(np.sum(x**2, axis=-2), -1, -2)  # (B, n, K)
+    squares = np.swapaxes(np.einsum("...sn,...sn->...n", x, x), -1, -2)  # (B, n, K), no x**2 in memory
     k = np.arange(prod.shape[-1])
     s = seeds[:, None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -232,11 +232,19 @@ def analyse(
 def _test_df(g: np.ndarray, products: np.ndarray, v_test: np.ndarray) -> np.ndarray:
     """Satterthwaite's degrees of freedom of each row's test part, 2 v^2 / var(v), its sampling
     variance from the spread of the rows' per-image terms (images independent)."""
-    n = products.shape[-3]
-    q = np.einsum("brk,bnkl,brl->brn", g.astype(products.dtype), products, g.astype(products.dtype))
+    b, n, kk, _ = products.shape
+    q = _outer(g).astype(products.dtype) @ np.swapaxes(products.reshape(b, n, kk * kk), -1, -2)  # (B, R, n)
     var = np.var(q, axis=-1) * n / (n - 1) ** 2 * (1e4 / n) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(var > 0, 2 * v_test**2 / var, np.inf)
+
+
+def _outer(g: np.ndarray) -> np.ndarray:
+    """Each row's weights times themselves, flattened (B, R, K * K): a row's per-image term
+    g' P g is then one matrix product with the flattened per-image products P (a batched matrix
+    product rather than a three-operand einsum, for the many studies of the simulation)."""
+    b, r, kk = g.shape
+    return (g[..., :, None] * g[..., None, :]).reshape(b, r, kk * kk)
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
