@@ -36,7 +36,7 @@ inference and 128 for training, CUDA-event timing after warm-up, every SDPA back
 and the model FLOPs utilisation (MFU) of each training run:
     achieved FLOP/s = 3 x (2 x forward MACs per image) x images/s
     MFU             = achieved FLOP/s / measured bf16 matmul peak (an 8192^3 matmul, timed here)
-with forward MACs from convit.commands.models.flops(cfg) (the papers' counting convention).
+with forward MACs from convit.nn.arithmetic.flops(cfg) (the papers' counting convention).
 
 Examples:
     python benchmarks/bench_speed.py                                 # CPU, tiny, ~2-3 min

@@ -22,7 +22,7 @@ def extra_models(size: str, device: str, models: dict, kernel_both: bool, deit_w
     import torch
 
     import convit
-    from convit.commands.models import flops
+    from convit.nn.arithmetic import flops
 
     out = {}
     for name, entry in models.items():
@@ -56,7 +56,7 @@ def build_models(
     import torch
 
     import convit
-    from convit.commands.models import flops
+    from convit.nn.arithmetic import flops
     from convit.weights.checkpoint import load_into
 
     models = {}

@@ -131,9 +131,9 @@ def test_plan_pins_the_recipe_and_matched_models(tmp_path, capsys):
     assert plan["estimate_s"] <= 180 and len(plan["seeds"]) >= 3  # chosen by the budget
     assert "this study can resolve differences of about" in out
     runs = study_runs(Plan.from_json(plan), "x")
-    assert len(runs) == 2 * len(plan["seeds"]) * len(plan["levels"]) and len({r.name for r in runs}) == len(
-        runs
-    )
+    assert len(runs) == len(plan["model"]["params"]) * len(plan["seeds"]) * len(plan["levels"]) and len(
+        {r.name for r in runs}
+    ) == len(runs)
     epochs = [lv["epochs"] * lv["images_per_class"] for lv in plan["levels"]]
     assert max(epochs) - min(epochs) <= max(lv["images_per_class"] for lv in plan["levels"])  # epochs x 1/f
     from convit.training.config import TrainConfig

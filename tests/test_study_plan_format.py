@@ -68,8 +68,8 @@ def test_any_number_of_arms():
 
 
 def test_another_version_is_refused():
-    d = dict(_fixture("digits_plan.json"), version=3)
-    with pytest.raises(ValueError, match="plan version 3"):
+    d = dict(_fixture("digits_plan.json"), version=4)
+    with pytest.raises(ValueError, match="plan version 4"):
         Plan.from_json(d)
 
 
@@ -80,7 +80,7 @@ def test_a_version_1_plan_says_nothing_of_power_or_validation():
     assert all(r.settings["val_fraction"] == 0.0 for r in study_runs(plan, "DATA"))
 
 
-def test_a_new_plan_is_version_2_with_the_version_1_layout_first(tmp_path, capsys):
+def test_a_new_plan_is_version_3_with_the_version_1_layout_first(tmp_path, capsys):
     data = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=14, size=8, splits=("train",))
     argv = ["study", str(data), "--output", str(tmp_path / "o"), "--budget", "3m", "--sizes", "3", "11"]
     assert main([*argv, "--dry-run"]) == 0
@@ -92,10 +92,18 @@ def test_a_new_plan_is_version_2_with_the_version_1_layout_first(tmp_path, capsy
             return {k: layout(v) for k, v in x.items()}
         return type(x).__name__
 
-    for key in ("model", "recipe", "threads", "timing"):
+    for key in ("recipe", "threads"):
         assert layout(new[key]) == layout(old[key]), key
-    assert new["version"] == 2 and list(new)[: len(old)] == list(old) and list(new)[len(old) :] == ["power"]
-    assert list(new["data"]) == list(old["data"]) and list(new["request"]) == list(old["request"])
+    assert list(new["timing"]) == list(old["timing"]) and list(new["timing"]["params"]) == [
+        "convit",
+        "deit",
+        "resnet",
+    ]  # the CNN arm beside the default pair
+    assert list(new["model"])[:4] == list(old["model"])[:4] and list(new["model"])[4] == "gmacs"
+    assert list(new)[: len(old)] == list(old)
+    assert new["version"] == 3 and list(new)[len(old) :] == ["power", "device", "dtype", "timed_on", "notes"]
+    assert list(new["data"]) == list(old["data"])
+    assert list(new["request"]) == [*old["request"], "models", "img_size", "device"]
     level_keys = list(new["levels"][0])
     assert level_keys[:4] == list(old["levels"][0]) and level_keys[4:] == [
         "val_fraction",

@@ -5,6 +5,7 @@ Examples::
     convit study my_images/          # DATA/train/<class>/..., DATA/val|test/, or DATA/<class>/...
     convit study my_images/ --budget 10m --output runs/study
     convit study digits --budget 5m
+    convit study my_images/ --models convit_tiny,deit_tiny,resnet --img-size 32 --device cuda
     convit study my_images/ --launcher local --jobs 2
     convit study my_images/ --launcher slurm --jobs 8 --partition cpu --time 60
     convit study --plan runs/study/plan.json --output elsewhere    # the same plan, exactly
@@ -17,12 +18,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
+
+import torch
 
 from ..core.launch_flags import add_launcher_arguments, options_from_args, parse_duration
 from ..study import describe_plan, finish_study, plan_study, run_study
 from ..study.driver import timeout_minutes
 from ..study.inspect import BUILTIN
 from ..study.plan import plan_request
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,8 +63,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     p.add_argument("--data-path", metavar="PATH", help="where a built-in dataset's files are")
+    p.add_argument(
+        "--models",
+        metavar="A,B,...",
+        help="zoo models to compare: one ConViT, its DeiT (the paper's pairing or the same width and "
+        "depth) and/or 'resnet' (the CNN arm, sized to the ConViT), e.g. convit_tiny,deit_tiny,resnet "
+        "(default: a small ConViT/DeiT pair and the CNN arm when the budget allows)",
+    )
+    p.add_argument(
+        "--img-size", type=int, metavar="PX", help="input resolution (default: chosen by the budget)"
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the runs train and are timed (default auto: cuda when available; bf16 on cuda)",
+    )
     p.add_argument("--dry-run", action="store_true", help="write and print the plan, run nothing")
     add_launcher_arguments(p, time_default="planned", cpus_default="the plan's threads")
+
+
+def study_device(asked: str, gpus_per_node: Optional[int]) -> str:
+    """``cpu`` or ``cuda``: auto is cuda when this node has a GPU or the Slurm jobs get GPUs
+    (``--gpus-per-node``); cuda without either is a ValueError of one line."""
+    gpus = torch.cuda.is_available() or bool(gpus_per_node)
+    if asked == "cuda" and not gpus:
+        raise ValueError("--device cuda: this node has no GPU (CUDA is not available); use --device cpu")
+    if asked == "auto":
+        return "cuda" if gpus else "cpu"
+    return asked
+
+
+def _models(text: Optional[str]) -> Optional[list[str]]:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give DATA (an image folder or a built-in dataset) or --plan plan.json")
     if (args.seeds is not None and args.seeds < 1) or args.threads < 1 or args.jobs < 1:
         raise ValueError("--seeds, --threads and --jobs must be at least 1")
+    if args.img_size is not None and args.img_size < 1:
+        raise ValueError("--img-size must be at least 1")
     name = Path(args.data).name if args.data else Path(args.plan).resolve().parent.name
     study = Path(args.output or f"runs/study-{name}")
     options = options_from_args(args)
@@ -82,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             args.sizes,
             args.threads,
             args.data_path,
+            models=_models(args.models),
+            img_size=args.img_size,
+            device=study_device(args.device, args.gpus_per_node),
         )
     )
     plan = plan_study(

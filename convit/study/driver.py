@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
 from ..core.launch import LaunchOptions, Outcome, launch
+from .arms import MacsCounter
 from .inspect import inspect_data
 from .plan import make_plan
 from .plan_schema import Plan, PlanRequest, label
@@ -28,7 +31,7 @@ from .runs import (
 )
 from .verdict import compare, sentence, write_csv
 
-__all__ = ["plan_study", "run_study", "finish_study", "describe_plan", "timeout_minutes"]
+__all__ = ["plan_study", "run_study", "finish_study", "describe_plan", "timeout_minutes", "check_device"]
 
 _OUTPUTS = ("runs", "data", "logs", "results.csv", "report.html", "verdict.txt")
 
@@ -58,10 +61,12 @@ def plan_study(
     overwrite: bool = False,
     t_start: Optional[float] = None,
     say: Callable[[str], None] = print,
+    macs: Optional[MacsCounter] = None,
 ) -> Plan:
     """The study's plan: ``plan_file``'s, the one already in ``study`` when it was asked for with
     the same ``request``, or a new one (data inspected, models timed, sized to the budget).
-    A different plan already in ``study`` is refused unless ``overwrite``."""
+    A different plan already in ``study`` is refused unless ``overwrite``; ``macs`` counts a
+    transformer's multiply-accumulates for a new plan."""
     t_start = time.perf_counter() if t_start is None else t_start
     old = load_plan(study) if (study / PLAN_FILE).is_file() else None
     if plan_file is not None:
@@ -78,7 +83,7 @@ def plan_study(
             _refuse(study, "a plan made for other data, budget or options")
         summary = inspect_data(request.data, request.data_path)
         say(summary.describe())
-        plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say)
+        plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say, macs=macs)
         if old is not None:
             _clear(study)
     save_plan(study, plan)
@@ -132,16 +137,44 @@ def describe_plan(plan: Plan) -> str:
     m = plan.model
     runs = len(plan.levels) * len(plan.seeds) * len(m.arms)
     sizes = ", ".join(f"{lv.images_per_class} ({lv.epochs} epochs)" for lv in plan.levels)
-    params = " / ".join(f"{label(a.name)} {a.params:,}" for a in m.arms)
+    params = " / ".join(f"{label(a.name)} {a.params:,}{_gmacs(a.gmacs)}" for a in m.arms)
     return (
         f"plan: {runs} runs = {len(m.arms)} models x {len(plan.levels)} sizes x {len(plan.seeds)} seeds; "
         f"images per class (epochs): {sizes}\n      {params} "
         f"parameters, {m.resolution}px input, {m.patch_size}px patches ({m.grid}x{m.grid}); "
-        f"{plan.threads} thread(s) per run; estimated {plan.estimate_s / 60:.1f} min "
+        f"{_where(plan)}; estimated {plan.estimate_s / 60:.1f} min "
         f"(budget {plan.request.budget_s / 60:.1f} min)"
         + (f"\n{_describe_validation(plan)}" if plan.version >= 2 else "")
         + _describe_power(plan)
+        + "".join(f"\nnote: {n}" for n in plan.notes)
     )
+
+
+def _gmacs(gmacs: Optional[float]) -> str:
+    return "" if gmacs is None else f" ({gmacs:.3g} GMACs)"
+
+
+def _where(plan: Plan) -> str:
+    """Where the runs train: the CPU threads, or the GPU and its dtype."""
+    if plan.device == "cpu":
+        return f"{plan.threads} thread(s) per run"
+    return f"on {plan.device} in {plan.dtype} (timed on {plan.timed_on})"
+
+
+def check_device(plan: Plan, launcher: str = "serial", gpus_per_node: Optional[int] = None) -> None:
+    """Refuse, in one line, a plan whose runs cannot train where they would run: a CUDA plan run
+    here without a GPU, or under Slurm without ``--gpus-per-node``; a CPU plan given GPUs."""
+    cuda = plan.recipe.get("device") == "cuda"
+    if launcher == "slurm":
+        if cuda and not gpus_per_node:
+            raise ValueError("this plan trains on cuda: give its Slurm jobs GPUs with --gpus-per-node")
+        if gpus_per_node and not cuda:
+            raise ValueError("--gpus-per-node: this plan trains on the CPU; plan again with --device cuda")
+    elif cuda and not torch.cuda.is_available():
+        raise ValueError(
+            "this plan trains on cuda but this node has no GPU: run it on a GPU node, or plan again with "
+            "--device cpu"
+        )
 
 
 def timeout_minutes(plan: Plan) -> int:
@@ -176,7 +209,9 @@ def run_study(
 ) -> tuple[list[StudyRecord], dict[str, Outcome]]:
     """Run every unfinished run of ``plan`` (resuming partial ones) under ``options``; runs held
     by another process are waited for and picked up if they end unfinished.  Returns the
-    finished runs' records and the failed runs' outcomes."""
+    finished runs' records and the failed runs' outcomes.  A plan that cannot train where
+    ``options`` would run it is refused first (:func:`check_device`)."""
+    check_device(plan, options.launcher, options.gpus_per_node)
     names = [r.name for r in plan_runs(study, plan)]
     failed: dict[str, Outcome] = {}
     done = [sum(run_state(study, n) == "done" for n in names)]

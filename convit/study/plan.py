@@ -1,8 +1,10 @@
 """The plan of a study (``plan.json``): everything that changes its numbers, sized to a budget.
 
 A plan holds the data (classes, the training and test files of a folder, the held-out test
-split when the data has none), a ConViT and a DeiT of matched size (same width, depth and
-heads; a patch size giving a grid of about 8x8), the sizes compared (images per class, as
+split when the data has none), the arms compared (by default a small ConViT and DeiT of
+matched size -- same width, depth and heads; a patch size giving a grid of about 8x8 -- and
+the CNN arm when the budget allows; or the zoo models ``--models`` names, :mod:`convit.study.arms`),
+the device the runs train on, the sizes compared (images per class, as
 fractions of the smallest class), the seeds, the epochs of each size (``E / f``, as the paper
 does), the validation hold-out the runs are judged on, the whole recipe (every
 :class:`~convit.training.config.TrainConfig` field), the threads per run, and the smallest
@@ -23,15 +25,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
+import torch
 
-from ..nn.model import DATA_DERIVED_FIELDS
 from ..training.config import TrainConfig
-from ..weights.zoo import config_of
+from .arms import CNN_ARM, Layout, MacsCounter, check_models
 from .inspect import DataSummary
+from .layout import MODELS, SHARED_ARCH, add_cnn, choose_resolution, plan_arms, study_layout
 from .plan_schema import PLAN_VERSION, Arm, Holdout, Level, Plan, PlanData, PlanModels, PlanRequest
 from .power import estimate_power
 from .records import StudyRun
-from .sizing import EPOCHS_FLOOR, EPOCHS_MAX, MIN_IMAGES, check_sizes, size_study
+from .sizing import EPOCHS_FLOOR, EPOCHS_MAX, MIN_IMAGES, Sizing, check_sizes, size_study
 from .timing import Timing, measure
 
 __all__ = [
@@ -44,6 +47,8 @@ __all__ = [
     "plan_request",
     "EPOCHS_FLOOR",
     "EPOCHS_MAX",
+    "MODELS",
+    "SHARED_ARCH",
 ]
 
 #: The held-out test split of data without one: this fraction of each class, at most the cap.
@@ -52,12 +57,6 @@ HOLDOUT_CAP = 250
 HOLDOUT_SEED = 0
 #: Share of the budget the runs are sized to (the rest: start, timing, report, estimate error).
 BUDGET_SHARE = 0.8
-#: The arms compared: zoo name, and the fields only that arm has (ConViT: 3 GPSA blocks of 4).
-MODELS = {
-    "convit": ("convit_digits", {"local_up_to_layer": 3}),
-    "deit": ("deit_digits", {"local_up_to_layer": 0}),
-}
-SHARED_ARCH = dict(embed_dim=48, num_heads=4, depth=4, mlp_ratio=2.0)
 
 
 def plan_request(
@@ -68,9 +67,16 @@ def plan_request(
     sizes: Optional[Sequence[int]],
     threads: int,
     data_path: Optional[str],
+    models: Optional[Sequence[str]] = None,
+    img_size: Optional[int] = None,
+    device: str = "cpu",
 ) -> PlanRequest:
     """What the user asked for: a study folder's plan is reused when this is the same
-    (``seeds`` None: chosen by the budget)."""
+    (``seeds`` None: chosen by the budget; ``models`` None: the default arms; ``img_size``
+    None: chosen by the budget; ``device``: ``cpu`` or ``cuda``).  Models that cannot be
+    compared are a ValueError here, before anything is planned."""
+    if models:
+        check_models(models)
     return PlanRequest(
         data=data,
         budget_s=float(budget_s),
@@ -79,17 +85,10 @@ def plan_request(
         sizes=sorted(int(s) for s in sizes) if sizes else None,
         threads=int(threads),
         data_path=data_path,
+        models=list(models) if models else None,
+        img_size=None if img_size is None else int(img_size),
+        device=device,
     )
-
-
-def choose_resolution(size: tuple[int, int], budget_s: float, native: bool) -> tuple[int, int]:
-    """(resolution, patch size): small for small budgets, never above the images' own size;
-    the patch size makes a grid of about 8x8."""
-    cap = 32 if budget_s < 20 * 60 else 48 if budget_s < 90 * 60 else 64
-    side = min(size)
-    res = side if native or side <= cap else cap
-    patch = max(1, round(res / 8))
-    return max(1, res // patch) * patch, patch
 
 
 def hold_out(
@@ -111,16 +110,6 @@ def hold_out(
     return train, test
 
 
-def _architecture(name: str, extra: dict[str, Any], patch: int, res: int) -> dict[str, Any]:
-    """Every ConViTConfig field of zoo model ``name`` with the study's sizes on top (those taken
-    from the data left out), so the plan states the whole architecture."""
-    cfg = config_of(name, **SHARED_ARCH, patch_size=patch, img_size=res, **extra)
-    return {
-        "model": name,
-        "model_kwargs": {k: v for k, v in cfg.to_dict().items() if k not in DATA_DERIVED_FIELDS},
-    }
-
-
 def _recipe(batch: int, threads: int, device: str) -> dict[str, Any]:
     """Every TrainConfig field shared by the runs (DeiT's recipe without mixup, small augmentation)."""
     base = TrainConfig().to_dict()
@@ -140,7 +129,7 @@ def _recipe(batch: int, threads: int, device: str) -> dict[str, Any]:
         num_workers=0,
         threads=threads,
         device=device,
-        amp="off",
+        amp="bf16" if device == "cuda" else "off",
         locality=True,
         report=False,
         tensorboard=False,
@@ -209,13 +198,18 @@ def _plan_data(summary: DataSummary, split: _Split) -> PlanData:
 
 
 def _time_arms(
-    summary: DataSummary, split: _Split, archs: dict[str, dict[str, Any]], res: int, batch: int, threads: int
+    summary: DataSummary,
+    split: _Split,
+    layout: Layout,
+    batch: int,
+    threads: int,
+    device: str,
 ) -> Timing:
     """Time every arm and the data's files on this machine (:func:`convit.study.timing.measure`)."""
     files = [f for fs in split.train.values() for f in fs] if summary.kind == "folder" else []
     return measure(
-        archs,
-        res=res,
+        layout.archs,
+        res=layout.resolution,
         in_chans=summary.channels if summary.kind == "builtin" else 3,
         num_classes=len(summary.classes),
         batch=batch,
@@ -224,7 +218,53 @@ def _time_arms(
         files=files,
         probe_s_per_file=summary.probe_s_per_file,
         n_files=len(files) + split.test_images * (split.held is None),
+        device=device,
     )
+
+
+def _without(timing: Timing, arm: str) -> Timing:
+    """``timing`` without ``arm``."""
+    return Timing(
+        {k: v for k, v in timing.train_s.items() if k != arm},
+        {k: v for k, v in timing.eval_s.items() if k != arm},
+        timing.load_s,
+        timing.startup_s,
+        {k: v for k, v in timing.params.items() if k != arm},
+    )
+
+
+def _size(
+    split: _Split, timing: Timing, request: PlanRequest, batch: int, available_s: float, optional: bool
+) -> tuple[Sizing, Timing, Optional[str]]:
+    """The sizing of every timed arm, with the timing it used and a note; an ``optional`` CNN
+    arm is left out when the study with it gets fewer seeds or sizes than without it."""
+    kw = dict(
+        available_s=available_s,
+        seeds=request.seeds,
+        jobs=request.jobs,
+        test_images=split.test_images,
+        batch=batch,
+        sizes=request.sizes,
+    )
+    if CNN_ARM not in timing.train_s or not optional:
+        return size_study(split.counts, timing, **kw), timing, None
+    pair_timing = _without(timing, CNN_ARM)
+    pair = size_study(split.counts, pair_timing, **kw)
+    try:
+        full = size_study(split.counts, timing, **kw)
+    except ValueError:
+        full = None
+    sizes = [lv.images_per_class for lv in pair.levels]
+    if full is not None and full.seeds >= pair.seeds and [lv.images_per_class for lv in full.levels] == sizes:
+        return full, timing, None
+    note = f"the CNN arm ({CNN_ARM}) was left out: the budget fits it only with fewer seeds or sizes"
+    return pair, pair_timing, note
+
+
+def _timed_on(device: str) -> str:
+    """Where the models are timed: the runs' device, or the CPU for a CUDA plan made on a node
+    without a GPU (a Slurm study's login node)."""
+    return device if device == "cpu" or torch.cuda.is_available() else "cpu"
 
 
 def make_plan(
@@ -233,39 +273,41 @@ def make_plan(
     *,
     elapsed_s: float = 0.0,
     say: Callable[[str], None] = print,
+    macs: Optional[MacsCounter] = None,
 ) -> Plan:
-    """Plan a study of ``summary``'s data within ``request.budget_s`` (``elapsed_s`` already spent)."""
+    """Plan a study of ``summary``'s data within ``request.budget_s`` (``elapsed_s`` already
+    spent); ``macs`` counts a transformer's multiply-accumulates (none counted without)."""
     split = _split(summary)
     check_sizes(split.counts, request.sizes, split.held)
-    res, patch = choose_resolution(summary.size, request.budget_s, summary.kind == "builtin")
-    archs = {v: _architecture(name, extra, patch, res) for v, (name, extra) in MODELS.items()}
+    shape = (summary.channels if summary.kind == "builtin" else 3, len(summary.classes))
+    layout = study_layout(summary, request)
+    add_cnn(layout, shape, optional=not request.models)
     batch = 32 if sum(split.counts.values()) < 2000 else 64
+    timed_on = _timed_on(request.device)
     t0 = time.perf_counter()
-    timing = _time_arms(summary, split, archs, res, batch, request.threads)
+    timing = _time_arms(summary, split, layout, batch, request.threads, timed_on)
     available = request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
-    sizing = size_study(
-        split.counts,
-        timing,
-        available_s=available,
-        seeds=request.seeds,
-        jobs=request.jobs,
-        test_images=split.test_images,
-        batch=batch,
-        sizes=request.sizes,
-    )
-    arms = [Arm(v, a["model"], a["model_kwargs"], timing.params[v]) for v, a in archs.items()]
+    sizing, timing, left_out = _size(split, timing, request, batch, available, optional=not request.models)
+    arms, differ = plan_arms(layout, timing, shape, macs)
+    notes = layout.notes + ([left_out] if left_out else []) + differ
+    if timed_on != request.device:
+        notes.append("timed on the CPU (no GPU here): the estimate is of CPU runs; the GPU runs take less")
     return Plan(
         version=PLAN_VERSION,
         request=request,
         data=_plan_data(summary, split),
-        model=PlanModels(resolution=res, patch_size=patch, grid=res // patch, arms=arms),
+        model=PlanModels(layout.resolution, layout.patch_size, layout.resolution // layout.patch_size, arms),
         levels=sizing.levels,
         seeds=list(range(sizing.seeds)),
-        recipe=_recipe(batch, request.threads, "cpu"),
+        recipe=_recipe(batch, request.threads, request.device),
         threads=request.threads,
         timing=timing,
         estimate_s=sizing.estimate_s + elapsed_s + (time.perf_counter() - t0),
         power=estimate_power(sizing.seeds, split.test_images, len(summary.classes)),
+        device=request.device,
+        dtype="bfloat16" if request.device == "cuda" else "float32",
+        timed_on=timed_on,
+        notes=notes,
     )
 
 
@@ -273,8 +315,11 @@ def _run_settings(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optiona
     """Every TrainConfig field of one run: the recipe, the arm, the size's epochs and validation
     hold-out, the seed, the data."""
     folder = plan.data.kind == "folder"
+    # locality measures attention: the CNN arm has none
+    extra = {"locality": False} if arm.model == CNN_ARM else {}
     return dict(
         plan.recipe,
+        **extra,
         model=arm.model,
         model_kwargs=arm.model_kwargs,
         img_size=plan.model.resolution,

@@ -7,13 +7,17 @@ study can resolve (:class:`~convit.study.power.Power`).  ``Plan.to_json()`` writ
 
 * version 1 (the first studies): read and written back byte for byte, so a plan written before
   gives the same runs and resumes;
-* version 2 (:data:`PLAN_VERSION`): version 1's keys in their order, plus each level's
-  validation hold-out (``val_fraction``, ``val_images``) and evaluation interval
-  (``eval_every``), and ``power`` at the end.
+* version 2: version 1's keys in their order, plus each level's validation hold-out
+  (``val_fraction``, ``val_images``) and evaluation interval (``eval_every``), and ``power``
+  at the end;
+* version 3 (:data:`PLAN_VERSION`): version 2's keys, plus the models and resolution asked for
+  and the device at the end of ``request``, each arm's GMACs (``model.gmacs``), and at the end
+  the device the runs train on, their dtype, the device the timing was measured on and the
+  plan's notes (what it changed or left out, arms that differ from ConViT).
 
 The models are any number of named arms (:class:`Arm`).  In the JSON they sit beside the shared
 input sizes under ``"model"`` (``{"resolution", "patch_size", "grid", "params", <arm>: {...}}``),
-each arm's parameter count under ``"params"``.
+each arm's parameter count under ``"params"`` (and, from version 3, its GMACs under ``"gmacs"``).
 """
 
 from __future__ import annotations
@@ -39,17 +43,19 @@ __all__ = [
     "label",
 ]
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 #: The plan.json versions this code reads.
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 #: The power at which a plan states the difference it can resolve (:mod:`convit.study.power`).
 POWER = 0.80
 #: The keys of a level in version 1.
 _LEVEL_V1_KEYS = ("images_per_class", "fraction", "epochs", "warmup_epochs")
 #: How the report and the summary name an arm (other arms: their own name).
-ARM_LABELS = {"convit": "ConViT", "deit": "DeiT"}
+ARM_LABELS = {"convit": "ConViT", "deit": "DeiT", "resnet": "ResNet"}
 #: The keys of the JSON's ``"model"`` object that are not arms.
-_SHARED_MODEL_KEYS = ("resolution", "patch_size", "grid", "params")
+_SHARED_MODEL_KEYS = ("resolution", "patch_size", "grid", "params", "gmacs")
+#: The request's keys from version 3 on.
+_REQUEST_V3_KEYS = ("models", "img_size", "device")
 
 
 def label(arm: str) -> str:
@@ -73,9 +79,13 @@ class PlanRequest:
     sizes: Optional[list[int]]
     threads: int
     data_path: Optional[str]
+    models: Optional[list[str]] = None  # zoo names (None: the default small pair and the CNN arm)
+    img_size: Optional[int] = None  # None: chosen by the budget
+    device: str = "cpu"  # where the runs train: cpu or cuda
 
-    def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+    def to_json(self, version: int = PLAN_VERSION) -> dict[str, Any]:
+        d = _fields_json(self)
+        return d if version >= 3 else {k: v for k, v in d.items() if k not in _REQUEST_V3_KEYS}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PlanRequest:
@@ -124,13 +134,15 @@ class PlanData:
 
 @dataclass
 class Arm:
-    """One model compared: its zoo name, every ConViTConfig field but those taken from the data,
-    and its parameter count."""
+    """One model compared: its zoo name, every field of its architecture but those taken from
+    the data, its parameter count and its multiply-accumulates per image in billions (None:
+    not counted, as before version 3)."""
 
     name: str
     model: str
     model_kwargs: dict[str, Any]
     params: int
+    gmacs: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -153,13 +165,15 @@ class PlanModels:
                 return a
         raise KeyError(f"the plan has no arm {name!r}")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, version: int = PLAN_VERSION) -> dict[str, Any]:
         out: dict[str, Any] = {
             "resolution": self.resolution,
             "patch_size": self.patch_size,
             "grid": self.grid,
             "params": {a.name: a.params for a in self.arms},
         }
+        if version >= 3:
+            out["gmacs"] = {a.name: a.gmacs for a in self.arms}
         for a in self.arms:
             out[a.name] = {"model": a.model, "model_kwargs": a.model_kwargs}
         return out
@@ -167,7 +181,7 @@ class PlanModels:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PlanModels:
         arms = [
-            Arm(name, v["model"], v["model_kwargs"], d["params"][name])
+            Arm(name, v["model"], v["model_kwargs"], d["params"][name], d.get("gmacs", {}).get(name))
             for name, v in d.items()
             if name not in _SHARED_MODEL_KEYS
         ]
@@ -242,6 +256,10 @@ class Plan:
     timing: Timing
     estimate_s: float
     power: Optional[Power] = None
+    device: str = "cpu"  # where the runs train
+    dtype: str = "float32"  # their autocast dtype (bfloat16 on cuda)
+    timed_on: str = "cpu"  # where the timing was measured
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the plan changed or left out
 
     @property
     def arm_names(self) -> list[str]:
@@ -251,9 +269,9 @@ class Plan:
         """The ``plan.json`` object of the plan's version (version 1: key for key as first written)."""
         out = {
             "version": self.version,
-            "request": self.request.to_json(),
+            "request": self.request.to_json(self.version),
             "data": self.data.to_json(),
-            "model": self.model.to_json(),
+            "model": self.model.to_json(self.version),
             "levels": [lv.to_json(self.version) for lv in self.levels],
             "seeds": self.seeds,
             "recipe": self.recipe,
@@ -263,6 +281,8 @@ class Plan:
         }
         if self.version >= 2:
             out["power"] = self.power.to_json() if self.power else None
+        if self.version >= 3:
+            out.update(device=self.device, dtype=self.dtype, timed_on=self.timed_on, notes=self.notes)
         return out
 
     @classmethod
@@ -284,4 +304,8 @@ class Plan:
             timing=Timing(**d["timing"]),
             estimate_s=d["estimate_s"],
             power=Power.from_json(d["power"]) if d.get("power") else None,
+            device=d.get("device", "cpu"),
+            dtype=d.get("dtype", "float32"),
+            timed_on=d.get("timed_on", "cpu"),
+            notes=list(d.get("notes", [])),
         )

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from .curves import convergence_summary, curves_figure
 from .intervals import Interval
-from .plan_schema import Plan, label
+from .plan_schema import Arm, Plan, label
 from .records import StudyRecord
 from .verdict import Comparison
 
@@ -164,17 +164,25 @@ def _setup(plan: Plan) -> str:
     """The study's setup in a few sentences: data, models, sizes, seeds, epochs."""
     m = plan.model
     d = plan.data
-    first = m.arms[0].model_kwargs
-    params = ", ".join(f"{a.label} {a.params:,}" for a in m.arms)
     return (
         f"{len(d.classes)} classes; test split: {d.test_images} images ({d.test_from}); "
-        f"both models {first['depth']} blocks, width "
-        f"{first['embed_dim']}, {m.resolution}x{m.resolution} input, "
-        f"{m.patch_size}x{m.patch_size} patches ({m.grid}x{m.grid} grid); parameters {params}; "
-        f"seeds {plan.seeds}; epochs per size "
+        f"{m.resolution}x{m.resolution} input; "
+        + "; ".join(_describe_arm(arm, m.patch_size, m.grid) for arm in m.arms)
+        + f"; seeds {plan.seeds}; epochs per size "
         + ", ".join(f"{lv.images_per_class}: {lv.epochs}" for lv in plan.levels)
         + ". The recipe is fixed by the plan; nothing is tuned on the test split."
     )
+
+
+def _describe_arm(arm: Arm, patch: int, grid: int) -> str:
+    """One arm in a few words: its shape and its size."""
+    kw = arm.model_kwargs
+    size = f"{arm.params:,} parameters" + (f", {arm.gmacs:.3g} GMACs" if arm.gmacs is not None else "")
+    if "depth" in kw and "embed_dim" in kw:
+        shape = f"{kw['depth']} blocks, width {kw['embed_dim']}, {patch}x{patch} patches ({grid}x{grid} grid)"
+    else:
+        shape = "a ResNet (timm's), widths " + "-".join(str(w) for w in kw.get("widths", ()))
+    return f"{arm.label}: {shape}, {size}"
 
 
 def _run_rows(records: Sequence[StudyRecord]) -> list[list[Any]]:

@@ -1,13 +1,15 @@
 """How long a study's runs take on this machine: a few timed training steps, and the cost model.
 
-:func:`measure` times a few optimizer steps of each model on random images (in the threads a
-run will use) and decoding a few of the data's files; :func:`run_seconds` turns that into the
-wall time of one run (start-up, epochs, per-epoch checkpoint, final evaluation).  The plan is
-sized with these (:mod:`convit.study.plan`); they are estimates, printed as such.
+:func:`measure` times a few optimizer steps of each model on random images (in the threads
+and on the device a run will use: bf16 autocast on CUDA, as the runs) and decoding a few of
+the data's files; :func:`run_seconds` turns that into the wall time of one run (start-up,
+epochs, per-epoch checkpoint, final evaluation).  The plan is sized with these
+(:mod:`convit.study.plan`); they are estimates, printed as such.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,27 +45,52 @@ class Timing:
         return dict(self.__dict__)
 
 
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (what a run's ``amp`` does there), nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _clock(device: torch.device) -> float:
+    """The time, after the device's queued work has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def _time_model(
-    model: torch.nn.Module, batch: int, res: int, in_chans: int, num_classes: int, steps: int = 4
+    model: torch.nn.Module,
+    batch: int,
+    res: int,
+    in_chans: int,
+    num_classes: int,
+    steps: int = 4,
+    device: Optional[torch.device] = None,
 ) -> dict[str, float]:
-    """Seconds per image of a training step and of an evaluation, after one warm-up step."""
-    x = torch.randn(batch, in_chans, res, res)
-    y = torch.randint(0, num_classes, (batch,))
+    """Seconds per image of a training step and of an evaluation, after one warm-up step, on
+    ``device`` (default the CPU)."""
+    device = device or torch.device("cpu")
+    model.to(device)
+    x = torch.randn(batch, in_chans, res, res).to(device)
+    y = torch.randint(0, num_classes, (batch,)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     for i in range(steps + 1):
         if i == 1:
-            t0 = time.perf_counter()
+            t0 = _clock(device)
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with _autocast(device):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
-    train = (time.perf_counter() - t0) / (steps * batch)
+    train = (_clock(device) - t0) / (steps * batch)
     model.eval()
-    with torch.no_grad():
-        t0 = time.perf_counter()
+    with torch.no_grad(), _autocast(device):
+        t0 = _clock(device)
         for _ in range(steps):
             model(x)
-    return {"train": train, "eval": (time.perf_counter() - t0) / (steps * batch)}
+    return {"train": train, "eval": (_clock(device) - t0) / (steps * batch)}
 
 
 def _time_loading(root: Optional[str], files: list[str], res: int) -> float:
@@ -90,8 +117,10 @@ def measure(
     files: Optional[list[str]] = None,
     probe_s_per_file: float = 0.0,
     n_files: int = 0,
+    device: str = "cpu",
 ) -> Timing:
-    """Time both models and the data on this machine, in ``threads`` threads (then restored).
+    """Time every model and the data on this machine, in ``threads`` threads (then restored),
+    the models on ``device`` (``cpu`` or ``cuda``).
 
     architectures: per variant, the model's name and its ``model_kwargs`` (a plan's ``model``
     entries), built by :func:`convit.weights.zoo.create_model` for the data's size and classes.
@@ -112,7 +141,7 @@ def measure(
                 num_classes=num_classes,
             )
             params[name] = count_params(model)
-            t = _time_model(model, batch, res, in_chans, num_classes)
+            t = _time_model(model, batch, res, in_chans, num_classes, device=torch.device(device))
             train[name] = t["train"]
             evals[name] = t["eval"]
         load = _time_loading(root, files or [], res)
