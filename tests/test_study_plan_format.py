@@ -156,3 +156,15 @@ def test_a_record_keeps_its_validation_curve_and_convergence():
     )
     back = StudyRecord.from_json(json.loads(json.dumps(record.to_json())))
     assert back == record and back.converged is True
+
+
+def test_the_same_command_on_an_older_study_says_how_to_resume_it(tmp_path, capsys):
+    from convit.cli import main
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "plan.json").write_text((FIXTURES / "digits_plan.json").read_text())
+    assert main(["study", "digits", "--output", str(study), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "planned by an older convit (plan.json version 1)" in err
+    assert f"convit study --plan {study / 'plan.json'} --output {study}" in err

@@ -24,8 +24,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
     """plan.json of a tiny study (2 classes with spaces in a name, a held-out test split, 10
-    images per class after a one-image validation hold-out, 2 seeds: 4 runs) with ``epochs``
-    epochs per run, validated every ``epochs / 2``."""
+    images per class after a one-image validation hold-out, 2 seeds, the default arms ConViT,
+    DeiT and the CNN: 6 runs) with ``epochs`` epochs per run, validated every ``epochs / 2``."""
     data = write_image_folder(
         root / "data", classes=("cat a", "dog"), per_class=14, size=8, splits=("train",)
     )
@@ -86,7 +86,8 @@ def serial_top1(plan_file: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
     study = plan_file.parent.parent / "serial"
-    assert len(serial_top1) == 4
+    assert len(serial_top1) == 6
+    assert {name.split("-")[0] for name in serial_top1} == {"convit", "deit", "resnet"}
     # results.csv holds each run's own final test top-1: hits over the plan's test images
     n_test = json.loads(plan_file.read_text())["data"]["test_images"]
     for name, v in serial_top1.items():
@@ -94,6 +95,8 @@ def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
         assert v * n_test / 100 == pytest.approx(round(v * n_test / 100), abs=1e-6), (name, v, n_test)
     assert {n: len(a) for n, a in attempts(study).items()} == {n: 1 for n in serial_top1}
     assert (study / "report.html").is_file() and (study / "verdict.txt").read_text().strip()
+    verdict = (study / "verdict.txt").read_text()
+    assert "DeiT" in verdict and "ResNet" in verdict  # every arm is compared with ConViT
     # every run was validated on its own hold-out (never the test split) and checked for convergence
     for name in serial_top1:
         result = json.loads((study / "runs" / name / "result.json").read_text())
@@ -106,7 +109,7 @@ def test_serial_study_end_to_end(plan_file, serial_top1, capsys):
     capsys.readouterr()
     assert main(["study", "--plan", str(plan_file), "--output", str(study)]) == 0
     out = capsys.readouterr().out
-    assert "4 of 4 runs already finished" in out and "(trained," not in out
+    assert "6 of 6 runs already finished" in out and "(trained," not in out
     assert out.strip().endswith((study / "verdict.txt").read_text().strip())
     assert {n: len(a) for n, a in attempts(study).items()} == {n: 1 for n in serial_top1}
 
@@ -142,7 +145,7 @@ def test_two_processes_on_one_folder_run_each_run_once(plan_file, serial_top1, t
     texts = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], texts
     assert {n: len(a) for n, a in attempts(out).items()} == {n: 1 for n in serial_top1}, attempts(out)
-    assert sum(t.count("(trained,") for t in texts) == 4, texts
+    assert sum(t.count("(trained,") for t in texts) == len(serial_top1), texts
     assert top1(out) == serial_top1
     assert texts[0].strip().splitlines()[-1] == texts[1].strip().splitlines()[-1]
 

@@ -36,7 +36,7 @@ def test_slurm_array_gives_the_serial_numbers(plan_file, serial_top1, tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "submitted 4 Slurm job(s)" in proc.stdout
+    assert "submitted 6 Slurm job(s)" in proc.stdout  # ConViT, DeiT and the CNN, 2 seeds
     assert top1(out) == serial_top1
     assert all(a[0].split()[-1] != "-" for a in attempts(out).values()), "runs ran inside Slurm jobs"
 

@@ -16,7 +16,7 @@ from ..core.launch import LaunchOptions, Outcome, launch
 from .arms import MacsCounter
 from .inspect import inspect_data
 from .plan import make_plan
-from .plan_schema import Plan, PlanRequest, label
+from .plan_schema import PLAN_VERSION, Plan, PlanRequest, label
 from .records import StudyRecord, cut_short_note
 from .report import write_report
 from .runs import (
@@ -52,6 +52,16 @@ def _refuse(study: Path, why: str) -> None:
     )
 
 
+def _why_other(study: Path, old: Plan) -> str:
+    """Why the plan in ``study`` is not this command's: an older convit's, or other options."""
+    if old.version < PLAN_VERSION:
+        return (
+            f"planned by an older convit (plan.json version {old.version}); to resume or re-read it "
+            f"exactly: convit study --plan {study / PLAN_FILE} --output {study}"
+        )
+    return "a plan made for other data, budget or options"
+
+
 def plan_study(
     study: Path,
     request: Optional[PlanRequest],
@@ -80,7 +90,7 @@ def plan_study(
         plan = old
     else:
         if old is not None and not overwrite:
-            _refuse(study, "a plan made for other data, budget or options")
+            _refuse(study, _why_other(study, old))
         summary = inspect_data(request.data, request.data_path)
         say(summary.describe())
         plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say, macs=macs)

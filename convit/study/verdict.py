@@ -235,9 +235,9 @@ def _claim(c: Comparison) -> str:
         word = "ahead of" if a.estimate > 0 else "behind"
         text = f"ConViT is {word} {other} {_where(c)}, {iv}"
     elif max(-a.low, a.high) <= EQUIVALENT_WITHIN:
-        text = (
-            f"ConViT and {other} are within ±{max(-a.low, a.high):.1f} points of each other {_span(c)} ({iv})"
-        )
+        # the bound is >= 0 here (the interval holds 0); abs() keeps a rounded zero from printing "-0.0"
+        bound = abs(max(-a.low, a.high))
+        text = f"ConViT and {other} are within ±{bound:.1f} points of each other {_span(c)} ({iv})"
     else:
         text = f"no clear difference between ConViT and {other} {_span(c)} ({iv}, width {a.high - a.low:.1f})"
     t = c.trend
