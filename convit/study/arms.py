@@ -17,9 +17,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from ..nn.architecture import ConViTConfig
 from ..nn.arithmetic import flops
 from ..nn.model import DATA_DERIVED_FIELDS, count_params
 from ..weights.cnn import CNNConfig, cnn_for, macs
@@ -53,10 +52,6 @@ GRID_MIN = 8
 GRID_MAX = 14
 #: Arms whose parameters or GMACs differ from ConViT's by more than this fraction are noted.
 DIFFER = 0.10
-
-#: Computes a ConViT's multiply-accumulates from its config (the caller's counter: the
-#: commands layer has the papers' convention).
-MacsCounter = Callable[[ConViTConfig], int]
 
 
 @dataclass(frozen=True)
@@ -161,18 +156,15 @@ def cnn_arch(target_params: int, res: int, in_chans: int, num_classes: int) -> d
     }
 
 
-def arm_gmacs(
-    arch: dict[str, Any], res: int, in_chans: int, num_classes: int, counter: Optional[MacsCounter]
-) -> Optional[float]:
-    """An arm's multiply-accumulates per image, in billions (``counter``: a transformer's count,
-    by default :func:`convit.nn.arithmetic.flops`)."""
+def arm_gmacs(arch: dict[str, Any], res: int, in_chans: int, num_classes: int) -> float:
+    """An arm's multiply-accumulates per image, in billions (:func:`convit.weights.cnn.macs` for
+    the CNN, :func:`convit.nn.arithmetic.flops` for a transformer)."""
     kwargs = arch["model_kwargs"]
     if arch["model"] == CNN_ARM:
         cfg = CNNConfig(kwargs["widths"], kwargs["layers"], kwargs["small_stem"], in_chans, num_classes, res)
         return macs(cfg) / 1e9
-    counter = counter or flops
     cfg = config_of(arch["model"], **kwargs, img_size=res, in_chans=in_chans, num_classes=num_classes)
-    return counter(cfg) / 1e9
+    return flops(cfg) / 1e9
 
 
 def _differs(what: str, value: Optional[float], ref: Optional[float]) -> Optional[str]:

@@ -13,7 +13,6 @@ from typing import Callable, Optional
 import torch
 
 from ..core.launch import LaunchOptions, Outcome, launch
-from .arms import MacsCounter
 from .inspect import inspect_data
 from .plan import make_plan
 from .plan_schema import PLAN_VERSION, Plan, PlanRequest, label
@@ -71,12 +70,10 @@ def plan_study(
     overwrite: bool = False,
     t_start: Optional[float] = None,
     say: Callable[[str], None] = print,
-    macs: Optional[MacsCounter] = None,
 ) -> Plan:
     """The study's plan: ``plan_file``'s, the one already in ``study`` when it was asked for with
     the same ``request``, or a new one (data inspected, models timed, sized to the budget).
-    A different plan already in ``study`` is refused unless ``overwrite``; ``macs`` counts a
-    transformer's multiply-accumulates for a new plan."""
+    A different plan already in ``study`` is refused unless ``overwrite``."""
     t_start = time.perf_counter() if t_start is None else t_start
     old = load_plan(study) if (study / PLAN_FILE).is_file() else None
     if plan_file is not None:
@@ -93,7 +90,7 @@ def plan_study(
             _refuse(study, _why_other(study, old))
         summary = inspect_data(request.data, request.data_path)
         say(summary.describe())
-        plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say, macs=macs)
+        plan = make_plan(summary, request, elapsed_s=time.perf_counter() - t_start, say=say)
         if old is not None:
             _clear(study)
     save_plan(study, plan)

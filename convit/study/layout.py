@@ -8,14 +8,13 @@ instead (:mod:`convit.study.arms` checks and sizes them) and ``--img-size`` the 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..nn.model import DATA_DERIVED_FIELDS
 from ..weights.zoo import config_of
 from .arms import (
     CNN_ARM,
     Layout,
-    MacsCounter,
     arm_gmacs,
     check_models,
     choose_patch,
@@ -96,9 +95,7 @@ def add_cnn(layout: Layout, shape: tuple[int, int], optional: bool) -> None:
         layout.notes.append(f"the CNN arm ({CNN_ARM}) was left out: {e}")
 
 
-def plan_arms(
-    layout: Layout, timing: Timing, shape: tuple[int, int], counter: Optional[MacsCounter]
-) -> tuple[list[Arm], list[str]]:
+def plan_arms(layout: Layout, timing: Timing, shape: tuple[int, int]) -> tuple[list[Arm], list[str]]:
     """The plan's arms (those timed), with their GMACs, and a note for each arm that differs
     from ConViT by more than :data:`convit.study.arms.DIFFER`."""
     arms = [
@@ -107,7 +104,7 @@ def plan_arms(
             a["model"],
             a["model_kwargs"],
             timing.params[v],
-            arm_gmacs(a, layout.resolution, *shape, counter),
+            arm_gmacs(a, layout.resolution, *shape),
         )
         for v, a in layout.archs.items()
         if v in timing.train_s

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..training.config import TrainConfig
-from .arms import CNN_ARM, Layout, MacsCounter, check_models
+from .arms import CNN_ARM, Layout, check_models
 from .inspect import DataSummary
 from .layout import MODELS, SHARED_ARCH, add_cnn, choose_resolution, plan_arms, study_layout
 from .plan_schema import PLAN_VERSION, Arm, Holdout, Level, Plan, PlanData, PlanModels, PlanRequest
@@ -273,10 +273,9 @@ def make_plan(
     *,
     elapsed_s: float = 0.0,
     say: Callable[[str], None] = print,
-    macs: Optional[MacsCounter] = None,
 ) -> Plan:
     """Plan a study of ``summary``'s data within ``request.budget_s`` (``elapsed_s`` already
-    spent); ``macs`` counts a transformer's multiply-accumulates (none counted without)."""
+    spent)."""
     split = _split(summary)
     check_sizes(split.counts, request.sizes, split.held)
     shape = (summary.channels if summary.kind == "builtin" else 3, len(summary.classes))
@@ -288,7 +287,7 @@ def make_plan(
     timing = _time_arms(summary, split, layout, batch, request.threads, timed_on)
     available = request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
     sizing, timing, left_out = _size(split, timing, request, batch, available, optional=not request.models)
-    arms, differ = plan_arms(layout, timing, shape, macs)
+    arms, differ = plan_arms(layout, timing, shape)
     notes = layout.notes + ([left_out] if left_out else []) + differ
     if timed_on != request.device:
         notes.append("timed on the CPU (no GPU here): the estimate is of CPU runs; the GPU runs take less")

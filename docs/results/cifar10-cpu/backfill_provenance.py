@@ -13,9 +13,10 @@ are left alone, so this is safe to run again:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from convit.core.provenance import file_sha256
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parents[2] / ".." / "shared" / "data" / "cifar10_jpeg.npz"
@@ -25,14 +26,6 @@ NOTE = (
     "(a JPEG quality-75 re-encoding of CIFAR-10), whose SHA-256 equals the one its README documents; "
     "the commit, library versions and CPU capability of the run were not recorded"
 )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def backfill(result: Path) -> bool:
@@ -55,7 +48,7 @@ def backfill(result: Path) -> bool:
 
 
 def main() -> None:
-    found = sha256(DATA)
+    found = file_sha256(str(DATA))
     if found != DOCUMENTED_SHA256:
         raise SystemExit(f"{DATA} has SHA-256 {found}, not the documented {DOCUMENTED_SHA256}")
     changed = [p for p in sorted(ROOT.rglob("result.json")) if backfill(p)]
