@@ -80,6 +80,7 @@ _STRING_FLAGS = {
     "sched": "step",
     "device": "cpu",
     "amp": "bf16",
+    "in_memory": "on",
 }
 
 

@@ -133,3 +133,32 @@ def test_fit_result_fields_and_a_light_import():
     code = "import sys, convit.training; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # naming the result type does not load the trainer
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_fit_keeps_the_final_models_per_image_test_outcomes(tmp_path, monkeypatch, on_device):
+    """test_correct.npy: one bool per test image, in the split's order, written by the final
+    evaluation itself; equal to evaluating the saved final model again (what a study did before)."""
+    import numpy as np
+
+    from convit.study.outcomes import per_image_correct
+
+    monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
+    cfg = build_config(
+        dict(
+            model_kwargs=TINY_MODEL,
+            sampling_ratio=0.2,
+            batch_size=32,
+            threads=1,
+            epochs=1,
+            warmup_epochs=0,
+            report=False,
+            output=str(tmp_path / "run"),
+        )
+    )
+    result = T.fit(cfg, on_device=on_device)
+    correct = np.load(tmp_path / "run" / "test_correct.npy")
+    assert correct.dtype == bool and len(correct) == 360  # digits' test split
+    assert 100 * correct.mean() == pytest.approx(result.test_top1)
+    again = per_image_correct(cfg, tmp_path / "run" / "model.safetensors")
+    assert np.array_equal(correct, again)

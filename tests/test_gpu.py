@@ -1,6 +1,7 @@
 """What only a CUDA GPU can check (issue 23): bf16 training of every zoo family, GPSA's fast
 path against the paper's eq. 6 on CUDA, ``torch.compile`` training against eager, ``convit
-train`` under torchrun with NCCL collectives, and resume on CUDA.
+train`` under torchrun with NCCL collectives, resume on CUDA, and (issue 32) a study of an image
+folder training on the GPU in bf16 from splits held there.
 
 CI has no GPU, so every test here skips there with that reason; ``benchmarks/gpu_check.sh``
 runs them on a lent GPU and keeps their output under ``benchmarks/results/``.
@@ -8,6 +9,7 @@ runs them on a lent GPU and keeps their output under ``benchmarks/results/``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, interrupt_at_epoch, rel_error, sharp_gpsa
+from conftest import REPO, TINY, interrupt_at_epoch, rel_error, sharp_gpsa, write_image_folder
 
-from convit import create_model
+from convit import ConViT, create_model
 from convit.cli import main
 from convit.core.fileio import read_jsonl
 from convit.nn.attention import GPSA
@@ -205,3 +207,47 @@ def test_torchrun_on_cuda_and_nccl_collectives(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on cuda" in proc.stdout
     assert len(read_jsonl(out / "log.jsonl")) == 1
+
+
+def _study_plan(tmp_path: Path) -> Path:
+    """plan.json of a small CUDA study of an image folder (3 classes of 30 noise images of 16 px,
+    a held-out test split, one size, one seed, the default arms), 3 epochs per run."""
+    data = write_image_folder(
+        tmp_path / "data", classes=("a", "b", "c"), per_class=30, size=16, splits=("train",)
+    )
+    planned = tmp_path / "planned"
+    args = ["study", str(data), "--output", str(planned), "--device", "cuda", "--sizes", "20", "--seeds", "1"]
+    assert main([*args, "--budget", "10m", "--dry-run"]) == 0
+    plan = json.loads((planned / "plan.json").read_text())
+    assert plan["recipe"]["in_memory"] == "auto" and plan["recipe"]["amp"] == "bf16"
+    for lv in plan["levels"]:
+        lv["epochs"], lv["warmup_epochs"], lv["eval_every"] = 3, 1, 1
+    (planned / "plan.json").write_text(json.dumps(plan))
+    return planned / "plan.json"
+
+
+def test_a_study_trains_on_the_gpu_in_bf16_from_splits_held_there(tmp_path):
+    """Every training forward of every run ran on CUDA under bf16 autocast (seen by a forward
+    pre-hook while the runs trained, not read from their config), the data was held on the GPU
+    (each run's config.yaml), and each run logged its training images/s."""
+    seen: list[tuple[str, bool, torch.dtype]] = []
+
+    def record(module, args):
+        if module.training and (isinstance(module, ConViT) or type(module).__name__ == "ResNet"):
+            seen.append(
+                (args[0].device.type, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+            )
+
+    plan = _study_plan(tmp_path)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        assert main(["study", "--plan", str(plan), "--output", str(tmp_path / "study")]) == 0
+    finally:
+        handle.remove()
+    runs = sorted((tmp_path / "study" / "runs").iterdir())
+    assert len(runs) >= 2 and len(seen) >= 3 * len(runs)
+    assert set(seen) == {("cuda", True, torch.bfloat16)}, set(seen)
+    for run in runs:
+        config = (run / "config.yaml").read_text()
+        assert "# device: cuda" in config and "# data: on device (convit.data.device)" in config, run
+        assert all(e["images_per_s"] > 0 for e in read_jsonl(run / "log.jsonl"))

@@ -52,6 +52,9 @@ def test_power_of_the_users_small_study():
         and "cannot resolve" in estimate_power(1, 150, 5).describe()
     )
     assert two.expected_top1 == 0.6 and two.discordance == pytest.approx(0.48)
+    tiny = estimate_power(2, 24, 3)  # more than 100 points: no difference of accuracies is that large
+    assert tiny.resolvable > 100 and "cannot resolve any difference" in tiny.describe()
+    assert "cannot resolve" not in three.describe()
 
 
 def _timing(train_s: float = 1e-3) -> Timing:

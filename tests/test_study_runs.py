@@ -52,6 +52,8 @@ def make_plan(root: Path, epochs: int = 4, seeds: int = 2) -> Path:
     for lv in plan["levels"]:
         assert lv["val_images"] == 2
         lv["epochs"], lv["warmup_epochs"], lv["eval_every"] = epochs, 1, max(1, epochs // 2)
+    # a budget already spent: no size is trained again for longer (tests/test_study_extend.py)
+    plan["request"]["budget_s"] = 1.0
     path.write_text(json.dumps(plan))
     return path
 

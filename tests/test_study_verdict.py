@@ -77,12 +77,25 @@ def test_sentence_says_equivalent_when_narrow_and_no_clear_difference_when_wide(
     assert ", width " in wide
 
 
+def test_identical_runs_get_no_zero_width_interval(tmp_path: Path):
+    # both arms right on exactly the same images in every run: no noise can be estimated
+    recs = _records({10: [0.0, 0.0], 40: [0.0, 0.0]})
+    for r in recs:
+        (tmp_path / r.name).mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / r.name / TEST_CORRECT_FILE, np.arange(20) < 14)
+    (c,) = compare(recs, runs=tmp_path)
+    text = sentence([c])
+    assert "within ±0.0" not in text and "no spread over seeds or test images" in text
+    assert text.startswith("ConViT minus DeiT is +0.0 points from 10 to 40 images per class in every run")
+
+
 def test_one_seed_claims_nothing_and_unpaired_runs_are_left_out():
     recs = _records({30: [3.0]})
     recs.append(StudyRecord("convit-f300-s0", "trained", "convit", 3.0, 300, 0, top1=90.0))  # no DeiT partner
     (c,) = compare(recs)
     assert [s.images_per_class for s in c.sizes] == [30]
     assert "no interval" in sentence([c]) and not c.average.known
+    assert c.average.estimate == pytest.approx(3.0) and "nan" not in sentence([c])
     assert sentence([]).startswith("No verdict yet")
 
 

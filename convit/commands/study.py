@@ -6,6 +6,8 @@ Examples::
     convit study my_images/ --budget 10m --output runs/study
     convit study digits --budget 5m
     convit study my_images/ --models convit_tiny,deit_tiny,resnet --img-size 32 --device cuda
+    convit study my_images/ --pretrained                 # fine-tune convit_tiny, deit_tiny, a ResNet
+    convit study my_images/ --pretrained --models local-dir:exports/convit,local-dir:exports/deit
     convit study my_images/ --launcher local --jobs 2
     convit study my_images/ --launcher slurm --jobs 8 --partition cpu --time 60
     convit study --plan runs/study/plan.json --output elsewhere    # the same plan, exactly
@@ -23,10 +25,11 @@ from typing import Optional
 import torch
 
 from ..core.launch_flags import add_launcher_arguments, options_from_args, parse_duration
-from ..study import describe_plan, finish_study, plan_study, run_study
+from ..study import describe_plan, finish_study, plan_study, run_study, train_to_convergence
 from ..study.driver import timeout_minutes
 from ..study.inspect import BUILTIN
 from ..study.plan import plan_request
+from ..study.plan_schema import Plan, PlanRequest
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -63,12 +66,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     p.add_argument("--data-path", metavar="PATH", help="where a built-in dataset's files are")
+    _add_model_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="write and print the plan, run nothing")
+    add_launcher_arguments(p, time_default="planned", cpus_default="the plan's threads")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of what is compared, at which resolution, on which device."""
     p.add_argument(
         "--models",
         metavar="A,B,...",
         help="zoo models to compare: one ConViT, its DeiT (the paper's pairing or the same width and "
         "depth) and/or 'resnet' (the CNN arm, sized to the ConViT), e.g. convit_tiny,deit_tiny,resnet "
         "(default: a small ConViT/DeiT pair and the CNN arm when the budget allows)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="fine-tune published weights with the finetune preset: convit_tiny, deit_tiny and the timm "
+        "ResNet closest in parameters, or --models as zoo names, local-dir:EXPORT_FOLDER or hf-hub:ID "
+        "(and 'resnet'); looked for in the local caches, then the hub, before anything runs",
     )
     p.add_argument(
         "--img-size", type=int, metavar="PX", help="input resolution (default: chosen by the budget)"
@@ -79,8 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="where the runs train and are timed (default auto: cuda when available; bf16 on cuda)",
     )
-    p.add_argument("--dry-run", action="store_true", help="write and print the plan, run nothing")
-    add_launcher_arguments(p, time_default="planned", cpus_default="the plan's threads")
 
 
 def study_device(asked: str, gpus_per_node: Optional[int]) -> str:
@@ -98,6 +113,23 @@ def _models(text: Optional[str]) -> Optional[list[str]]:
     return [m.strip() for m in text.split(",") if m.strip()] if text else None
 
 
+def _request(args: argparse.Namespace) -> PlanRequest:
+    """What the flags ask for (a ValueError of one line for models that cannot be compared)."""
+    return plan_request(
+        str(Path(args.data).resolve()) if Path(args.data).is_dir() else args.data,
+        args.budget,
+        args.seeds,
+        args.jobs,
+        args.sizes,
+        args.threads,
+        args.data_path,
+        models=_models(args.models),
+        img_size=args.img_size,
+        device=study_device(args.device, args.gpus_per_node),
+        pretrained=args.pretrained,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     # the budget counts from the command's start (convit.cli.main), module imports included
     t_start = getattr(args, "started_at", None) or time.perf_counter()
@@ -110,22 +142,7 @@ def run(args: argparse.Namespace) -> int:
     name = Path(args.data).name if args.data else Path(args.plan).resolve().parent.name
     study = Path(args.output or f"runs/study-{name}")
     options = options_from_args(args)
-    request = (
-        None
-        if args.plan
-        else plan_request(
-            str(Path(args.data).resolve()) if Path(args.data).is_dir() else args.data,
-            args.budget,
-            args.seeds,
-            args.jobs,
-            args.sizes,
-            args.threads,
-            args.data_path,
-            models=_models(args.models),
-            img_size=args.img_size,
-            device=study_device(args.device, args.gpus_per_node),
-        )
-    )
+    request = None if args.plan else _request(args)
     plan = plan_study(
         study,
         request,
@@ -141,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     options.timeout_min = int(args.time / 60) if args.time else timeout_minutes(plan)
     options.cpus_per_task = options.cpus_per_task or plan.threads
-    records, failed = run_study(study, plan, options, say=lambda s: print(s, flush=True))
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    records, failed = run_study(study, plan, options, say=say)
+    if not failed:
+        records, failed = train_to_convergence(study, plan, options, records, t_start, say=say)
     verdict = finish_study(study, plan, records)
     print(
         f"results: {study / 'results.csv'}; report: {study / 'report.html'} "
@@ -149,5 +172,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if failed:
         print(f"{len(failed)} run(s) failed: " + "; ".join(f"{n} (log: {o.log})" for n, o in failed.items()))
-    print(verdict)
+    print(_fine_tuned(plan) + verdict)
     return 1 if failed else 0
+
+
+def _fine_tuned(plan: Plan) -> str:
+    """The line before a fine-tuning study's verdict: which weights each arm started from."""
+    starts = [f"{a.label} from {a.weights}" for a in plan.model.arms if a.weights is not None]
+    return f"fine-tuned: {'; '.join(starts)}\n" if starts else ""

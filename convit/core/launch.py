@@ -6,11 +6,12 @@ times out a job, submitit calls ``checkpoint()``, which resubmits the same call,
 safe to call again (the study's runs resume from their ``last.pt``).
 
 * ``serial``: one after another here (a failure is logged to ``log_dir/serial/<name>.log``);
-* ``local``: submitit's LocalExecutor, ``jobs`` processes at a time;
+* ``local``: submitit's LocalExecutor, ``jobs`` processes at a time, each seeing one GPU of
+  this machine's (:mod:`convit.core.local_gpus`; shared when there are more jobs than GPUs);
 * ``slurm``: submitit's AutoExecutor, one job array with ``slurm_array_parallelism = jobs``.
 
 Each job's logs land in ``log_dir``; a failed task is reported with its log path and the others
-still finish.  This module imports nothing from convit: ``convit study``, ``convit experiment``
+still finish.  This module imports nothing from convit above ``core``: ``convit study``, ``convit experiment``
 and ``convit train`` (one DDP job over ``nodes`` x ``tasks_per_node`` Slurm tasks,
 :func:`submit_distributed`) all add its flags with :func:`convit.core.launch_flags.add_launcher_arguments`.
 """
@@ -27,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .local_gpus import job_parameters, pick_gpu, sharing_note, visible_gpus
 
 __all__ = [
     "LAUNCHERS",
@@ -129,7 +132,10 @@ def launch(
     if options.launcher == "local":
         executor = submitit.LocalExecutor(folder=str(log_dir / "%j"))
         executor.update_parameters(timeout_min=options.timeout_min)
-        return _throttled(executor, tasks, options.jobs, on_outcome)
+        gpus = visible_gpus()
+        if gpus:
+            say(sharing_note(options.jobs, gpus))
+        return _throttled(executor, tasks, options.jobs, on_outcome, gpus)
     executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
     executor.update_parameters(**_slurm_parameters(options))
     with executor.batch():
@@ -191,14 +197,19 @@ def _wait(name: str, job: Any) -> Outcome:
 
 
 def _throttled(
-    executor: Any, tasks: Sequence[Task], jobs: int, on_outcome: Callable[[Outcome], None]
+    executor: Any,
+    tasks: Sequence[Task],
+    jobs: int,
+    on_outcome: Callable[[Outcome], None],
+    gpus: Sequence[str] = (),
 ) -> list[Outcome]:
-    """Submit to ``executor`` (which starts everything it is given at once) ``jobs`` at a time."""
+    """Submit to ``executor`` (which starts everything it is given at once) ``jobs`` at a time,
+    each on one of ``gpus`` (:mod:`convit.core.local_gpus`; none: no GPU)."""
     outcomes: dict[int, Outcome] = {}
     running: dict[int, Any] = {}
     queue = list(range(len(tasks)))
     try:
-        _pool(executor, tasks, jobs, on_outcome, queue, running, outcomes)
+        _pool(executor, tasks, jobs, on_outcome, queue, running, outcomes, list(gpus))
     except KeyboardInterrupt:
         for job in running.values():
             job.cancel(check=False)
@@ -214,14 +225,20 @@ def _pool(
     queue: list[int],
     running: dict[int, Any],
     outcomes: dict[int, Outcome],
+    gpus: list[str],
 ) -> None:
+    gpu_of: dict[int, str] = {}  # the GPU of each running job
     while queue or running:
         while queue and len(running) < jobs:
             i = queue.pop(0)
             name, fn, args = tasks[i]
+            if gpus:
+                gpu_of[i] = pick_gpu(gpus, gpu_of.values())
+                executor.update_parameters(**job_parameters(gpu_of[i]))
             running[i] = executor.submit(Resumable(fn, *args))
         finished = [i for i, job in running.items() if job.done()]
         for i in finished:
+            gpu_of.pop(i, None)
             outcomes[i] = _told(_wait(tasks[i][0], running.pop(i)), on_outcome)
         if not finished:
             time.sleep(0.2)

@@ -51,6 +51,8 @@ The modules, from the bottom up (none imports the trainer, the analysis or the e
   its dataset is loaded (scikit-learn, torchvision's dataset classes), as is every module here:
   ``import convit.data`` loads none of them, its names are resolved on first use;
 * :mod:`.build` -- :func:`build_data` and :class:`DataBundle`;
+* :mod:`.decoded` -- a split's image files decoded once at the run's size into one uint8 tensor
+  (what :mod:`.device` holds for image folders);
 * :mod:`.device` -- whole splits held and augmented on the accelerator
   (:class:`DeviceImages`, :class:`TrainBatches`, :class:`EvalBatches`, :func:`device_splits`).
 """

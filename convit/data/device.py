@@ -7,24 +7,36 @@ gather that does the random crop (zero padding, like torchvision's ``RandomCrop(
 and the horizontal flip together, followed by the float conversion and normalisation, all
 batched tensor ops on the device.  Everything also runs on CPU (that is how it is tested).
 
-:func:`device_splits` builds the splits with :func:`convit.data.build_data`, so the
-validation hold-out and the per-class subset are exactly those of the DataLoader path.
+:func:`hold_splits` holds the splits of a :class:`~convit.data.build.DataBundle` (and
+:func:`device_splits` those of :func:`convit.data.build_data` with the `small` augmentation),
+so the validation hold-out and the per-class subset are exactly those of the DataLoader path.
+Any dataset and image size: an image folder's files, or a stored dataset at another size, are
+decoded and resized once (:mod:`convit.data.decoded`); :func:`held_bytes` says beforehand how
+much memory that takes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from torch.utils.data import Dataset
 
-from .build import build_data
-from .datasets import TensorImageDataset
-from .registry import dataset_spec
+from .build import DataBundle, build_data
+from .decoded import decode_split, decoded_bytes
 
-__all__ = ["DeviceImages", "TrainBatches", "EvalBatches", "device_splits"]
+__all__ = [
+    "DeviceImages",
+    "TrainBatches",
+    "EvalBatches",
+    "HeldSplits",
+    "device_splits",
+    "device_bundle",
+    "hold_splits",
+    "held_bytes",
+]
 
 
 class DeviceImages:
@@ -160,14 +172,70 @@ class EvalBatches:
             yield self.data.batch(idx)
 
 
-def _split_tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stored images and labels of a :class:`convit.data.TensorImageDataset` view."""
-    if not isinstance(ds, TensorImageDataset):
-        raise ValueError(
-            f"the on-device data path needs a dataset held in memory as one tensor, not {type(ds).__name__}"
+@dataclass
+class HeldSplits:
+    """A bundle's splits held on a device: train (augmented as its pipeline says), val (None
+    without a hold-out) and test, with the bundle and the files left out (path -> reason)."""
+
+    train: DeviceImages
+    val: Optional[DeviceImages]
+    test: DeviceImages
+    bundle: DataBundle
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def held_bytes(bundle: DataBundle) -> int:
+    """The bytes :func:`hold_splits` keeps for ``bundle`` on its device (the training split
+    twice: as stored and zero-padded for the crop), computed before any file is read."""
+    size = bundle.img_size
+    train = decoded_bytes(bundle.train, size, train=True)
+    pad = max(1, size // 8)
+    held = train + train * (size + 2 * pad) ** 2 // size**2
+    return held + sum(
+        decoded_bytes(ds, size, train=False) for ds in (bundle.val, bundle.test) if ds is not None
+    )
+
+
+def hold_splits(bundle: DataBundle, device: torch.device | str, strict: bool = False) -> HeldSplits:
+    """``bundle``'s splits decoded once at its image size (:func:`~convit.data.decoded.decode_split`:
+    the same images, hold-out and per-class subset as its DataLoaders) and moved to ``device``.
+    Raises ValueError for a pipeline that cannot be held (``augment deit``)."""
+    mean, std = bundle.mean, bundle.std
+    skipped: dict[str, str] = {}
+    held = []
+    for ds, train in ((bundle.train, True), (bundle.val, False), (bundle.test, False)):
+        if ds is None:
+            held.append(None)
+            continue
+        split = decode_split(ds, bundle.img_size, train=train, strict=strict)
+        skipped.update(split.skipped)
+        held.append(
+            DeviceImages(split.images, split.labels, mean, std, device, pad=split.pad, hflip=split.hflip)
         )
-    idx = torch.from_numpy(ds.indices)
-    return ds.images[idx], torch.from_numpy(ds.labels)
+    return HeldSplits(held[0], held[1], held[2], bundle, skipped)
+
+
+def device_bundle(
+    dataset: str,
+    data_path: Optional[str] = None,
+    sampling_ratio: float = 1.0,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    download: bool = False,
+    img_size: Optional[int] = None,
+) -> DataBundle:
+    """``build_data``'s splits with the `small` augmentation (random crop with ``img_size // 8``
+    zero padding, a flip where the dataset's spec allows one): what :func:`device_splits` holds."""
+    return build_data(
+        dataset,
+        data_path,
+        img_size=img_size,
+        sampling_ratio=sampling_ratio,
+        seed=seed,
+        val_fraction=val_fraction,
+        augment="small",
+        download=download,
+    )
 
 
 def device_splits(
@@ -178,27 +246,16 @@ def device_splits(
     seed: int = 0,
     val_fraction: float = 0.0,
     download: bool = False,
+    img_size: Optional[int] = None,
 ) -> dict[str, Any]:
     """train / val / test :class:`DeviceImages` with exactly the splits of ``build_data``
-    (same hold-out, same per-class subset for the seed), plus the bundle's metadata.  The
-    training split is mirrored only where the dataset's spec allows (``hflip``).
+    (same hold-out, same per-class subset for the seed), plus the bundle's metadata, at
+    ``img_size`` (default: the dataset's native size; an image folder's images are decoded and
+    resized once, :mod:`convit.data.decoded`).  The training split is augmented as `small`
+    does it: a random crop with zero padding, mirrored only where the dataset's spec allows.
 
     CIFAR-10 from ``cifar10_jpeg.npz`` is decoded once by ``load_cifar10_npz`` (and cached).
     """
-    b = build_data(
-        dataset,
-        data_path,
-        sampling_ratio=sampling_ratio,
-        seed=seed,
-        val_fraction=val_fraction,
-        augment="none",
-        download=download,
-    )
-    if b.native_size is None:
-        raise ValueError(f"the on-device data path needs a fixed-size dataset, not {dataset}")
-    pad = max(1, b.img_size // 8)  # the `small` augmentation of convit.data
-    hflip = dataset_spec(dataset).hflip  # the dataset's own flip policy
-    train = DeviceImages(*_split_tensors(b.train), b.mean, b.std, device, pad=pad, hflip=hflip)
-    val = DeviceImages(*_split_tensors(b.val), b.mean, b.std, device, pad=0) if b.val is not None else None
-    test = DeviceImages(*_split_tensors(b.test), b.mean, b.std, device, pad=0)
-    return {"train": train, "val": val, "test": test, "bundle": b}
+    b = device_bundle(dataset, data_path, sampling_ratio, seed, val_fraction, download, img_size)
+    held = hold_splits(b, device)
+    return {"train": held.train, "val": held.val, "test": held.test, "bundle": b}

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..nn.arithmetic import flops
 from ..nn.model import DATA_DERIVED_FIELDS, count_params
 from ..weights.cnn import CNNConfig, cnn_for, macs
 from ..weights.names import list_models, model_spec
+from ..weights.resolve import resolve_source
 from ..weights.zoo import config_of, create_model
 
 __all__ = [
@@ -32,11 +36,14 @@ __all__ = [
     "GRID_MAX",
     "DIFFER",
     "ArmChoice",
+    "check_known",
+    "check_pair",
     "check_models",
     "choose_patch",
     "transformer_arch",
     "cnn_arch",
     "arm_gmacs",
+    "counted_gmacs",
     "differences",
     "Layout",
     "explicit_layout",
@@ -64,7 +71,7 @@ class ArmChoice:
     cnn: bool
 
 
-def _known(name: str) -> None:
+def check_known(name: str) -> None:
     """A ValueError naming the closest zoo names when ``name`` is not one."""
     try:
         model_spec(name)
@@ -74,8 +81,9 @@ def _known(name: str) -> None:
         raise ValueError(f"--models: unknown model {name!r}{hint}") from None
 
 
-def _pair_check(convit: str, deit: str) -> None:
-    """The paper's pairing, or two transformers of the same width and depth."""
+def check_pair(convit: str, deit: str) -> None:
+    """The paper's pairing, or two transformers of the same width and depth (read from their
+    configs: a zoo entry, or the ``config.json`` of an export folder or hub repo)."""
     if (convit, deit) in PAIRINGS:
         return
     a = config_of(convit)
@@ -91,7 +99,7 @@ def check_models(names: Sequence[str]) -> ArmChoice:
     """The arms ``names`` asks for: one ConViT, at most one DeiT, at most the CNN arm; a
     ValueError of one line for anything else."""
     for n in names:
-        _known(n)
+        check_known(n)
     if len(set(names)) != len(names):
         raise ValueError(f"--models names a model twice: {', '.join(names)}")
     transformers = [n for n in names if model_spec(n).family == "convit"]
@@ -105,7 +113,7 @@ def check_models(names: Sequence[str]) -> ArmChoice:
             f"--models needs one ConViT, at most one DeiT and optionally {CNN_ARM!r}; got {', '.join(names)}"
         )
     if deits:
-        _pair_check(convits[0], deits[0])
+        check_pair(convits[0], deits[0])
     return ArmChoice(convits[0], deits[0] if deits else None, CNN_ARM in names)
 
 
@@ -163,8 +171,23 @@ def arm_gmacs(arch: dict[str, Any], res: int, in_chans: int, num_classes: int) -
     if arch["model"] == CNN_ARM:
         cfg = CNNConfig(kwargs["widths"], kwargs["layers"], kwargs["small_stem"], in_chans, num_classes, res)
         return macs(cfg) / 1e9
+    if not resolve_source(arch["model"]).is_convit:  # one of timm's models: a published ResNet
+        return counted_gmacs(arch, res, in_chans, num_classes)
     cfg = config_of(arch["model"], **kwargs, img_size=res, in_chans=in_chans, num_classes=num_classes)
     return flops(cfg) / 1e9
+
+
+def counted_gmacs(arch: dict[str, Any], res: int, in_chans: int, num_classes: int) -> float:
+    """The multiply-accumulates per image of any model, in billions, counted by torch's
+    ``FlopCounterMode`` over one forward pass on the meta device (nothing allocated or computed)."""
+    with torch.device("meta"):
+        model = create_model(
+            arch["model"], **arch["model_kwargs"], img_size=res, in_chans=in_chans, num_classes=num_classes
+        )
+        x = torch.empty(1, in_chans, res, res)
+    with FlopCounterMode(display=False) as counter:
+        model.eval()(x)  # eval: a batch norm refuses one image of 1x1 maps in training
+    return counter.get_total_flops() / 2 / 1e9
 
 
 def _differs(what: str, value: Optional[float], ref: Optional[float]) -> Optional[str]:
@@ -190,14 +213,15 @@ def differences(
 @dataclass
 class Layout:
     """The transformer arms of a study on its input: the resolution, the shared patch size, each
-    arm's plan entry (ConViT first), whether the CNN arm is asked for, and what the plan says
-    about them."""
+    arm's plan entry (ConViT first), whether the CNN arm is still to be sized and added, what the
+    plan says about them, and (a fine-tuning study) the weights each arm starts from."""
 
     resolution: int
     patch_size: int
     archs: dict[str, dict[str, Any]]
     cnn: bool
     notes: list[str]
+    weights: dict[str, str] = field(default_factory=dict)  # per arm: the weights it is fine-tuned from
 
 
 def explicit_layout(choice: ArmChoice, res: int) -> Layout:

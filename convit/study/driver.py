@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from ..core.launch import LaunchOptions, Outcome, launch
+from .extend import EXTENSIONS_FILE, load_extensions, next_extensions, save_extensions, verdict_records
 from .inspect import inspect_data
 from .plan import make_plan
 from .plan_schema import PLAN_VERSION, Plan, PlanRequest, label
@@ -30,9 +31,17 @@ from .runs import (
 )
 from .verdict import compare, sentence, write_csv
 
-__all__ = ["plan_study", "run_study", "finish_study", "describe_plan", "timeout_minutes", "check_device"]
+__all__ = [
+    "plan_study",
+    "run_study",
+    "train_to_convergence",
+    "finish_study",
+    "describe_plan",
+    "timeout_minutes",
+    "check_device",
+]
 
-_OUTPUTS = ("runs", "data", "logs", "results.csv", "report.html", "verdict.txt")
+_OUTPUTS = ("runs", "data", "logs", "results.csv", "report.html", "verdict.txt", EXTENSIONS_FILE)
 
 
 def _clear(study: Path) -> None:
@@ -203,6 +212,7 @@ def _say_outcome(
         done[0] += 1
         top1 = "-" if r.top1 is None else f"{r.top1:.2f}%"
         late = "; still improving on validation" if r.converged is False else ""
+        late += f"; {r.note}" if r.note else ""
         say(
             f"[{done[0]}/{total}] {o.name}: test top-1 {top1} ({r.status}, "
             f"{time.perf_counter() - t0:.0f} s{late})"
@@ -245,6 +255,34 @@ def run_study(
     return records, failed
 
 
+def train_to_convergence(
+    study: Path,
+    plan: Plan,
+    options: LaunchOptions,
+    records: list[StudyRecord],
+    t_start: float,
+    say: Callable[[str], None] = print,
+) -> tuple[list[StudyRecord], dict[str, Outcome]]:
+    """Train again, with twice the epochs, the sizes whose runs were still improving on
+    validation, while the budget left (counted from ``t_start``, a ``time.perf_counter()``)
+    fits them (:mod:`convit.study.extend`).  Returns every finished run's record and the failed
+    runs' outcomes; stops at the first failure."""
+    failed: dict[str, Outcome] = {}
+    while not failed:
+        remaining = plan.request.budget_s - (time.perf_counter() - t_start)
+        done = load_extensions(study)
+        new = [e for e in next_extensions(plan, records, remaining, options.jobs) if e not in done]
+        if not new:
+            break
+        save_extensions(study, done + new)
+        for ext in new:
+            say(
+                f"training again with {ext.epochs} epochs: {ext.reason} (about {ext.estimate_s / 60:.1f} min)"
+            )
+        records, failed = run_study(study, plan, options, say)
+    return records, failed
+
+
 def with_cut_short_note(verdict: str, records: list[StudyRecord]) -> str:
     """``verdict`` with the clause saying runs were cut short (:func:`cut_short_note`) when some
     had not converged and the sentence does not say so already."""
@@ -255,9 +293,11 @@ def with_cut_short_note(verdict: str, records: list[StudyRecord]) -> str:
 
 
 def finish_study(study: Path, plan: Plan, records: list[StudyRecord]) -> str:
-    """Write results.csv, report.html and verdict.txt; returns the verdict sentence."""
-    comparisons = compare(records, plan.arm_names, study / "runs")
-    verdict = with_cut_short_note(sentence(comparisons), records)
+    """Write results.csv, report.html (every run) and verdict.txt (at each size, the longest
+    schedule every arm and seed finished); returns the verdict sentence."""
+    chosen = verdict_records(records, plan)
+    comparisons = compare(chosen, plan.arm_names, study / "runs")
+    verdict = with_cut_short_note(sentence(comparisons), chosen)
     write_csv(records, study / "results.csv")
     write_report(study / "report.html", records, comparisons, verdict, plan)
     (study / "verdict.txt").write_text(verdict + "\n")

@@ -4,6 +4,7 @@ By default a study compares a small ConViT and DeiT of matched size (:data:`MODE
 :data:`SHARED_ARCH`: same width, depth and heads) and the CNN arm, at a resolution the budget
 chooses (:func:`choose_resolution`: a grid of about 8x8); ``--models`` names zoo models
 instead (:mod:`convit.study.arms` checks and sizes them) and ``--img-size`` the resolution.
+A fine-tuning study's arms are published weights (:mod:`convit.study.finetune_arms`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .arms import (
     explicit_layout,
     transformer_params,
 )
+from .finetune_arms import pretrained_layout
 from .inspect import DataSummary
 from .plan_schema import Arm, PlanRequest
 from .timing import Timing
@@ -71,7 +73,10 @@ def default_layout(summary: DataSummary, request: PlanRequest) -> Layout:
 
 def study_layout(summary: DataSummary, request: PlanRequest) -> Layout:
     """The transformer arms of ``request`` on ``summary``'s images (a ValueError for an
-    ``--img-size`` larger than the images)."""
+    ``--img-size`` larger than the images); a fine-tuning study's arms with their weights, which
+    may be fine-tuned above the images' own size (:func:`convit.study.finetune_arms.pretrained_layout`)."""
+    if request.pretrained:
+        return pretrained_layout(summary, request)
     if request.img_size is not None and request.img_size > min(summary.size):
         h, w = summary.size
         raise ValueError(f"--img-size {request.img_size} is larger than the images ({h}x{w} px)")
@@ -105,6 +110,7 @@ def plan_arms(layout: Layout, timing: Timing, shape: tuple[int, int]) -> tuple[l
             a["model_kwargs"],
             timing.params[v],
             arm_gmacs(a, layout.resolution, *shape),
+            layout.weights.get(v),
         )
         for v, a in layout.archs.items()
         if v in timing.train_s

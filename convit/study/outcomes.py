@@ -2,10 +2,11 @@
 
 The verdict's interval has a test-image part (how much the difference would move on another
 test split of the same size, :mod:`convit.study.intervals`), which needs, for both models of
-a pair, which images each got right.  After ``fit`` the run's final ``model.safetensors`` is
-evaluated once more on the test split, in one process and in the split's order, and the
-outcomes are written to ``test_correct.npy`` (a bool array, one entry per image read) beside
-``result.json``.  This touches no training code and costs one evaluation pass.
+a pair, which images each got right.  ``fit`` writes them at its final test evaluation, in
+one process and in the split's order: ``test_correct.npy`` (a bool array, one entry per image
+read) in the run folder.  Only a run that had nothing left to train when it was resumed and
+has no such file (it stopped between its last epoch and its result) is evaluated again here,
+from its final ``model.safetensors``.
 
 Runs finished before this file existed have none: :func:`load_test_correct` returns None and
 the verdict falls back to the seed variance alone, saying which file is missing.
@@ -25,12 +26,10 @@ from ..data import collate_skipping
 from ..training.batches import bundle_for
 from ..training.config import TrainConfig
 from ..training.engine import evaluate
+from ..training.run_folder import TEST_CORRECT_FILE
 from ..weights.zoo import load_model
 
 __all__ = ["TEST_CORRECT_FILE", "per_image_correct", "write_test_correct", "load_test_correct"]
-
-#: The per-image outcomes of a run's final model, in its folder.
-TEST_CORRECT_FILE = "test_correct.npy"
 
 
 def per_image_correct(cfg: TrainConfig, checkpoint: Path) -> np.ndarray:
@@ -49,9 +48,12 @@ def per_image_correct(cfg: TrainConfig, checkpoint: Path) -> np.ndarray:
 
 
 def write_test_correct(cfg: TrainConfig, folder: Path) -> Path:
-    """Evaluate the run in ``folder`` (its ``model.safetensors``) and write ``test_correct.npy``."""
-    correct = per_image_correct(cfg, folder / "model.safetensors")
+    """``test_correct.npy`` of the run in ``folder``: the one ``fit`` wrote, else evaluated now
+    from its ``model.safetensors``."""
     path = folder / TEST_CORRECT_FILE
+    if path.is_file():
+        return path
+    correct = per_image_correct(cfg, folder / "model.safetensors")
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

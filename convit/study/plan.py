@@ -27,14 +27,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from ..training.config import TrainConfig
 from .arms import CNN_ARM, Layout, check_models
+from .finetune_arms import check_pretrained_names
 from .inspect import DataSummary
 from .layout import MODELS, SHARED_ARCH, add_cnn, choose_resolution, plan_arms, study_layout
 from .plan_schema import PLAN_VERSION, Arm, Holdout, Level, Plan, PlanData, PlanModels, PlanRequest
 from .power import estimate_power
 from .records import StudyRun
 from .sizing import EPOCHS_FLOOR, EPOCHS_MAX, MIN_IMAGES, Sizing, check_sizes, size_study
+from .study_recipe import SizeFor, finetune_sizing, study_recipe
 from .timing import Timing, measure
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "MIN_IMAGES",
     "make_plan",
     "study_runs",
+    "level_runs",
     "choose_resolution",
     "hold_out",
     "plan_request",
@@ -70,12 +72,16 @@ def plan_request(
     models: Optional[Sequence[str]] = None,
     img_size: Optional[int] = None,
     device: str = "cpu",
+    pretrained: bool = False,
 ) -> PlanRequest:
     """What the user asked for: a study folder's plan is reused when this is the same
     (``seeds`` None: chosen by the budget; ``models`` None: the default arms; ``img_size``
-    None: chosen by the budget; ``device``: ``cpu`` or ``cuda``).  Models that cannot be
-    compared are a ValueError here, before anything is planned."""
-    if models:
+    None: chosen by the budget; ``device``: ``cpu`` or ``cuda``; ``pretrained``: fine-tune
+    published weights, :mod:`convit.study.finetune_arms`).  Models that cannot be compared are a
+    ValueError here, before anything is planned (weights are looked for when planning)."""
+    if models and pretrained:
+        models = check_pretrained_names(models)
+    elif models:
         check_models(models)
     return PlanRequest(
         data=data,
@@ -88,6 +94,7 @@ def plan_request(
         models=list(models) if models else None,
         img_size=None if img_size is None else int(img_size),
         device=device,
+        pretrained=bool(pretrained),
     )
 
 
@@ -108,49 +115,6 @@ def hold_out(
         test[c] = sorted(fs[i] for i in perm[:k])
         train[c] = sorted(fs[i] for i in perm[k:])
     return train, test
-
-
-def _recipe(batch: int, threads: int, device: str) -> dict[str, Any]:
-    """Every TrainConfig field shared by the runs (DeiT's recipe without mixup, small augmentation)."""
-    base = TrainConfig().to_dict()
-    base.update(
-        preset=None,
-        batch_size=batch,
-        lr=2e-3 * batch / 64,
-        min_lr=1e-5,
-        weight_decay=0.05,
-        mixup=0.0,
-        cutmix=0.0,
-        smoothing=0.1,
-        drop_path=0.0,
-        val_fraction=0.0,
-        augment="small",
-        repeated_aug=False,
-        num_workers=0,
-        threads=threads,
-        device=device,
-        amp="bf16" if device == "cuda" else "off",
-        locality=True,
-        report=False,
-        tensorboard=False,
-        model_ema=False,
-        scale_epochs=False,
-        download=False,
-    )
-    for k in (
-        "output",
-        "resume",
-        "overwrite",
-        "model",
-        "model_kwargs",
-        "sampling_ratio",
-        "seed",
-        "epochs",
-        "warmup_epochs",
-        "eval_every",
-    ):
-        base.pop(k, None)
-    return base
 
 
 @dataclass
@@ -261,6 +225,20 @@ def _size(
     return pair, pair_timing, note
 
 
+def _sizer(split: _Split, timing: Timing, request: PlanRequest, batch: int) -> SizeFor:
+    """The sizing of this study for a number of seeds and a budget (for :func:`finetune_sizing`)."""
+    return lambda seeds, available_s: size_study(
+        split.counts,
+        timing,
+        available_s=available_s,
+        seeds=seeds,
+        jobs=request.jobs,
+        test_images=split.test_images,
+        batch=batch,
+        sizes=request.sizes,
+    )
+
+
 def _timed_on(device: str) -> str:
     """Where the models are timed: the runs' device, or the CPU for a CUDA plan made on a node
     without a GPU (a Slurm study's login node)."""
@@ -287,6 +265,8 @@ def make_plan(
     timing = _time_arms(summary, split, layout, batch, request.threads, timed_on)
     available = request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
     sizing, timing, left_out = _size(split, timing, request, batch, available, optional=not request.models)
+    if request.pretrained:
+        sizing = finetune_sizing(_sizer(split, timing, request, batch), sizing, request.seeds, available)
     arms, differ = plan_arms(layout, timing, shape)
     notes = layout.notes + ([left_out] if left_out else []) + differ
     if timed_on != request.device:
@@ -298,7 +278,7 @@ def make_plan(
         model=PlanModels(layout.resolution, layout.patch_size, layout.resolution // layout.patch_size, arms),
         levels=sizing.levels,
         seeds=list(range(sizing.seeds)),
-        recipe=_recipe(batch, request.threads, request.device),
+        recipe=study_recipe(batch, request.threads, request.device, request.pretrained),
         threads=request.threads,
         timing=timing,
         estimate_s=sizing.estimate_s + elapsed_s + (time.perf_counter() - t0),
@@ -315,11 +295,13 @@ def _run_settings(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optiona
     hold-out, the seed, the data."""
     folder = plan.data.kind == "folder"
     # locality measures attention: the CNN arm has none
-    extra = {"locality": False} if arm.model == CNN_ARM else {}
+    extra: dict[str, Any] = {"locality": False} if CNN_ARM in (arm.model, arm.name) else {}
+    if arm.weights is not None:  # a fine-tuning study: the arm starts from these weights
+        extra["pretrained"] = True
     return dict(
         plan.recipe,
         **extra,
-        model=arm.model,
+        model=arm.weights or arm.model,
         model_kwargs=arm.model_kwargs,
         img_size=plan.model.resolution,
         sampling_ratio=min(1.0, lv.fraction),
@@ -333,20 +315,30 @@ def _run_settings(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optiona
     )
 
 
+def _run(plan: Plan, arm: Arm, lv: Level, seed: int, data_path: Optional[str], suffix: str = "") -> StudyRun:
+    return StudyRun(
+        name=f"{arm.name}-f{lv.fraction:.4g}-s{seed}{suffix}",
+        variant=arm.name,
+        fraction=lv.fraction,
+        images_per_class=lv.images_per_class,
+        seed=seed,
+        epochs=lv.epochs,
+        settings=_run_settings(plan, arm, lv, seed, data_path),
+    )
+
+
+def level_runs(plan: Plan, lv: Level, data_path: Optional[str] = None, suffix: str = "") -> list[StudyRun]:
+    """Every run of one size ``lv`` (every arm and seed, seed-major), named with ``suffix``:
+    a size trained again with another schedule (:mod:`convit.study.extend`)."""
+    return [_run(plan, arm, lv, seed, data_path, suffix) for seed in plan.seeds for arm in plan.model.arms]
+
+
 def study_runs(plan: Plan, data_path: Optional[str] = None) -> list[StudyRun]:
     """Every run of ``plan``, seed-major (a stopped study has whole comparisons of its first seed),
     every arm at every size.  ``data_path``: where the run reads the data (the study's ``data/``
     folder for image folders)."""
     return [
-        StudyRun(
-            name=f"{arm.name}-f{lv.fraction:.4g}-s{seed}",
-            variant=arm.name,
-            fraction=lv.fraction,
-            images_per_class=lv.images_per_class,
-            seed=seed,
-            epochs=lv.epochs,
-            settings=_run_settings(plan, arm, lv, seed, data_path),
-        )
+        _run(plan, arm, lv, seed, data_path)
         for seed in plan.seeds
         for lv in plan.levels
         for arm in plan.model.arms

@@ -18,6 +18,8 @@ study can resolve (:class:`~convit.study.power.Power`).  ``Plan.to_json()`` writ
 The models are any number of named arms (:class:`Arm`).  In the JSON they sit beside the shared
 input sizes under ``"model"`` (``{"resolution", "patch_size", "grid", "params", <arm>: {...}}``),
 each arm's parameter count under ``"params"`` (and, from version 3, its GMACs under ``"gmacs"``).
+A fine-tuning study (``--pretrained``) adds ``"pretrained": true`` to ``request`` and the weights
+each arm starts from (``"weights"``) to its arm; both keys are written only when set.
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ class PlanRequest:
     models: Optional[list[str]] = None  # zoo names (None: the default small pair and the CNN arm)
     img_size: Optional[int] = None  # None: chosen by the budget
     device: str = "cpu"  # where the runs train: cpu or cuda
+    pretrained: bool = False  # fine-tune published weights (convit study --pretrained)
 
     def to_json(self, version: int = PLAN_VERSION) -> dict[str, Any]:
         d = _fields_json(self)
+        if not self.pretrained:  # written only when set: older plans write back unchanged
+            del d["pretrained"]
         return d if version >= 3 else {k: v for k, v in d.items() if k not in _REQUEST_V3_KEYS}
 
     @classmethod
@@ -136,13 +141,16 @@ class PlanData:
 class Arm:
     """One model compared: its zoo name, every field of its architecture but those taken from
     the data, its parameter count and its multiply-accumulates per image in billions (None:
-    not counted, as before version 3)."""
+    not counted, as before version 3); ``weights``: the published weights a fine-tuning study's
+    arm starts from (a zoo name, ``local-dir:PATH`` or ``hf-hub:ID``: what ``create_model(...,
+    pretrained=True)`` loads; None: trained from scratch, as every plan before ``--pretrained``)."""
 
     name: str
     model: str
     model_kwargs: dict[str, Any]
     params: int
     gmacs: Optional[float] = None
+    weights: Optional[str] = None
 
     @property
     def label(self) -> str:
@@ -176,12 +184,21 @@ class PlanModels:
             out["gmacs"] = {a.name: a.gmacs for a in self.arms}
         for a in self.arms:
             out[a.name] = {"model": a.model, "model_kwargs": a.model_kwargs}
+            if a.weights is not None:  # only fine-tuning arms: older plans write back unchanged
+                out[a.name]["weights"] = a.weights
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PlanModels:
         arms = [
-            Arm(name, v["model"], v["model_kwargs"], d["params"][name], d.get("gmacs", {}).get(name))
+            Arm(
+                name,
+                v["model"],
+                v["model_kwargs"],
+                d["params"][name],
+                d.get("gmacs", {}).get(name),
+                v.get("weights"),
+            )
             for name, v in d.items()
             if name not in _SHARED_MODEL_KEYS
         ]
@@ -233,6 +250,12 @@ class Power:
         """One line for the plan's printout."""
         if self.resolvable is None:
             return "power: one seed gives no interval, so this study cannot resolve any difference"
+        if self.resolvable >= 100:
+            # a difference of accuracies cannot exceed 100 points: "about 136 points" means none
+            return (
+                f"power: this study cannot resolve any difference ({self.seeds} seeds, {self.test_images} "
+                f"test images: a seed's difference varies by about {self.per_seed_sd:.1f} points)"
+            )
         return (
             f"power: this study can resolve differences of about {self.resolvable:.1f} points "
             f"(95% paired interval over {self.seeds} seeds, {POWER:.0%} power; {self.test_images} test "

@@ -89,6 +89,7 @@ class StudyRecord:
     val_top1: Optional[float] = None
     val_curve: Optional[list[tuple[int, float]]] = None
     convergence: Optional[Convergence] = None
+    note: Optional[str] = None  # e.g. "retried with micro-batch 16 x 2" after running out of memory
 
     @property
     def converged(self) -> Optional[bool]:
@@ -112,12 +113,14 @@ class StudyRecord:
         out = {k: getattr(self, k) for k in RECORD_KEYS}
         out["val_curve"] = [list(pt) for pt in self.val_curve] if self.val_curve is not None else None
         out["convergence"] = self.convergence.to_json() if self.convergence else None
+        if self.note is not None:  # only then: result.json keeps its keys otherwise
+            out["note"] = self.note
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], status: Optional[str] = None) -> StudyRecord:
         """A record read from result.json (``status`` replaces the stored one when given)."""
-        known = {k: d[k] for k in RECORD_KEYS if k in d}
+        known = {k: d[k] for k in (*RECORD_KEYS, "note") if k in d}
         if status is not None:
             known["status"] = status
         if known.get("val_curve") is not None:

@@ -180,9 +180,12 @@ def _describe_arm(arm: Arm, patch: int, grid: int) -> str:
     size = f"{arm.params:,} parameters" + (f", {arm.gmacs:.3g} GMACs" if arm.gmacs is not None else "")
     if "depth" in kw and "embed_dim" in kw:
         shape = f"{kw['depth']} blocks, width {kw['embed_dim']}, {patch}x{patch} patches ({grid}x{grid} grid)"
-    else:
-        shape = "a ResNet (timm's), widths " + "-".join(str(w) for w in kw.get("widths", ()))
-    return f"{arm.label}: {shape}, {size}"
+    elif "widths" in kw:
+        shape = "a ResNet (timm's), widths " + "-".join(str(w) for w in kw["widths"])
+    else:  # a published CNN, as its weights describe it
+        shape = "timm's architecture"
+    start = f", fine-tuned from {arm.weights}" if arm.weights is not None else ""
+    return f"{arm.label} ({arm.model}): {shape}, {size}{start}"
 
 
 def _run_rows(records: Sequence[StudyRecord]) -> list[list[Any]]:

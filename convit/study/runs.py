@@ -3,9 +3,10 @@
 Layout::
 
     DIR/plan.json               the plan (convit.study.plan): what every run does
+    DIR/extensions.json         sizes trained again for longer (convit.study.extend), if any
     DIR/data/train|val/<class>/ links to the data's files as the plan splits them (image folders;
                                 ``val`` is the test split the verdict is on)
-    DIR/runs/<variant>-f<fraction>-s<seed>/
+    DIR/runs/<variant>-f<fraction>-s<seed>[-e<epochs>]/
         lock                    held (fcntl.flock) by the process running it
         attempts.log            one line per start or resume of the run
         train.log               the trainer's output; config.yaml, log.jsonl, last.pt, ... (fit's)
@@ -38,6 +39,8 @@ from ..core.launch import run_lock as _lock
 from ..training.config import TrainConfig
 from ..training.convergence import Convergence, can_judge, check_convergence, val_curve
 from ..training.fit import fit
+from ..training.oom_retry import retry_note
+from .extend import extension_runs, load_extensions
 from .outcomes import write_test_correct
 from .plan import study_runs
 from .plan_schema import Plan
@@ -81,8 +84,10 @@ def load_plan(path: os.PathLike) -> Plan:
 
 
 def plan_runs(study: Path, plan: Plan) -> list[StudyRun]:
-    """The plan's runs, reading the data from ``study``'s data view."""
-    return study_runs(plan, str(study / "data"))
+    """The plan's runs and those its extensions added (:mod:`convit.study.extend`), reading the
+    data from ``study``'s data view."""
+    data = str(study / "data")
+    return study_runs(plan, data) + extension_runs(plan, load_extensions(study), data)
 
 
 def prepare_data(study: Path, plan: Plan, root: Optional[str] = None) -> None:
@@ -202,6 +207,7 @@ def _train(run: StudyRun, folder: Path, n_val: int = 0) -> StudyRecord:
         val_top1=result.val_top1,
         val_curve=curve or None,
         convergence=_convergence(curve, n_val),
+        note=retry_note(folder),
     )
     write_json(folder / RESULT_FILE, record.to_json())
     return record

@@ -19,8 +19,10 @@ at the largest size, whichever is more: small data needs many epochs to converge
 
 **Seeds.**  Unless given, :data:`SEEDS_DEFAULT` when they fit the budget with at least the
 epochs floor (else fewer), and more, up to :data:`SEEDS_MAX`, while every run can still train
-its full length: with 2 seeds the 95 % interval is 12.7 standard errors wide
-(:mod:`convit.study.power`).  Run times come from :func:`convit.study.timing.run_seconds`.
+its full length within half the budget: with 2 seeds the 95 % interval is 12.7 standard
+errors wide (:mod:`convit.study.power`).  The other half is kept for training the sizes whose
+runs are still improving on validation for longer (:mod:`convit.study.extend`).  Run times
+come from :func:`convit.study.timing.run_seconds`.
 """
 
 from __future__ import annotations
@@ -257,13 +259,15 @@ def _fit(study: _Study, seeds: int, available_s: float) -> Optional[_Fit]:
 
 def _choose_seeds(study: _Study, available_s: float) -> tuple[int, Optional[_Fit]]:
     """:data:`SEEDS_DEFAULT` seeds when they fit with the epochs floor (else the most that do,
-    else the most that fit at all), then more while every run keeps its full length."""
+    else the most that fit at all), then more while every run keeps its full length within half
+    the budget."""
     fits = {s: _fit(study, s, available_s) for s in range(SEEDS_DEFAULT, 0, -1)}
     seeds = next((s for s, f in fits.items() if f and f.full), None)
     seeds = seeds or next((s for s, f in fits.items() if f), 1)
     chosen = fits[seeds]
     while chosen is not None and chosen.capped and seeds < SEEDS_MAX:
-        more = _fit(study, seeds + 1, available_s)
+        # half the budget stays for training sizes still improving for longer (study.extend)
+        more = _fit(study, seeds + 1, available_s / 2)
         if more is None or not more.capped or more.levels != chosen.levels:
             break
         seeds, chosen = seeds + 1, more
@@ -295,11 +299,14 @@ def size_study(
     if fit is not None:
         return Sizing(fit.levels, seeds, fit.estimate_s)
     smallest = min(counts.values())
-    levels = _levels(study, [min(MIN_IMAGES, smallest)] if not sizes else [min(sizes)], 1)
+    wanted = study.sizes or [min(MIN_IMAGES, smallest)]
+    levels = _levels(study, wanted, 1)
     need = _study_seconds(study, levels, seeds)
+    runs = len(timing.train_s) * seeds * len(wanted)
     raise ValueError(
-        f"the budget is too small: even the smallest study ({len(timing.train_s) * seeds} runs of 1 epoch at "
-        f"{levels[0].images_per_class} images per class) needs about {need / 0.8:.0f} s"
+        f"the budget is too small: even the smallest study ({runs} runs, 1 epoch at "
+        f"{max(wanted)} images per class, E / f at smaller sizes) needs about {need:.0f} s of training "
+        f"and {max(0.0, available_s):.0f} s were left for it; give a larger --budget"
     )
 
 

@@ -231,6 +231,13 @@ def _claim(c: Comparison) -> str:
     iv = f"{a.estimate:+.1f} points [{a.low:+.1f}, {a.high:+.1f}]"
     if not a.known:
         return f"ConViT minus {other} is {a.estimate:+.1f} points {_span(c)} (one seed: no interval)"
+    if a.high - a.low < 1e-9:
+        # every run pair differed by the same amount on the same images: a noise estimate of 0
+        # is not evidence of no noise, so no interval (and no claim) is made from it
+        return (
+            f"ConViT minus {other} is {a.estimate:+.1f} points {_span(c)} in every run "
+            "(no spread over seeds or test images to estimate the noise from: no interval)"
+        )
     if a.clear:
         word = "ahead of" if a.estimate > 0 else "behind"
         text = f"ConViT is {word} {other} {_where(c)}, {iv}"

@@ -3,9 +3,11 @@
 * :func:`data_loaders`: DataLoaders (or their in-memory equivalent,
   :class:`~convit.data.batched.SampledBatches`) over :func:`convit.data.build_data`'s splits:
   any dataset, sharded over the processes under torchrun;
-* :func:`device_batches`: batches cut, cropped and flipped on the accelerator from whole splits
-  held there (:mod:`convit.data.device`: CIFAR-10 at tens of thousands of images/s on one GPU,
-  where DataLoader workers cannot keep up).  Same splits, one process.
+* :func:`held_batches`: batches cut, cropped and flipped on the accelerator from whole splits
+  decoded once and held there (:mod:`convit.data.device`: CIFAR-10 at tens of thousands of
+  images/s on one GPU, where DataLoader workers cannot keep up); :func:`device_batches` holds
+  the `small` augmentation's splits this way.  Same splits, one process.  When a run uses it
+  is :mod:`convit.training.in_memory`'s to say.
 
 The training loop (:func:`convit.training.fit.fit`) is the same for both: per epoch it calls
 ``train.set_epoch(epoch)`` and iterates, so an epoch draws the same batches whether or not the
@@ -33,10 +35,10 @@ from ..data import (
     set_max_image_pixels,
 )
 from ..data.batched import SampledBatches
-from ..data.device import DeviceImages, EvalBatches, TrainBatches, device_splits
+from ..data.device import DeviceImages, EvalBatches, TrainBatches, device_bundle, hold_splits
 from .config import TrainConfig
 
-__all__ = ["RunData", "bundle_for", "data_loaders", "device_batches"]
+__all__ = ["RunData", "bundle_for", "data_loaders", "device_batches", "held_batches"]
 
 #: Images of the held-out split a locality hook measures (the probe).
 PROBE_IMAGES = 64
@@ -52,13 +54,22 @@ class RunData:
     test: Iterable
     probe: Callable[[], torch.Tensor]  # the first 64 held-out (validation, else test) images
     skipped: Callable[[], dict[str, str]] = dict  # unreadable files left out so far: path -> reason
+    in_memory: bool = False  # the splits are held in memory on the device (held_batches)
+    note: Optional[str] = None  # why they are not, when the config asked for it if possible
 
 
-def data_loaders(cfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
-    """DataLoaders over :func:`convit.data.build_data`'s splits.  Training is sharded over the
-    processes (DistributedSampler, or DeiT's RepeatAugSampler); evaluation by
+def data_loaders(
+    cfg: TrainConfig,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    bundle: Optional[DataBundle] = None,
+) -> RunData:
+    """DataLoaders over :func:`convit.data.build_data`'s splits (``bundle``: those splits,
+    already built by :func:`bundle_for`).  Training is sharded over the processes
+    (DistributedSampler, or DeiT's RepeatAugSampler); evaluation by
     :class:`~convit.core.distributed.ShardSampler`, which shows every image exactly once."""
-    bundle = bundle_for(cfg)
+    bundle = bundle if bundle is not None else bundle_for(cfg)
     sampler = _train_sampler(cfg, bundle.train, rank, world)
     drop_last = len(sampler) >= 2 * cfg.batch_size  # DeiT drops the ragged last batch
     collate = collate_skipping_even if _mixing(cfg) else collate_skipping
@@ -192,27 +203,39 @@ class _Epochs:
 
 def device_batches(cfg: TrainConfig, device: torch.device, world: int = 1) -> RunData:
     """Batches made on ``device`` from whole splits held there (:mod:`convit.data.device`): the
-    splits of ``build_data`` at the native image size, the `small` augmentation (random crop
-    with zero padding, flip), for one process.  (The precision its matmuls run in is fit's to
-    choose: :func:`convit.training.fit.fit`.)"""
+    splits of ``build_data`` at ``cfg.img_size`` (default: native), the `small` augmentation
+    (random crop with zero padding, flip), for one process.  (The precision its matmuls run in
+    is fit's to choose: :func:`convit.training.fit.fit`.)"""
     if world > 1:
         raise ValueError(
             "the on-device data path runs in one process; use the DataLoader path under torchrun"
         )
-    if cfg.img_size is not None:
-        raise ValueError("the on-device data path trains at the native image size; leave img_size unset")
-    splits = device_splits(
-        cfg.dataset, device, cfg.data_path, cfg.sampling_ratio, cfg.seed, cfg.val_fraction, cfg.download
+    bundle = device_bundle(
+        cfg.dataset,
+        cfg.data_path,
+        cfg.sampling_ratio,
+        cfg.seed,
+        cfg.val_fraction,
+        cfg.download,
+        cfg.img_size,
     )
-    mixing = _mixing(cfg)
-    val: Optional[DeviceImages] = splits["val"] if splits["val"] is not None and len(splits["val"]) else None
-    held_out: DeviceImages = val if val is not None else splits["test"]
+    return held_batches(cfg, bundle, device)
+
+
+def held_batches(cfg: TrainConfig, bundle: DataBundle, device: torch.device) -> RunData:
+    """``bundle``'s splits decoded once and held on ``device`` (:func:`convit.data.device.hold_splits`),
+    batched there: shuffled and augmented training batches, evaluation batches twice as large."""
+    held = hold_splits(bundle, device, strict=cfg.strict_images)
+    val: Optional[DeviceImages] = held.val if held.val is not None and len(held.val) else None
+    held_out: DeviceImages = val if val is not None else held.test
     return RunData(
-        splits["bundle"],
-        TrainBatches(splits["train"], cfg.batch_size, seed=cfg.seed, even=mixing),
+        bundle,
+        TrainBatches(held.train, cfg.batch_size, seed=cfg.seed, even=_mixing(cfg)),
         EvalBatches(val, 2 * cfg.batch_size) if val is not None else None,
-        EvalBatches(splits["test"], 2 * cfg.batch_size),
+        EvalBatches(held.test, 2 * cfg.batch_size),
         probe=lambda: held_out.batch(torch.arange(min(PROBE_IMAGES, len(held_out)), device=held_out.device))[
             0
         ],
+        skipped=lambda: dict(held.skipped),
+        in_memory=True,
     )

@@ -37,7 +37,12 @@ __all__ = [
     "load_config_file",
     "fitted_warmup",
     "save_config",
+    "IN_MEMORY_CHOICES",
 ]
+
+
+#: The values of ``in_memory``.
+IN_MEMORY_CHOICES = ("off", "on", "auto")
 
 
 def _knob(default: Any, help: str, **kw) -> Any:
@@ -87,6 +92,12 @@ class TrainConfig:
     augment: str = _knob("auto", "auto, deit (RandAugment+erasing), small (crop+flip) or none")
     repeated_aug: bool = _knob(False, "repeated augmentation (3 augmented copies per image, DeiT)")
     num_workers: int = _knob(0, "DataLoader worker processes per training process")
+    in_memory: str = _knob(
+        "off",
+        "decode the splits once, at the run's image size, into memory on the device and augment them "
+        "there a batch at a time (augment small or none, one process): on, off, or auto (on when the "
+        "decoded splits take at most a quarter of the device's free memory: convit.training.in_memory)",
+    )
     strict_images: bool = _knob(
         False,
         "any unreadable image is an error, not skipped (skipped files are listed in <output>/skipped.tsv)",
@@ -115,6 +126,12 @@ class TrainConfig:
         "decay^(L - i), patch embedding at lr x decay^(L + 1); none: off",
     )
     grad_accum_steps: int = _knob(1, "N batches per optimizer step: the update of one N-times-larger batch")
+    micro_batches: int = _knob(
+        1,
+        "cut each batch into N micro-batches whose gradients add up: the same update (lr, schedule "
+        "and logs of the whole batch) in about 1/N of the activation memory; a run out of GPU "
+        "memory is retried with it doubled",
+    )
     sched: str = _knob("cosine", "learning-rate schedule for timm.scheduler.create_scheduler_v2")
     warmup_epochs: float = _knob(
         5,
@@ -167,9 +184,13 @@ class TrainConfig:
             bad(f"--sampling-ratio must be in (0, 1], got {self.sampling_ratio}")
         if not (0.0 <= float(self.val_fraction) < 1.0):
             bad(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        for name in ("epochs", "batch_size", "eval_every", "grad_accum_steps"):
+        for name in ("epochs", "batch_size", "eval_every", "grad_accum_steps", "micro_batches"):
             if int(getattr(self, name)) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batches > self.batch_size:
+            bad(f"--micro-batches {self.micro_batches} is more than the {self.batch_size} images of a batch")
+        if self.in_memory not in IN_MEMORY_CHOICES:
+            bad(f"--in-memory must be one of {', '.join(IN_MEMORY_CHOICES)}, got {self.in_memory!r}")
         for name in (
             "warmup_epochs",
             "blr",

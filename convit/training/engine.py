@@ -81,6 +81,8 @@ class TrainStep:
         (fp16 only); None or disabled: plain steps.  clip_grad: max gradient norm, or None.
     ema: timm ``ModelEmaV3`` updated after each step, or None.  amp_dtype: autocast dtype, or
         None for full precision.  channels_last: batches in channels-last memory format.
+    micro_batches: each batch is forwarded and backpropagated in this many slices whose
+        gradients add up to the batch's (less activation memory; the same update).
     """
 
     optimizer: torch.optim.Optimizer
@@ -93,6 +95,7 @@ class TrainStep:
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     accum_steps: int = 1
+    micro_batches: int = 1
 
     @property
     def lr(self) -> float:
@@ -192,22 +195,15 @@ def _update(
     first = i - (i - 1) % step.accum_steps  # the update's first batch
     last = min(first + step.accum_steps - 1, steps)
     updates = (epoch - 1) * math.ceil(steps / step.accum_steps) + math.ceil(i / step.accum_steps)
-    # Under DDP, only the update's last backward all-reduces the gradients.
-    sync = contextlib.nullcontext() if i == last or not hasattr(model, "no_sync") else model.no_sync()
-    with sync:
-        if step.mixup_fn is not None:
-            images, targets = step.mixup_fn(images, targets)
-        with autocast(images.device, step.amp_dtype):
-            loss = step.loss_fn(model(images).float(), targets)
-
-        # Stop on NaN/inf before it reaches the weights; every rank stops at the same step.  The
-        # check reads the loss (one device sync per step), which the epoch's mean loss then sums.
-        value = loss.item()
-        if any_process(not math.isfinite(value), images.device):
-            raise NonFiniteLossError(epoch, i, steps, value, step.lr)
-        if i == first:
-            step.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss / (last - first + 1)).backward()
+    if step.mixup_fn is not None:  # on the whole batch: micro-batches share its draws
+        images, targets = step.mixup_fn(images, targets)
+    if i == first:
+        step.optimizer.zero_grad(set_to_none=True)
+    value = _backward(model, images, targets, step, scaler, batches=last - first + 1, sync=i == last)
+    # Stop on NaN/inf before it reaches the weights (the update is applied below); every rank
+    # stops at the same step.
+    if any_process(not math.isfinite(value), images.device):
+        raise NonFiniteLossError(epoch, i, steps, value, step.lr)
     lr = step.lr  # the rate this update uses
     if i < last:
         return value, lr
@@ -221,6 +217,48 @@ def _update(
     if step.lr_scheduler is not None:
         step.lr_scheduler.step_update(num_updates=updates)
     return value, lr
+
+
+def _backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    step: TrainStep,
+    scaler: torch.amp.GradScaler,
+    batches: int,
+    sync: bool,
+) -> float:
+    """Forward and backward of one batch, as ``step.micro_batches`` micro-batches whose
+    gradients add up to the whole batch's (each loss weighted by its share of the batch's
+    images); every loss divided by ``batches``, those of its update.  Returns the batch's mean
+    loss.  Under DDP only the last backward of an update (``sync``) all-reduces the gradients.
+    The loss is read as a float once per micro-batch (one device sync each)."""
+    parts = _micro_batches(images, targets, step.micro_batches)
+    value = 0.0
+    for j, (x, t) in enumerate(parts):
+        syncs = sync and j == len(parts) - 1
+        with contextlib.nullcontext() if syncs or not hasattr(model, "no_sync") else model.no_sync():
+            with autocast(x.device, step.amp_dtype):
+                loss = step.loss_fn(model(x).float(), t)
+            if len(parts) == 1:  # the whole batch: its loss as it is
+                value = loss.item()
+                scaler.scale(loss / batches).backward()
+                continue
+            share = x.shape[0] / images.shape[0]
+            value += loss.item() * share
+            scaler.scale(loss * share / batches).backward()
+    return value
+
+
+def _micro_batches(
+    images: torch.Tensor, targets: torch.Tensor, count: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batch cut into ``count`` consecutive micro-batches of nearly equal size (none
+    empty: a batch smaller than ``count`` gives one image each)."""
+    if count == 1:
+        return [(images, targets)]
+    pairs = zip(images.tensor_split(count), targets.tensor_split(count))
+    return [(x, t) for x, t in pairs if x.shape[0]]
 
 
 def _count_batch(logits: torch.Tensor, targets: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:

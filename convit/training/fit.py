@@ -11,8 +11,11 @@ recipe are :mod:`convit.training.recipe`; one epoch of training or evaluation is
 
 The batches come from one of two sources (:mod:`convit.training.batches`), and the loop is the
 same for both: DataLoaders over :func:`convit.data.build_data`'s splits (any dataset, DDP under
-torchrun), or, with ``on_device=True``, batches made on the accelerator from whole splits held
-there (one process).
+torchrun), or, with ``on_device=True`` or ``--in-memory`` (:mod:`convit.training.in_memory`),
+batches made on the accelerator from whole splits decoded once and held there (one process).
+
+A one-process run whose training step runs out of GPU memory is run again from its last
+checkpoint with twice the micro-batches (:mod:`convit.training.oom_retry`).
 
 The trainer does no analysis: ``convit train`` passes hooks (:func:`convit.analysis.training_hooks`)
 that add per-epoch locality to the log and write figures and report.html at the end.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -42,6 +46,8 @@ from .batches import RunData, data_loaders, device_batches
 from .config import TrainConfig
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .fit_result import FitResult
+from .in_memory import run_data
+from .oom_retry import micro_batch, out_of_memory_in, with_retries
 from .prepare import (
     build_model_and_step,
     config_comments,
@@ -83,20 +89,43 @@ def fit(
     returns the summary: final test metrics, final and best val top-1, time, paths written.
 
     on_device: batches from :func:`device_batches` instead of :func:`data_loaders` (on CUDA, in
-        TF32 for the duration of the run: :func:`tf32_scope`).
+        TF32 for the duration of the run: :func:`tf32_scope`); else ``cfg.in_memory`` decides.
     on_eval: if ``cfg.locality``, called after each evaluated epoch with the model and the first
         64 held-out images (val, else test); returns entries for the log.  on_end: if
         ``cfg.report``, called with the run folder once the final model is saved.
     resume_state: ``cfg.resume``'s last.pt as :func:`~convit.training.resume.read_resume` read it (else
         fit reads it), so a resumed run reads its checkpoint once."""
     cfg = dataclasses.replace(cfg).validate()  # a copy: the caller's stays as it was
-    t_start = time.perf_counter()
+    attempt = functools.partial(
+        _attempt, on_device=on_device, on_eval=on_eval, on_end=on_end, t_start=time.perf_counter()
+    )
+    return with_retries(attempt, cfg, resume_state, say=_say_main)
+
+
+def _attempt(
+    cfg: TrainConfig,
+    resume_state: Optional[dict[str, Any]],
+    *,
+    on_device: bool,
+    on_eval: Optional[EvalHook],
+    on_end: Optional[EndHook],
+    t_start: float,
+) -> FitResult:
+    """One go at the run: build, train, finish.  Out of memory in a training step of a
+    one-process run it raises :class:`~convit.training.oom_retry.RunOutOfMemory`
+    (:func:`_train_epoch`), which :func:`fit` retries."""
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     locality = on_eval is not None and cfg.locality
     with distributed.process_group(device.type) as procs, tf32_scope(device, on_device):
         run = _build(cfg, device, procs, on_device=on_device, locality=locality, resume_state=resume_state)
         entry, best = _loop(run, on_eval if locality else None)
         return _finish(run, entry, best, on_end=on_end if cfg.report else None, t_start=t_start)
+
+
+def _say_main(text: str) -> None:
+    """Print on rank 0 (the retries' messages: one process only is retried)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
 
 
 def tf32_scope(device: torch.device, on_device: bool) -> AbstractContextManager:
@@ -146,7 +175,7 @@ def _build(
     amp_dtype = start_process(cfg, device, procs)
     state = state_to_resume(cfg, resume_state)  # None: a fresh run
     folder = RunFolder(cfg, resolve_output(cfg), epochs, say)  # same on every rank; nothing written yet
-    data = device_batches(cfg, device, world) if on_device else data_loaders(cfg, device, procs.rank, world)
+    data = run_data(cfg, device, procs, on_device)
     model, trained = build_model_and_step(
         cfg, data, procs, device=device, amp_dtype=amp_dtype, say=say, locality=locality
     )
@@ -155,11 +184,12 @@ def _build(
     if state is not None:
         start_epoch, best = trained.restore(state, len(data.train), procs.rank, world, say)
     keep_config = state is not None and start_epoch >= epochs  # nothing to train: config.yaml still fits
-    comments = config_comments(cfg, lr=lr, world=world, device=device, on_device=on_device)
+    comments = config_comments(
+        cfg, lr=lr, world=world, device=device, on_device=data.in_memory, data_note=data.note
+    )
     resumed_at = start_epoch if state is not None else None
     metadata = run_metadata(cfg, data.bundle)
-    files = data.bundle.files
-    distributed.on_main(folder.create, metadata, resumed_at, keep_config, comments, files)
+    distributed.on_main(folder.create, metadata, resumed_at, keep_config, comments, data.bundle.files)
     probe = first_reads(data, folder, procs.rank, probe=locality and procs.is_main)
     say(
         describe_run(
@@ -212,20 +242,26 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One epoch of :func:`~convit.training.engine.train_one_epoch` (bar and printing on rank 0 only):
     the log entries it gives; a NaN stop says where the run can go on from."""
     run.data.train.set_epoch(epoch)
+    # Out of memory in a step, a one-process run is retried with smaller micro-batches (fit).
+    retry = out_of_memory_in(run.folder.out, retry=run.procs.world_size == 1)
     try:
-        stats = train_one_epoch(
-            run.model,
-            run.data.train,
-            run.trained.step,
-            run.device,
-            epoch=epoch,
-            progress=run.procs.is_main,
-            log_every=run.cfg.log_every,
-            print_fn=run.say,
-        )
+        with retry:
+            stats = train_one_epoch(
+                run.model,
+                run.data.train,
+                run.trained.step,
+                run.device,
+                epoch=epoch,
+                progress=run.procs.is_main,
+                log_every=run.cfg.log_every,
+                print_fn=run.say,
+            )
     except NonFiniteLossError as e:
         raise e.with_note(_resume_advice(epoch, run.folder.last)) from None
-    return {k: stats[k] for k in ("train_loss", "lr", "images_per_s")}
+    out = {k: stats[k] for k in ("train_loss", "lr", "images_per_s")}
+    if run.cfg.micro_batches > 1:  # what an out-of-memory retry changed (oom_retry)
+        out.update(micro_batch=micro_batch(run.cfg), micro_batches=run.cfg.micro_batches)
+    return out
 
 
 def _evaluate(run: _Run, final: bool) -> dict[str, Any]:
@@ -234,12 +270,11 @@ def _evaluate(run: _Run, final: bool) -> dict[str, Any]:
     gives the EMA and the precision and memory format the model trains in."""
     step = run.trained.step
 
-    def metrics(prefix: str, m: nn.Module, loader: Iterable) -> dict[str, Any]:
-        return {
-            f"{prefix}_{k}": v
-            for k, v in evaluate(m, loader, run.device, step.amp_dtype, step.channels_last).items()
-            if k != "n"
-        }
+    def metrics(prefix: str, m: nn.Module, loader: Iterable, outcomes: bool = False) -> dict[str, Any]:
+        got = evaluate(m, loader, run.device, step.amp_dtype, step.channels_last, per_sample=outcomes)
+        if outcomes:
+            run.folder.save_test_correct(got.pop("correct"))
+        return {f"{prefix}_{k}": v for k, v in got.items() if k != "n"}
 
     out: dict[str, Any] = {}
     if run.data.val is not None:
@@ -247,7 +282,9 @@ def _evaluate(run: _Run, final: bool) -> dict[str, Any]:
         if step.ema is not None:
             out.update(metrics("ema_val", step.ema.module, run.data.val))
     if run.data.val is None or final:
-        out.update(metrics("test", run.trained.model, run.data.test))
+        # the final model's per-image outcomes too, in one process (in the split's order)
+        outcomes = final and run.procs.world_size == 1
+        out.update(metrics("test", run.trained.model, run.data.test, outcomes))
     return out
 
 

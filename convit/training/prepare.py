@@ -165,9 +165,17 @@ def run_metadata(cfg: TrainConfig, bundle: DataBundle) -> dict[str, Any]:
 
 
 def config_comments(
-    cfg: TrainConfig, *, lr: float, world: int, device: torch.device, on_device: bool
+    cfg: TrainConfig,
+    *,
+    lr: float,
+    world: int,
+    device: torch.device,
+    on_device: bool,
+    data_note: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Values derived from the config, written on top of config.yaml for the reader."""
+    """Values derived from the config, written on top of config.yaml for the reader
+    (``on_device``: the splits are held on the device; ``data_note``: where the batches come
+    from, otherwise, when that was a choice)."""
     comments = {
         "effective lr": lr,
         "epochs run": cfg.run_epochs,
@@ -178,6 +186,8 @@ def config_comments(
     }
     if on_device:
         comments["data"] = "on device (convit.data.device)"
+    elif data_note:
+        comments["data"] = data_note
     return comments
 
 
@@ -203,10 +213,13 @@ def describe_run(
         f"{cfg.model} ({_architecture(model)}{size} params) on {cfg.dataset}: {len(b.train)} train / "
         f"{len(b.val) if data.val is not None else 0} val / {len(b.test)} test images; "
         f"{epochs} epochs x {steps} steps of {cfg.batch_size * world}"
+        + (f" in {cfg.micro_batches} micro-batches" if cfg.micro_batches > 1 else "")
         + (f", an update every {cfg.grad_accum_steps}" if cfg.grad_accum_steps > 1 else "")
         + f" (lr {lr:.3g}, warm-up "
         f"{cfg.run_warmup_epochs:g} epochs); "
-        f"{world} process(es) on {device}{precision}; run folder {out}"
+        f"{world} process(es) on {device}{precision}"
+        + (f", data held on {device}" if data.in_memory else "")
+        + f"; run folder {out}"
     )
 
 

@@ -96,6 +96,7 @@ def build_recipe(
         amp_dtype=amp_dtype,
         channels_last=cfg.channels_last,
         accum_steps=cfg.grad_accum_steps,
+        micro_batches=cfg.micro_batches,
     )
 
 

@@ -33,6 +33,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -54,14 +55,20 @@ __all__ = [
     "resolve_output",
     "TrainingState",
     "RunFolder",
+    "TEST_CORRECT_FILE",
     "truncate_log",
     "epoch_line",
     "summary_text",
 ]
 
+#: The final model's per-image outcomes on the test split (a bool per image, in the split's
+#: order): what a study's verdict needs of each run (convit.study.intervals).
+TEST_CORRECT_FILE = "test_correct.npy"
+
 #: Files and folders of a run that a fresh run in the same folder must not leave behind.
 _RUN_FILES = (
     "log.jsonl",
+    TEST_CORRECT_FILE,
     "last.pt",
     "best.safetensors",
     "model.safetensors",
@@ -214,6 +221,16 @@ class RunFolder:
     def last_entry(self) -> dict[str, Any]:
         """The last logged epoch ({} if none): what a resumed, already finished run reports."""
         return (read_jsonl(self.log)[-1:] or [{}])[0] if self.log.is_file() else {}
+
+    def save_test_correct(self, correct: torch.Tensor) -> Path:
+        """Write the final model's per-image test outcomes (:data:`TEST_CORRECT_FILE`)."""
+        array = correct.numpy().astype(bool)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+
+        return atomic_save(write, self.out / TEST_CORRECT_FILE, "per-image outcomes")
 
     def finish(self, model: nn.Module, ema: Any, entry: dict[str, Any], epoch: int, has_val: bool) -> None:
         """The final weights (and EMA weights); without a validation split, ``best`` is the final model."""

@@ -257,18 +257,32 @@ def adapt_state_dict(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[s
     sd = dict(sd)
     changed = []
     own = model.state_dict()
-    key = "patch_embed.proj.weight"
+    first_conv, classifier = _input_and_classifier(model)
+    key = f"{first_conv}.weight"
     if key in sd and key in own and sd[key].shape[1] != own[key].shape[1]:
         base = sd[key].shape[1]
         sd[key] = adapt_input_conv(own[key].shape[1], sd[key], base)
         changed.append(f"input weights adapted from {base} to {own[key].shape[1]} channels")
-    head = [k for k in sd if k.startswith("head.")]
+    head = [k for k in sd if k.startswith(f"{classifier}.")]
     if head and any(k not in own or sd[k].shape != own[k].shape for k in head):
         for k in head:
             del sd[k]
-        sd.update({k: v for k, v in own.items() if k.startswith("head.")})
+        sd.update({k: v for k, v in own.items() if k.startswith(f"{classifier}.")})
         changed.append("classifier re-initialised for the new number of classes")
     return sd, changed
+
+
+def _input_and_classifier(model: nn.Module) -> tuple[str, str]:
+    """The names of the model's input convolution and classifier, as timm's ``pretrained_cfg``
+    gives them (``conv1`` and ``fc`` for a ResNet); a ConViT's (``patch_embed.proj``, ``head``)
+    when it does not say."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first_conv = cfg.get("first_conv")
+    classifier = cfg.get("classifier")
+    return (
+        first_conv if isinstance(first_conv, str) else "patch_embed.proj",
+        classifier if isinstance(classifier, str) else "head",
+    )
 
 
 def _fit_pos_embed(model: nn.Module, sd: StateDict) -> StateDict:

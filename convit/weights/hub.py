@@ -46,6 +46,7 @@ __all__ = [
     "TimmExportError",
     "hf_cache_dir",
     "hf_offline",
+    "offline_reason",
     "hf_cached_file",
     "hf_hub_file",
     "local_weights_file",
@@ -124,6 +125,12 @@ def _local_only_reason() -> Optional[str]:
     if _hub_host_unresolvable():
         return f"{urllib.parse.urlparse(_hf_endpoint()).hostname} does not resolve: no network"
     return None
+
+
+def offline_reason() -> Optional[str]:
+    """Why the hub is not asked now (``HF_HUB_OFFLINE``, or its host does not resolve), so that
+    only its cache is read; None when it is."""
+    return _local_only_reason()
 
 
 def _split(hub_id: str) -> tuple[str, Optional[str]]:

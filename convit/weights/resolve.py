@@ -2,8 +2,9 @@
 
 A model is named by a zoo name (with or without its pretrained tag), a config
 (:class:`~convit.nn.architecture.ConViTConfig` or a dict of its fields), ``hf-hub:org/repo``,
-``local-dir:PATH`` (a hub-repo folder: ``config.json`` + weights), ``timm:NAME`` (one of timm's
-own models), and/or a weight file or export folder.  The architecture always comes from a saved
+``local-dir:PATH`` (a hub-repo folder: ``config.json`` + weights, of a ConViT or DeiT or of one
+of timm's own models such as a published ResNet), ``timm:NAME`` (one of timm's own models),
+and/or a weight file or export folder.  The architecture always comes from a saved
 description (our metadata, a ``config.json``) or a name, never from the shapes of the weights.
 Nothing is built here: :func:`convit.weights.zoo.create_model` builds what this resolves.
 """
@@ -27,8 +28,8 @@ from .checkpoint import (
 )
 from .cnn import cnn_from_metadata
 from .names import check_tag, list_models, model_spec, parse_model_name, weights_dir
-from .timm_arch import TimmArchitecture
-from .timm_format import config_from_timm
+from .timm_arch import TimmArchitecture, repo_architecture
+from .timm_format import TIMM_BUILDERS, config_from_timm
 
 __all__ = ["ModelName", "ModelSource", "resolve_source"]
 
@@ -110,7 +111,8 @@ def _named(name: ModelName, fetch: bool) -> ModelSource:
     if source is not None:
         timm_config, weights = _repo(source, ident, fetch)
         hub_id = ident if source == "hf-hub" else None
-        return ModelSource(timm_config=timm_config, weights=weights, hub_id=hub_id, label=ident)
+        timm = repo_architecture(timm_config, TIMM_BUILDERS)  # a published ResNet, say
+        return ModelSource(timm=timm, timm_config=timm_config, weights=weights, hub_id=hub_id, label=ident)
     spec = model_spec(ident)  # an unknown name fails here, naming the closest ones
     if tag:
         check_tag(ident, tag)
@@ -163,7 +165,7 @@ def _settle_architecture(src: ModelSource) -> None:
         src.config = {}
         return
     stored = config_from_metadata(src.meta)
-    if stored is None and src.timm_config:
+    if stored is None and src.timm_config and src.is_convit:
         stored = config_from_timm(src.timm_config, str(src.weights or src.label))
     if stored is not None:
         src.config = {**src.config, **stored}

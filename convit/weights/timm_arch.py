@@ -4,7 +4,9 @@ A study compares ConViT with other models (a CNN arm); those come from timm's re
 by ``timm.create_model(name, pretrained=False, **kwargs)``.  :class:`TimmArchitecture` is what
 rebuilds one: timm's name and the keyword arguments it was built with.  Our safetensors files
 store both in their metadata (``timm_architecture``, ``timm_kwargs``) where a ConViT's file
-stores its config, so such a file loads back with no name given.
+stores its config, so such a file loads back with no name given.  A hub repo of one of timm's
+own models (``hf-hub:timm/resnet18.a1_in1k``, or such a folder as ``local-dir:PATH``) names it
+in its ``config.json`` (:func:`repo_architecture`), so its published weights load too.
 
 timm is imported when a model is built, not with this module: reading a file's metadata needs
 no model registry.
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch.nn as nn
 
-__all__ = ["TimmArchitecture", "build_timm_model", "architecture_of"]
+__all__ = ["TimmArchitecture", "build_timm_model", "architecture_of", "repo_architecture"]
 
 #: Metadata keys of a timm model's file (a ConViT's file has ``config`` instead).
 NAME_KEY = "timm_architecture"
@@ -64,9 +67,41 @@ def build_timm_model(arch: TimmArchitecture) -> nn.Module:
         close = difflib.get_close_matches(arch.name, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise ValueError(f"unknown timm model {arch.name!r}.{hint}")
+    arch = _without_img_size(arch, timm)
     model = timm.create_model(arch.name, pretrained=False, **arch.kwargs)
     model.timm_architecture = arch  # a plain attribute: not in the state dict
     return model
+
+
+def _without_img_size(arch: TimmArchitecture, timm: Any) -> TimmArchitecture:
+    """``arch`` without ``img_size`` when timm's model takes any input size (a CNN: its
+    ``pretrained_cfg`` says ``fixed_input_size`` False), whose constructor has no such argument:
+    a training run passes the data's image size to every model."""
+    if "img_size" not in arch.kwargs:
+        return arch
+    cfg = timm.models.get_pretrained_cfg(arch.name)
+    if cfg is None or cfg.fixed_input_size:
+        return arch
+    return TimmArchitecture(arch.name, {k: v for k, v in arch.kwargs.items() if k != "img_size"})
+
+
+def repo_architecture(config: dict[str, Any], convit_builders: Collection[str]) -> Optional[TimmArchitecture]:
+    """The timm architecture a hub repo's ``config.json`` describes when it is one of timm's own
+    models and not one of ``convit_builders`` (a published ResNet: ``timm/resnet18.a1_in1k``),
+    with the repo's ``model_args`` and classes; None otherwise (a ConViT or DeiT, or a name timm
+    does not know, which the ConViT reader then names)."""
+    name = config.get("architecture")
+    if not isinstance(name, str) or name in convit_builders:
+        return None
+    import timm  # only now: timm's registry is large, and rarely needed here
+
+    if not timm.is_model(name):
+        return None
+    kwargs = dict(config.get("model_args") or {})
+    classes = config.get("num_classes", (config.get("pretrained_cfg") or {}).get("num_classes"))
+    if classes is not None:
+        kwargs["num_classes"] = int(classes)
+    return TimmArchitecture(name, kwargs)
 
 
 def architecture_of(model: nn.Module) -> Optional[TimmArchitecture]:

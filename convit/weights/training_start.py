@@ -59,13 +59,22 @@ def training_model(start: TrainingStart, say: Callable[[str], None] = print) -> 
     if not start.pretrained:
         return create_model(start.name, **overrides)
     model = create_model(start.name, pretrained=True, **overrides)
-    published = config_of(start.name).num_classes
+    published = _published_classes(start.name)
     if published != start.num_classes:
         say(
             f"fine-tuning from the published {start.name} weights: their {published}-class head is replaced "
             f"by a new {start.num_classes}-class head"
         )
     return model
+
+
+def _published_classes(name: str) -> Optional[int]:
+    """The classes of ``name``'s published weights: its config's, or, for one of timm's own models
+    (a published ResNet in a hub repo), the repo's."""
+    src = resolve_source(name)
+    if src.is_convit:
+        return config_of(name).num_classes
+    return (src.timm.kwargs if src.timm is not None else {}).get("num_classes")
 
 
 def _finetuned(start: TrainingStart, say: Callable[[str], None]) -> ConViT:
