@@ -144,3 +144,21 @@ def test_a_study_trains_a_size_still_improving_again_for_longer(tmp_path, monkey
     assert len(names) == 6 and sum(n.endswith("-e8") for n in names) == 3
     assert [e.epochs for e in load_extensions(out)] == [8]
     assert "cut short" not in (out / "verdict.txt").read_text()  # the verdict is on the 8-epoch runs
+    assert "Trained again for longer" in (out / "report.html").read_text()
+    # the budget is the whole study's: the same command again trains nothing more
+    capsys.readouterr()
+    assert main(["study", "--plan", str(plan_file), "--output", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "training again" not in again and "(trained," not in again
+    assert [e.epochs for e in load_extensions(out)] == [8]
+
+
+def test_the_budget_counts_from_the_studys_first_start(tmp_path):
+    import time
+
+    from convit.study.driver import _study_start
+
+    first = _study_start(tmp_path, time.perf_counter() - 100.0)  # this command began 100 s ago
+    assert abs(time.time() - 100.0 - first) < 5.0
+    later = _study_start(tmp_path, time.perf_counter())  # a later command on the same folder
+    assert later == pytest.approx(first, abs=1e-3)

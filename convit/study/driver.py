@@ -41,7 +41,18 @@ __all__ = [
     "check_device",
 ]
 
-_OUTPUTS = ("runs", "data", "logs", "results.csv", "report.html", "verdict.txt", EXTENSIONS_FILE)
+#: When the study first started (its budget counts from then).
+STARTED_FILE = "started"
+_OUTPUTS = (
+    "runs",
+    "data",
+    "logs",
+    "results.csv",
+    "report.html",
+    "verdict.txt",
+    EXTENSIONS_FILE,
+    STARTED_FILE,
+)
 
 
 def _clear(study: Path) -> None:
@@ -264,12 +275,14 @@ def train_to_convergence(
     say: Callable[[str], None] = print,
 ) -> tuple[list[StudyRecord], dict[str, Outcome]]:
     """Train again, with twice the epochs, the sizes whose runs were still improving on
-    validation, while the budget left (counted from ``t_start``, a ``time.perf_counter()``)
-    fits them (:mod:`convit.study.extend`).  Returns every finished run's record and the failed
-    runs' outcomes; stops at the first failure."""
+    validation, while the budget left (counted from the study's first start: ``t_start``, a
+    ``time.perf_counter()``, on the first call) fits them (:mod:`convit.study.extend`).
+    Returns every finished run's record and the failed runs' outcomes; stops at the first
+    failure."""
     failed: dict[str, Outcome] = {}
+    started = _study_start(study, t_start)
     while not failed:
-        remaining = plan.request.budget_s - (time.perf_counter() - t_start)
+        remaining = plan.request.budget_s - (time.time() - started)
         done = load_extensions(study)
         new = [e for e in next_extensions(plan, records, remaining, options.jobs) if e not in done]
         if not new:
@@ -292,6 +305,29 @@ def with_cut_short_note(verdict: str, records: list[StudyRecord]) -> str:
     return f"{verdict.rstrip().rstrip('.')}; {note}."
 
 
+def _study_start(study: Path, t_start: float) -> float:
+    """When the study first started (``time.time()``), kept in ``DIR/started``: the budget is the
+    whole study's, so running the command again on a finished study trains nothing more."""
+    path = study / STARTED_FILE
+    if path.is_file():
+        return float(path.read_text())
+    start = time.time() - (time.perf_counter() - t_start)
+    path.write_text(f"{start:.3f}\n")
+    return start
+
+
+def _longer(study: Path) -> str:
+    """The sizes trained again for longer, for the report (empty when none was)."""
+    done = load_extensions(study)
+    if not done:
+        return ""
+    return (
+        "Trained again for longer, the verdict on the longest schedule every run finished: "
+        + "; ".join(f"{e.epochs} epochs ({e.reason})" for e in done)
+        + "."
+    )
+
+
 def finish_study(study: Path, plan: Plan, records: list[StudyRecord]) -> str:
     """Write results.csv, report.html (every run) and verdict.txt (at each size, the longest
     schedule every arm and seed finished); returns the verdict sentence."""
@@ -299,6 +335,6 @@ def finish_study(study: Path, plan: Plan, records: list[StudyRecord]) -> str:
     comparisons = compare(chosen, plan.arm_names, study / "runs")
     verdict = with_cut_short_note(sentence(comparisons), chosen)
     write_csv(records, study / "results.csv")
-    write_report(study / "report.html", records, comparisons, verdict, plan)
+    write_report(study / "report.html", records, comparisons, verdict, plan, chosen, _longer(study))
     (study / "verdict.txt").write_text(verdict + "\n")
     return verdict

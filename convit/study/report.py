@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Optional
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -231,18 +231,23 @@ def write_report(
     comparisons: Sequence[Comparison],
     verdict: str,
     plan: Plan,
+    compared: Optional[Sequence[StudyRecord]] = None,
+    longer: str = "",
 ) -> Path:
-    """Write the study's report.html to ``path``."""
+    """Write the study's report.html to ``path``: the accuracy figure and locality of the runs
+    the verdict ``compared`` (default all ``records``), the table, convergence and validation
+    curves of every run; ``longer`` says which sizes were trained again for longer."""
     arms = plan.arm_names
+    compared = records if compared is None else compared
     page = _PAGE.substitute(
         data=html.escape(str(plan.data.name)),
         sentence=html.escape(verdict),
-        setup=html.escape(_setup(plan)),
-        accuracy=_png(accuracy_figure(records, arms)),
+        setup=html.escape(_setup(plan) + (f" {longer}" if longer else "")),
+        accuracy=_png(accuracy_figure(compared, arms)),
         pairs=_table(_PAIR_HEADER, _pair_rows(comparisons)),
         locality=_table(
             ["images/class", "model", "gate per GPSA layer", "nonlocality per layer"],
-            _locality_rows(records, arms),
+            _locality_rows(compared, arms),
         ),
         runs=_table(
             ["run", "images/class", "seed", "top-1", "epochs", "seconds", "attempts", "converged"],
