@@ -31,6 +31,7 @@ from .arms import CNN_ARM, Layout, check_models
 from .finetune_arms import check_pretrained_names
 from .inspect import DataSummary
 from .layout import MODELS, SHARED_ARCH, add_cnn, choose_resolution, plan_arms, study_layout
+from .pair_choice import choose_pair
 from .plan_schema import PLAN_VERSION, Arm, Holdout, Level, Plan, PlanData, PlanModels, PlanRequest
 from .power import estimate_power
 from .records import StudyRun
@@ -262,11 +263,22 @@ def make_plan(
     batch = 32 if sum(split.counts.values()) < 2000 else 64
     timed_on = _timed_on(request.device)
     t0 = time.perf_counter()
+
+    def available() -> float:
+        return request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
+
     timing = _time_arms(summary, split, layout, batch, request.threads, timed_on)
-    available = request.budget_s * BUDGET_SHARE - elapsed_s - (time.perf_counter() - t0)
-    sizing, timing, left_out = _size(split, timing, request, batch, available, optional=not request.models)
+    sizing, timing, left_out = _size(split, timing, request, batch, available(), optional=not request.models)
+    if not request.models and not request.pretrained:
+        layout, timing, sizing, left_out = choose_pair(
+            summary.size,
+            shape,
+            (layout, timing, sizing, left_out),
+            size_arms=lambda t: _size(split, t, request, batch, available(), True),
+            time_arms=lambda lay: _time_arms(summary, split, lay, batch, request.threads, timed_on),
+        )
     if request.pretrained:
-        sizing = finetune_sizing(_sizer(split, timing, request, batch), sizing, request.seeds, available)
+        sizing = finetune_sizing(_sizer(split, timing, request, batch), sizing, request.seeds, available())
     arms, differ = plan_arms(layout, timing, shape)
     notes = layout.notes + ([left_out] if left_out else []) + differ
     if timed_on != request.device:
