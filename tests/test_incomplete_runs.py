@@ -46,6 +46,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_is_replaced(
         "log.jsonl",
         "model.safetensors",
         "provenance.json",
+        "test_correct.npy",
     ]
     assert len(json.loads((run / "provenance.json").read_text())["starts"]) == 1  # the old run's is gone
     assert build_config(config_file=run / "config.yaml").epochs == 1

@@ -23,7 +23,14 @@ from convit.cli import main as convit_main
 
 ROOT = Path(__file__).resolve().parent
 #: The sweep folders with tables (the base-16/32 convergence folders keep runs only).
-SWEEPS = ("sample-efficiency", "ablation", "convergence/epochs4", "convergence/epochs16")
+SWEEPS = (
+    "sample-efficiency",
+    "ablation",
+    "convergence/epochs4",
+    "convergence/epochs16",
+    "cnn-lr/lr1e-3",
+    "cnn-lr/lr2e-3",
+)
 
 
 def table_command(folder: Path, into: Path) -> list[str]:
