@@ -92,6 +92,12 @@ def test_the_fit_scope_turns_tf32_on_for_the_on_device_path_on_cuda_only(odd_set
             assert _settings() == odd_settings
 
 
+def _one_epoch(out):
+    """One epoch of a tiny model on a fifth of digits, into ``out``."""
+    settings = dict(sampling_ratio=0.2, batch_size=32, threads=1, epochs=1, warmup_epochs=0, report=False)
+    return build_config(dict(model_kwargs=TINY_MODEL, output=str(out), **settings))
+
+
 def test_fit_returns_a_fit_result_and_leaves_tf32_as_it_was(tmp_path, monkeypatch, odd_settings):
     during = []
     real = T.train_one_epoch
@@ -102,18 +108,7 @@ def test_fit_returns_a_fit_result_and_leaves_tf32_as_it_was(tmp_path, monkeypatc
 
     monkeypatch.setattr(T, "train_one_epoch", spy)
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
-    cfg = build_config(
-        dict(
-            model_kwargs=TINY_MODEL,
-            sampling_ratio=0.2,
-            batch_size=32,
-            threads=1,
-            epochs=1,
-            warmup_epochs=0,
-            report=False,
-            output=str(tmp_path / "run"),
-        )
-    )
+    cfg = _one_epoch(tmp_path / "run")
     flags = _flags()
     result = T.fit(cfg, on_device=True)
     assert during == [(True, True) if resolve_device(cfg.device).type == "cuda" else flags]
@@ -144,18 +139,7 @@ def test_fit_keeps_the_final_models_per_image_test_outcomes(tmp_path, monkeypatc
     from convit.study.outcomes import per_image_correct
 
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
-    cfg = build_config(
-        dict(
-            model_kwargs=TINY_MODEL,
-            sampling_ratio=0.2,
-            batch_size=32,
-            threads=1,
-            epochs=1,
-            warmup_epochs=0,
-            report=False,
-            output=str(tmp_path / "run"),
-        )
-    )
+    cfg = _one_epoch(tmp_path / "run")
     result = T.fit(cfg, on_device=on_device)
     correct = np.load(tmp_path / "run" / "test_correct.npy")
     assert correct.dtype == bool and len(correct) == 360  # digits' test split
