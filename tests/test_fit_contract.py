@@ -136,7 +136,7 @@ def test_fit_keeps_the_final_models_per_image_test_outcomes(tmp_path, monkeypatc
     evaluation itself; equal to evaluating the saved final model again (what a study did before)."""
     import numpy as np
 
-    from convit.study.outcomes import per_image_correct
+    from convit.study.outcomes import per_image_correct, write_test_correct
 
     monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
     cfg = _one_epoch(tmp_path / "run")
@@ -146,3 +146,7 @@ def test_fit_keeps_the_final_models_per_image_test_outcomes(tmp_path, monkeypatc
     assert 100 * correct.mean() == pytest.approx(result.test_top1)
     again = per_image_correct(cfg, tmp_path / "run" / "model.safetensors")
     assert np.array_equal(correct, again)
+    # a run without the file (resumed with nothing left to train) gets it from its final weights
+    (tmp_path / "run" / "test_correct.npy").unlink()
+    written = write_test_correct(cfg, tmp_path / "run")
+    assert np.array_equal(np.load(written), correct)

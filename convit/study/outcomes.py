@@ -20,13 +20,12 @@ from typing import Optional
 import numpy as np
 from torch.utils.data import DataLoader
 
-from ..core.fileio import atomic_save
 from ..core.runtime import resolve_amp, resolve_device
 from ..data import collate_skipping
 from ..training.batches import bundle_for
 from ..training.config import TrainConfig
 from ..training.engine import evaluate
-from ..training.run_folder import TEST_CORRECT_FILE
+from ..training.run_folder import TEST_CORRECT_FILE, save_test_correct
 from ..weights.zoo import load_model
 
 __all__ = ["TEST_CORRECT_FILE", "per_image_correct", "write_test_correct", "load_test_correct"]
@@ -53,13 +52,7 @@ def write_test_correct(cfg: TrainConfig, folder: Path) -> Path:
     path = folder / TEST_CORRECT_FILE
     if path.is_file():
         return path
-    correct = per_image_correct(cfg, folder / "model.safetensors")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, correct)
-
-    return atomic_save(write, path, "per-image outcomes")
+    return save_test_correct(per_image_correct(cfg, folder / "model.safetensors"), folder)
 
 
 def load_test_correct(folder: Path) -> Optional[np.ndarray]:

@@ -56,6 +56,7 @@ __all__ = [
     "TrainingState",
     "RunFolder",
     "TEST_CORRECT_FILE",
+    "save_test_correct",
     "truncate_log",
     "epoch_line",
     "summary_text",
@@ -135,6 +136,18 @@ def truncate_log(path: Path, epoch: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # The files of a run
 # ---------------------------------------------------------------------------------------------
+
+
+def save_test_correct(correct: np.ndarray, folder: Path) -> Path:
+    """``correct`` (one bool per test image, in the split's order) as ``folder``'s
+    :data:`TEST_CORRECT_FILE`, written atomically."""
+    array = np.asarray(correct, dtype=bool)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return atomic_save(write, Path(folder) / TEST_CORRECT_FILE, "per-image outcomes")
 
 
 class RunFolder:
@@ -224,13 +237,7 @@ class RunFolder:
 
     def save_test_correct(self, correct: torch.Tensor) -> Path:
         """Write the final model's per-image test outcomes (:data:`TEST_CORRECT_FILE`)."""
-        array = correct.numpy().astype(bool)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, array)
-
-        return atomic_save(write, self.out / TEST_CORRECT_FILE, "per-image outcomes")
+        return save_test_correct(correct.numpy(), self.out)
 
     def finish(self, model: nn.Module, ema: Any, entry: dict[str, Any], epoch: int, has_val: bool) -> None:
         """The final weights (and EMA weights); without a validation split, ``best`` is the final model."""
