@@ -30,7 +30,11 @@ def test_the_default_plan_adds_the_cnn_arm(tmp_path, capsys):
     assert rc == 0
     plan = load_plan(tmp_path / "o")
     assert plan.arm_names == ["convit", "deit", "resnet"] and plan.version == 3
-    assert plan.model.arm("convit").model == "convit_digits" and plan.device in ("cpu", "cuda")
+    # Which pair fits depends on this machine's timing (tests/test_study_pair_choice.py checks the
+    # choice); whichever it is, the CNN arm stands beside a matching ConViT/DeiT pair.
+    convit = plan.model.arm("convit").model
+    assert convit in ("convit_digits", "convit_tiny", "convit_small") and plan.device in ("cpu", "cuda")
+    assert plan.model.arm("deit").model == convit.replace("convit", "deit")
     assert all(a.gmacs and a.gmacs > 0 for a in plan.model.arms)
     assert "ResNet" in out and "GMACs" in out
 
