@@ -1,7 +1,8 @@
 """Every table and figure of docs/results.md sec. 5 (CIFAR-10 on CPU cores), from the committed
 run files, without training: each sweep folder's results.md / results.csv / summary.csv /
 figures (``convit experiment ... --table-only``, its own command as its sweep.json records it)
-and convergence.json (write_convergence.py).
+convergence.json (write_convergence.py) and the tables and figures at the chosen schedules in
+``chosen/`` (write_tables.py).
 
     python docs/results/cifar10-cpu/regenerate.py             # rewrite them in place
     python docs/results/cifar10-cpu/regenerate.py --into DIR  # into a copy (tests compare it)
@@ -30,6 +31,7 @@ SWEEPS = (
     "convergence/epochs16",
     "cnn-lr/lr1e-3",
     "cnn-lr/lr2e-3",
+    "cnn-lr/lr4e-3",
 )
 
 
@@ -56,10 +58,13 @@ def regenerate(into: Path) -> None:
         if rc != 0:
             raise SystemExit(f"{name}: the table command failed ({rc})")
     import write_convergence  # beside this file
+    import write_tables
 
     write_convergence.ROOT = into
+    write_tables.ROOT = into
     with contextlib.redirect_stdout(io.StringIO()):
         write_convergence.main()
+        write_tables.main()
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""Write ``chosen/`` beside this file: sec. 5's sample-efficiency and ablation tables at the chosen
+schedules, with paired 95 % intervals, and their figures, from the committed ``result.json`` files.
+
+* Sample efficiency: DeiT, ConViT and the CNN arm (ResNet) at 50 / 100 / 250 images per class at
+  base 8 (``sample-efficiency``, ``cnn-grid/base8``) and at 1,000 per class at base 32
+  (``convergence/base32``, ``cnn-grid/base32``): the schedules ``convergence.json`` chose.
+* Ablation at 100 images per class (base 8): seed 0 of every variant (``ablation``), seed 1 of
+  ConViT and DeiT from ``sample-efficiency`` (the same settings: seed 0 of both sweeps agrees to
+  the last digit), the other seeds from ``ablation-seeds``.
+
+Intervals: :func:`convit.experiments.paired.paired_comparison` (the study's verdict statistic;
+the test part from the accuracies alone).  Run from the repository root:
+``python docs/results/cifar10-cpu/write_tables.py`` (``regenerate.py`` runs it too).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional
+
+from convit.experiments.grids import PAPER_ABLATION
+from convit.experiments.paired import Paired, describe, paired_comparison, size_of
+from convit.experiments.run_record import RunRecord
+from convit.experiments.runner import load_results
+from convit.experiments.summary import Cell, mean_std, summarize
+from convit.experiments.sweep_figures import grouped_figure, sample_efficiency_figure
+
+ROOT = Path(__file__).resolve().parent
+TEST_IMAGES = 10_000
+VAL_IMAGES = 5_000
+#: (folder, variants, seeds, images per class) of the sample-efficiency table, at the chosen
+#: schedules (None: all); a (variant, size, seed) is taken from the first folder that has it.
+SAMPLE_EFFICIENCY = (
+    ("sample-efficiency", ("deit", "convit"), None, (50, 100, 250)),
+    ("convergence/base32", ("deit", "convit"), None, (1000,)),
+    ("cnn-lr/lr4e-3", ("resnet",), None, (100,)),
+    ("cnn-grid/base8", ("resnet",), None, (50, 100, 250)),
+    ("cnn-grid/base32", ("resnet",), None, (1000,)),
+)
+BASE_EPOCHS = {50: 8, 100: 8, 250: 8, 1000: 32}
+#: The same for the ablation table.
+ABLATION = (
+    ("ablation", None, (0,), (100,)),
+    ("sample-efficiency", ("deit", "convit"), (1,), (100,)),
+    ("ablation-seeds", None, None, (100,)),
+)
+ABLATION_SIZE = 100
+#: The multi-seed ablation variants, in the paper's order; every pair of them is compared.
+ABLATION_STEPS = ("convit", "no-conv-init", "deit", "frozen-random-gpsa")
+FOLDERS_OF_ISSUE_34 = ("convergence/base16", "convergence/base32", "cnn-lr", "cnn-grid", "ablation-seeds")
+
+
+def _records(folder: str) -> list[RunRecord]:
+    path = ROOT / folder
+    return load_results(path) if path.is_dir() else []
+
+
+Source = tuple[str, Optional[Sequence[str]], Optional[Sequence[int]], Optional[Sequence[int]]]
+
+
+def _take(sources: Iterable[Source]) -> list[RunRecord]:
+    """The runs of ``sources`` (folder, variants, seeds, images per class; None: all), each
+    (variant, size, seed) from the first folder that has it."""
+    out: dict[tuple[str, float, int], RunRecord] = {}
+    for folder, variants, seeds, sizes in sources:
+        for r in _records(folder):
+            key = (r.variant, size_of(r), r.seed)
+            wanted = variants is None or r.variant in variants
+            wanted = wanted and (seeds is None or r.seed in seeds)
+            wanted = wanted and (sizes is None or round(size_of(r)) in sizes)
+            if wanted and key not in out:
+                out[key] = r
+    return sorted(out.values(), key=lambda r: (size_of(r), r.seed, r.variant))
+
+
+def sample_efficiency_records() -> list[RunRecord]:
+    return _take(SAMPLE_EFFICIENCY)
+
+
+def ablation_records() -> list[RunRecord]:
+    return _take(ABLATION)
+
+
+def _pm(values: list[float]) -> str:
+    mean, sd = mean_std(values)
+    if not values:
+        return "-"
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _values(records: Sequence[RunRecord], variant: str, size: float, metric: str) -> list[float]:
+    return [getattr(r, metric) for r in records if r.variant == variant and size_of(r) == size]
+
+
+def _interval_at(p: Paired | None, size: float) -> str:
+    if p is None or size not in p.sizes:
+        return "-"
+    k = p.sizes.index(size)
+    return f"{describe(p.per_size[k])} (n={p.seeds[k]})"
+
+
+def _compare(records: Sequence[RunRecord], arm: str, base: str, metric: str, images: int) -> Paired | None:
+    try:
+        return paired_comparison(records, arm, base, metric, images)
+    except ValueError:
+        return None
+
+
+def _sample_efficiency_table(records: list[RunRecord], metric: str, images: int) -> list[str]:
+    cvd = _compare(records, "convit", "deit", metric, images)
+    cvr = _compare(records, "convit", "resnet", metric, images)
+    lines = [
+        "| images/class | base epochs | DeiT | ConViT | ResNet "
+        "| ConViT − DeiT [95 % CI] | ConViT − ResNet [95 % CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size in sorted({size_of(r) for r in records}):
+        cells = [_pm(_values(records, v, size, metric)) for v in ("deit", "convit", "resnet")]
+        row = [f"{size:,.0f}", str(BASE_EPOCHS[round(size)]), *cells]
+        row += [_interval_at(cvd, size), _interval_at(cvr, size)]
+        lines.append("| " + " | ".join(row) + " |")
+    for p in (cvd, cvr):
+        if p is not None and p.trend is not None:
+            lines.append("")
+            lines.append(
+                f"{p.arm} − {p.baseline}, pooled over the sizes (seed part df {p.seed_df}): average "
+                f"{describe(p.average)} points, trend {describe(p.trend)} points per doubling of "
+                "images per class."
+            )
+    return lines
+
+
+def _ablation_table(records: list[RunRecord]) -> list[str]:
+    labels = {r.variant: r.label for r in records}
+    order = [v for v in PAPER_ABLATION if v in labels]
+    lines = ["| variant | n | test top-1 | val top-1 | paper, 10 % of ImageNet |", "|---|---|---|---|---|"]
+    for v in order:
+        test = _values(records, v, ABLATION_SIZE, "test_top1")
+        val = _values(records, v, ABLATION_SIZE, "val_top1")
+        lines.append(f"| {labels[v]} | {len(test)} | {_pm(test)} | {_pm(val)} | {PAPER_ABLATION[v][1]} |")
+    lines += [
+        "",
+        "| step (paired seeds) | test, points [95 % CI] | val, points [95 % CI] | resolved (test) |",
+        "|---|---|---|---|",
+    ]
+    for a, b in itertools.combinations([v for v in ABLATION_STEPS if v in labels], 2):
+        test = _compare(records, a, b, "test_top1", TEST_IMAGES)
+        val = _compare(records, a, b, "val_top1", VAL_IMAGES)
+        if test is None or val is None:
+            continue
+        resolved = "yes" if test.per_size[0].clear else "no"
+        step = f"{labels[a]} − {labels[b]} (n={test.seeds[0]})"
+        lines.append(f"| {step} | {describe(test.per_size[0])} | {describe(val.per_size[0])} | {resolved} |")
+    return lines
+
+
+def _cpu_hours() -> str:
+    seconds = sum(r.cpu_seconds for folder in FOLDERS_OF_ISSUE_34 for r in _all_under(folder))
+    return f"{seconds:,.0f} CPU-s = {seconds / 3600:.2f} CPU-hours"
+
+
+def _all_under(folder: str) -> list[RunRecord]:
+    path = ROOT / folder
+    return [RunRecord.read(p) for p in sorted(path.rglob("result.json"))] if path.is_dir() else []
+
+
+def tables() -> str:
+    se = sample_efficiency_records()
+    ab = ablation_records()
+    lines = ["## Sample efficiency at the chosen schedules: test top-1 (%) of the final model", ""]
+    lines += _sample_efficiency_table(se, "test_top1", TEST_IMAGES)
+    lines += ["", "## The same runs: validation top-1 (%) of the final model", ""]
+    lines += _sample_efficiency_table(se, "val_top1", VAL_IMAGES)
+    lines += ["", f"## Ablation at {ABLATION_SIZE} images per class (base 8)", ""]
+    lines += _ablation_table(ab)
+    made = "Runs made for issue 34 (convergence steps, CNN lr and grid, ablation seeds)"
+    lines += ["", f"{made}: {_cpu_hours()}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(out: Path | None = None) -> None:
+    out = out or ROOT / "chosen"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(tables())
+    cells: list[Cell] = summarize(sample_efficiency_records())
+    sample_efficiency_figure(cells, out / "top1_vs_images.png")
+    grouped_figure(summarize(ablation_records()), out / "ablation.png", "ablation, 100 images per class")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
