@@ -15,7 +15,9 @@ the test part from the accuracies alone).  Run from the repository root:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
@@ -23,12 +25,13 @@ from typing import Optional
 from convit.experiments.grids import PAPER_ABLATION
 from convit.experiments.paired import Paired, describe, paired_comparison, size_of
 from convit.experiments.run_record import RunRecord
-from convit.experiments.runner import load_results
 from convit.experiments.summary import Cell, mean_std, summarize
 from convit.experiments.sweep_figures import grouped_figure, sample_efficiency_figure
 
 ROOT = Path(__file__).resolve().parent
 TEST_IMAGES = 10_000
+#: Test top-1 of a run's best.safetensors (eval_best.py), beside its result.json.
+BEST_FILE = "best_val_test.json"
 VAL_IMAGES = 5_000
 #: (folder, variants, seeds, images per class) of the sample-efficiency table, at the chosen
 #: schedules (None: all); a (variant, size, seed) is taken from the first folder that has it.
@@ -52,31 +55,41 @@ ABLATION_STEPS = ("convit", "no-conv-init", "deit", "frozen-random-gpsa")
 FOLDERS_OF_ISSUE_34 = ("convergence/base16", "convergence/base32", "cnn-lr", "cnn-grid", "ablation-seeds")
 
 
-def _records(folder: str) -> list[RunRecord]:
-    path = ROOT / folder
-    return load_results(path) if path.is_dir() else []
+def _records(folder: str) -> list[tuple[RunRecord, Path]]:
+    """The finished runs under ``folder``, each with its run folder."""
+    paths = sorted((ROOT / folder).glob("*/f*/seed*/result.json"))
+    return [(RunRecord.read(p), p.parent) for p in paths]
 
 
 Source = tuple[str, Optional[Sequence[str]], Optional[Sequence[int]], Optional[Sequence[int]]]
 
 
-def _take(sources: Iterable[Source]) -> list[RunRecord]:
+def _take(sources: Iterable[Source], at_best: bool = False) -> list[RunRecord]:
     """The runs of ``sources`` (folder, variants, seeds, images per class; None: all), each
-    (variant, size, seed) from the first folder that has it."""
+    (variant, size, seed) from the first folder that has it; ``at_best``: as of their best
+    validation epoch (:func:`_at_best`)."""
     out: dict[tuple[str, float, int], RunRecord] = {}
     for folder, variants, seeds, sizes in sources:
-        for r in _records(folder):
+        for r, run_dir in _records(folder):
             key = (r.variant, size_of(r), r.seed)
             wanted = variants is None or r.variant in variants
             wanted = wanted and (seeds is None or r.seed in seeds)
             wanted = wanted and (sizes is None or round(size_of(r)) in sizes)
             if wanted and key not in out:
-                out[key] = r
+                out[key] = _at_best(r, run_dir) if at_best else r
     return sorted(out.values(), key=lambda r: (size_of(r), r.seed, r.variant))
 
 
-def sample_efficiency_records() -> list[RunRecord]:
-    return _take(SAMPLE_EFFICIENCY)
+def _at_best(r: RunRecord, run_dir: Path) -> RunRecord:
+    """``r`` as of its best validation epoch: val top-1 there (logged by every run) and test top-1
+    of best.safetensors (eval_best.py's file; None where the weights were not kept)."""
+    kept = run_dir / BEST_FILE
+    test = json.loads(kept.read_text())["test_top1"] if kept.is_file() else None
+    return dataclasses.replace(r, val_top1=r.best_val_top1, test_top1=test)
+
+
+def sample_efficiency_records(at_best: bool = False) -> list[RunRecord]:
+    return _take(SAMPLE_EFFICIENCY, at_best)
 
 
 def ablation_records() -> list[RunRecord]:
@@ -91,7 +104,8 @@ def _pm(values: list[float]) -> str:
 
 
 def _values(records: Sequence[RunRecord], variant: str, size: float, metric: str) -> list[float]:
-    return [getattr(r, metric) for r in records if r.variant == variant and size_of(r) == size]
+    values = [getattr(r, metric) for r in records if r.variant == variant and size_of(r) == size]
+    return [v for v in values if v is not None]
 
 
 def _interval_at(p: Paired | None, size: float) -> str:
@@ -173,6 +187,11 @@ def tables() -> str:
     lines += _sample_efficiency_table(se, "test_top1", TEST_IMAGES)
     lines += ["", "## The same runs: validation top-1 (%) of the final model", ""]
     lines += _sample_efficiency_table(se, "val_top1", VAL_IMAGES)
+    best = sample_efficiency_records(at_best=True)
+    lines += ["", "## The same runs at their best validation epoch: validation top-1 (%) there", ""]
+    lines += _sample_efficiency_table(best, "val_top1", VAL_IMAGES)
+    lines += ["", "## ... and test top-1 (%) there (runs whose best.safetensors was kept)", ""]
+    lines += _sample_efficiency_table(best, "test_top1", TEST_IMAGES)
     lines += ["", f"## Ablation at {ABLATION_SIZE} images per class (base 8)", ""]
     lines += _ablation_table(ab)
     made = "Runs made for issue 34 (convergence steps, CNN lr and grid, ablation seeds)"
