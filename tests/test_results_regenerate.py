@@ -31,3 +31,17 @@ def test_section_5_regenerates_byte_for_byte(tmp_path):
     assert _files(copy) == committed, "regenerating adds or drops files"
     changed = [f for f in sorted(committed) if not filecmp.cmp(RESULTS / f, copy / f, shallow=False)]
     assert not changed, f"regenerated files differ from the committed ones: {changed}"
+
+
+def test_results_md_holds_the_chosen_tables_verbatim():
+    """Sec. 5's tables at the chosen schedules are chosen/tables.md itself (write_tables.py --paste),
+    so the page cannot drift from the files its numbers come from."""
+    sys.path.insert(0, str(RESULTS))
+    try:
+        import write_tables
+    finally:
+        sys.path.remove(str(RESULTS))
+    doc = (RESULTS.parents[1] / "results.md").read_text()
+    assert doc.count(write_tables.BEGIN) == 1 and doc.count(write_tables.END) == 1
+    block = doc.split(write_tables.BEGIN + "\n")[1].split(write_tables.END + "\n")[0]
+    assert block == (RESULTS / "chosen" / "tables.md").read_text()

@@ -10,7 +10,8 @@ schedules, with paired 95 % intervals, and their figures, from the committed ``r
 
 Intervals: :func:`convit.experiments.paired.paired_comparison` (the study's verdict statistic;
 the test part from the accuracies alone).  Run from the repository root:
-``python docs/results/cifar10-cpu/write_tables.py`` (``regenerate.py`` runs it too).
+``python docs/results/cifar10-cpu/write_tables.py`` (``regenerate.py`` runs it too); with
+``--paste`` it also puts ``tables.md`` into docs/results.md sec. 5, between :data:`BEGIN` and :data:`END`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
@@ -183,31 +185,47 @@ def _all_under(folder: str) -> list[RunRecord]:
 def tables() -> str:
     se = sample_efficiency_records()
     ab = ablation_records()
-    lines = ["## Sample efficiency at the chosen schedules: test top-1 (%) of the final model", ""]
+    lines = ["#### Sample efficiency at the chosen schedules: test top-1 (%) of the final model", ""]
     lines += _sample_efficiency_table(se, "test_top1", TEST_IMAGES)
-    lines += ["", "## The same runs: validation top-1 (%) of the final model", ""]
+    lines += ["", "#### The same runs: validation top-1 (%) of the final model", ""]
     lines += _sample_efficiency_table(se, "val_top1", VAL_IMAGES)
     best = sample_efficiency_records(at_best=True)
-    lines += ["", "## The same runs at their best validation epoch: validation top-1 (%) there", ""]
+    lines += ["", "#### The same runs at their best validation epoch: validation top-1 (%) there", ""]
     lines += _sample_efficiency_table(best, "val_top1", VAL_IMAGES)
-    lines += ["", "## ... and test top-1 (%) there (runs whose best.safetensors was kept)", ""]
+    lines += ["", "#### ... and test top-1 (%) there (runs whose best.safetensors was kept)", ""]
     lines += _sample_efficiency_table(best, "test_top1", TEST_IMAGES)
-    lines += ["", f"## Ablation at {ABLATION_SIZE} images per class (base 8)", ""]
+    lines += ["", f"#### Ablation at {ABLATION_SIZE} images per class (base 8)", ""]
     lines += _ablation_table(ab)
     made = "Runs made for issue 34 (convergence steps, CNN lr and grid, ablation seeds)"
     lines += ["", f"{made}: {_cpu_hours()}."]
     return "\n".join(lines) + "\n"
 
 
-def main(out: Path | None = None) -> None:
+#: docs/results.md holds tables.md verbatim between these lines (tests/test_results_regenerate.py).
+BEGIN = "<!-- begin: docs/results/cifar10-cpu/chosen/tables.md (write_tables.py --paste) -->"
+END = "<!-- end: chosen/tables.md -->"
+
+
+def paste(results: Path, text: str) -> None:
+    """Put ``text`` between :data:`BEGIN` and :data:`END` in ``results`` (docs/results.md)."""
+    doc = results.read_text()
+    head, rest = doc.split(BEGIN + "\n")
+    _, tail = rest.split(END + "\n")
+    results.write_text(f"{head}{BEGIN}\n{text}{END}\n{tail}")
+
+
+def main(out: Path | None = None, into_results: bool = False) -> None:
     out = out or ROOT / "chosen"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tables.md").write_text(tables())
+    text = tables()
+    (out / "tables.md").write_text(text)
     cells: list[Cell] = summarize(sample_efficiency_records())
     sample_efficiency_figure(cells, out / "top1_vs_images.png")
     grouped_figure(summarize(ablation_records()), out / "ablation.png", "ablation, 100 images per class")
+    if into_results:
+        paste(ROOT.parents[1] / "results.md", text)
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(into_results="--paste" in sys.argv[1:])
