@@ -40,7 +40,6 @@ VAL_IMAGES = 5_000
 SAMPLE_EFFICIENCY = (
     ("sample-efficiency", ("deit", "convit"), None, (50, 100, 250)),
     ("convergence/base32", ("deit", "convit"), None, (1000,)),
-    ("cnn-lr/lr4e-3", ("resnet",), None, (100,)),
     ("cnn-grid/base8", ("resnet",), None, (50, 100, 250)),
     ("cnn-grid/base32", ("resnet",), None, (1000,)),
 )
