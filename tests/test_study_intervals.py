@@ -1,4 +1,4 @@
-"""The verdict's statistics (convit.study.intervals) on synthetic studies whose truth is known.
+"""The verdict's statistics (convit.analysis.intervals) on synthetic studies whose truth is known.
 
 Each synthetic study has 4 sizes, a few seeds, and a test split of n images shared by every
 run.  Whether a run gets image i right is a threshold on a latent normal built from an image's
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convit.study.intervals import (
+from convit.analysis.intervals import (
     _test_df,
     analyse,
     binomial_covariance,

@@ -5,6 +5,8 @@
 * :mod:`.masking`   test-time masking of the content / positional part of GPSA layers and of
   the absolute position embedding
 * :mod:`.figures`   matplotlib figures (Agg canvas) from logs and summaries
+* :mod:`.intervals` intervals of paired differences over seeds and test images, per size and
+  pooled: the statistics of ``convit study``'s verdict and of the sweeps' paired tables
 * :mod:`.report`    ``convit analyze`` and the per-run report (``write_run_report``), from
   :mod:`.inputs` (the images analysed) and :mod:`.html_report` (the self-contained HTML page)
 

@@ -2,9 +2,9 @@
 
 Two arms trained on the same subsets with the same seeds differ, per size k (images per class)
 and seed s, by ``d[k, s]`` points of top-1 on the one test split they share.  The intervals are
-:func:`convit.study.intervals.analyse`'s, so a sweep's table and a study's sentence rest on one
+:func:`convit.analysis.intervals.analyse`'s, so a sweep's table and a study's sentence rest on one
 statistic: the seed part of the variance is pooled over sizes (df = sum of seeds - 1), and the
-test-split part comes from the accuracies alone (:func:`~convit.study.intervals.binomial_covariance`:
+test-split part comes from the accuracies alone (:func:`~convit.analysis.intervals.binomial_covariance`:
 the two models erring independently, an upper bound, since runs made before per-image outcomes
 were written have no ``test_correct.npy``).  With several sizes, ``trend`` is the least-squares
 slope of the difference per doubling of images per class and ``average`` the line at the mean
@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..study.intervals import Interval, analyse, binomial_covariance
+from ..analysis.intervals import Interval, analyse, binomial_covariance
 from .run_record import RunRecord
 
 __all__ = ["Paired", "paired_comparison", "size_of", "describe"]

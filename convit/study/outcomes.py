@@ -1,7 +1,7 @@
 """Per-image outcomes of a study run: whether the final model got each test image right.
 
 The verdict's interval has a test-image part (how much the difference would move on another
-test split of the same size, :mod:`convit.study.intervals`), which needs, for both models of
+test split of the same size, :mod:`convit.analysis.intervals`), which needs, for both models of
 a pair, which images each got right.  ``fit`` writes them at its final test evaluation, in
 one process and in the split's order: ``test_correct.npy`` (a bool array, one entry per image
 read) in the run folder.  Only a run that had nothing left to train when it was resumed and

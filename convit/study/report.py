@@ -20,8 +20,8 @@ from typing import Any, Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..analysis.intervals import Interval
 from .curves import convergence_summary, curves_figure
-from .intervals import Interval
 from .plan_schema import Arm, Plan, label
 from .records import StudyRecord
 from .verdict import Comparison

@@ -2,7 +2,7 @@
 
 Runs of two arms with the same seed share the training subset, the initial draw of the data
 order and the test split, so each seed gives one paired difference ``d = top1(ConViT) -
-top1(other)`` per size.  :mod:`convit.study.intervals` turns them (and, where the runs wrote
+top1(other)`` per size.  :mod:`convit.analysis.intervals` turns them (and, where the runs wrote
 them, their per-image outcomes, :mod:`convit.study.outcomes`) into 95% intervals that count both
 the seeds' spread and the test split's own sampling noise, per size and pooled over sizes by a
 line in log(images per class).  With more than one other arm the intervals are Bonferroni's
@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .intervals import Interval, analyse, binomial_covariance, image_covariance, image_products
+from ..analysis.intervals import Interval, analyse, binomial_covariance, image_covariance, image_products
 from .outcomes import TEST_CORRECT_FILE, load_test_correct
 from .records import StudyRecord
 

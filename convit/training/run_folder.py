@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 #: The final model's per-image outcomes on the test split (a bool per image, in the split's
-#: order): what a study's verdict needs of each run (convit.study.intervals).
+#: order): what a study's verdict needs of each run (convit.analysis.intervals).
 TEST_CORRECT_FILE = "test_correct.npy"
 
 #: Files and folders of a run that a fresh run in the same folder must not leave behind.
