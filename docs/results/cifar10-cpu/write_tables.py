@@ -94,7 +94,9 @@ def sample_efficiency_records(at_best: bool = False) -> list[RunRecord]:
 
 
 def ablation_records() -> list[RunRecord]:
-    return _take(ABLATION)
+    """The ablation's runs, variants in the paper's order (the figure's bars follow it)."""
+    rank = {v: i for i, v in enumerate(PAPER_ABLATION)}
+    return sorted(_take(ABLATION), key=lambda r: (rank.get(r.variant, len(rank)), r.seed))
 
 
 def _pm(values: list[float]) -> str:
