@@ -39,6 +39,8 @@ __all__ = [
     "markdown",
     "locality_markdown",
     "write_results",
+    "plus_minus",
+    "markdown_table",
     "FIGURE_NAMES",
 ]
 
@@ -75,7 +77,8 @@ _RUN_COLUMNS = [
 # ---------------------------------------------------------------------------------------------
 
 
-def _pm(mean: float, std: float, digits: int = 2) -> str:
+def plus_minus(mean: float, std: float, digits: int = 2) -> str:
+    """``mean ± std`` for a table cell: the mean alone when std is NaN (one seed), "-" for none."""
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
@@ -88,7 +91,8 @@ def _gain(g: float, sd: float = math.nan) -> str:
     return f"{100 * g:+.1f}%" + ("" if math.isnan(sd) else f" (± {100 * sd:.1f})")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table."""
     return [
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -134,11 +138,11 @@ def _sample_efficiency_row(f: float, cv: Optional[Cell], de: Optional[Cell]) -> 
         f"{per_class:.0f}" if per_class else "-",
         f"{(cv or de).train_images:.0f}" if (cv or de).train_images else "-",
         str((cv or de).n),
-        _pm(de.test_mean, de.test_std) if de else "-",
-        _pm(cv.test_mean, cv.test_std) if cv else "-",
+        plus_minus(de.test_mean, de.test_std) if de else "-",
+        plus_minus(cv.test_mean, cv.test_std) if cv else "-",
         _gain(cv.gain_test, cv.gain_test_sd) if cv else "-",
-        _pm(de.val_mean, de.val_std) if de else "-",
-        _pm(cv.val_mean, cv.val_std) if cv else "-",
+        plus_minus(de.val_mean, de.val_std) if de else "-",
+        plus_minus(cv.val_mean, cv.val_std) if cv else "-",
         _gain(cv.gain_val, cv.gain_val_sd) if cv else "-",
         (
             f"{paper[0]:.1f} → {paper[1]:.1f} ({100 * relative_gain(paper[1], paper[0]):+.0f}%)"
@@ -154,7 +158,7 @@ def _sample_efficiency_table(cells: Sequence[Cell]) -> list[str]:
     for c in cells:
         by_f.setdefault(c.fraction, {})[c.variant] = c
     rows = [_sample_efficiency_row(f, d.get("convit"), d.get("deit")) for f, d in sorted(by_f.items())]
-    return _table(_SAMPLE_EFFICIENCY_HEADER, rows)
+    return markdown_table(_SAMPLE_EFFICIENCY_HEADER, rows)
 
 
 def _fraction_table(cells: Sequence[Cell], f: float, grid: str) -> list[str]:
@@ -166,9 +170,9 @@ def _fraction_table(cells: Sequence[Cell], f: float, grid: str) -> list[str]:
         row = [
             c.label,
             str(c.n),
-            _pm(c.test_mean, c.test_std),
+            plus_minus(c.test_mean, c.test_std),
             _gain(c.gain_test, c.gain_test_sd),
-            _pm(c.val_mean, c.val_std),
+            plus_minus(c.val_mean, c.val_std),
             _gain(c.gain_val, c.gain_val_sd),
         ]
         if grid == "ablation":
@@ -178,7 +182,7 @@ def _fraction_table(cells: Sequence[Cell], f: float, grid: str) -> list[str]:
     header = ["variant", "n", "test top-1", "gain (test)", "val top-1", "gain (val)"]
     if grid == "ablation":
         header.append("paper full / 10% ImageNet")
-    return lines + _table(header, rows)
+    return lines + markdown_table(header, rows)
 
 
 def markdown(cells: Sequence[Cell], grid: str, title: str = "") -> str:
@@ -245,7 +249,7 @@ def locality_markdown(records: Sequence[RunRecord]) -> str:
     return (
         "\n".join(
             lines
-            + _table(
+            + markdown_table(
                 ["variant", "fraction", "images/class", "n", "nonlocality per block", "gate per GPSA block"],
                 rows,
             )

@@ -26,6 +26,7 @@ from typing import Optional
 
 from convit.experiments.grids import PAPER_ABLATION
 from convit.experiments.paired import Paired, describe, paired_comparison, size_of
+from convit.experiments.results import markdown_table, plus_minus
 from convit.experiments.run_record import RunRecord
 from convit.experiments.summary import Cell, mean_std, summarize
 from convit.experiments.sweep_figures import grouped_figure, sample_efficiency_figure
@@ -57,9 +58,8 @@ FOLDERS_OF_ISSUE_34 = ("convergence/base16", "convergence/base32", "cnn-lr", "cn
 
 
 def _records(folder: str) -> list[tuple[RunRecord, Path]]:
-    """The finished runs under ``folder``, each with its run folder."""
-    paths = sorted((ROOT / folder).glob("*/f*/seed*/result.json"))
-    return [(RunRecord.read(p), p.parent) for p in paths]
+    """The finished runs anywhere under ``folder`` (none when it does not exist), each with its run folder."""
+    return [(RunRecord.read(p), p.parent) for p in sorted((ROOT / folder).rglob("result.json"))]
 
 
 Source = tuple[str, Optional[Sequence[str]], Optional[Sequence[int]], Optional[Sequence[int]]]
@@ -100,10 +100,7 @@ def ablation_records() -> list[RunRecord]:
 
 
 def _pm(values: list[float]) -> str:
-    mean, sd = mean_std(values)
-    if not values:
-        return "-"
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {sd:.2f}"
+    return plus_minus(*mean_std(values))
 
 
 def _values(records: Sequence[RunRecord], variant: str, size: float, metric: str) -> list[float]:
@@ -128,16 +125,14 @@ def _compare(records: Sequence[RunRecord], arm: str, base: str, metric: str, ima
 def _sample_efficiency_table(records: list[RunRecord], metric: str, images: int) -> list[str]:
     cvd = _compare(records, "convit", "deit", metric, images)
     cvr = _compare(records, "convit", "resnet", metric, images)
-    lines = [
-        "| images/class | base epochs | DeiT | ConViT | ResNet "
-        "| ConViT − DeiT [95 % CI] | ConViT − ResNet [95 % CI] |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    header = ["images/class", "base epochs", "DeiT", "ConViT", "ResNet"]
+    header += ["ConViT − DeiT [95 % CI]", "ConViT − ResNet [95 % CI]"]
+    rows = []
     for size in sorted({size_of(r) for r in records}):
         cells = [_pm(_values(records, v, size, metric)) for v in ("deit", "convit", "resnet")]
         row = [f"{size:,.0f}", str(BASE_EPOCHS[round(size)]), *cells]
-        row += [_interval_at(cvd, size), _interval_at(cvr, size)]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row + [_interval_at(cvd, size), _interval_at(cvr, size)])
+    lines = markdown_table(header, rows)
     for p in (cvd, cvr):
         if p is not None and p.trend is not None:
             lines.append("")
@@ -152,16 +147,13 @@ def _sample_efficiency_table(records: list[RunRecord], metric: str, images: int)
 def _ablation_table(records: list[RunRecord]) -> list[str]:
     labels = {r.variant: r.label for r in records}
     order = [v for v in PAPER_ABLATION if v in labels]
-    lines = ["| variant | n | test top-1 | val top-1 | paper, 10 % of ImageNet |", "|---|---|---|---|---|"]
+    rows = []
     for v in order:
         test = _values(records, v, ABLATION_SIZE, "test_top1")
         val = _values(records, v, ABLATION_SIZE, "val_top1")
-        lines.append(f"| {labels[v]} | {len(test)} | {_pm(test)} | {_pm(val)} | {PAPER_ABLATION[v][1]} |")
-    lines += [
-        "",
-        "| step (paired seeds) | test, points [95 % CI] | val, points [95 % CI] | resolved (test) |",
-        "|---|---|---|---|",
-    ]
+        rows.append([labels[v], str(len(test)), _pm(test), _pm(val), str(PAPER_ABLATION[v][1])])
+    lines = markdown_table(["variant", "n", "test top-1", "val top-1", "paper, 10 % of ImageNet"], rows)
+    steps = []
     for a, b in itertools.combinations([v for v in ABLATION_STEPS if v in labels], 2):
         test = _compare(records, a, b, "test_top1", TEST_IMAGES)
         val = _compare(records, a, b, "val_top1", VAL_IMAGES)
@@ -169,18 +161,14 @@ def _ablation_table(records: list[RunRecord]) -> list[str]:
             continue
         resolved = "yes" if test.per_size[0].clear else "no"
         step = f"{labels[a]} − {labels[b]} (n={test.seeds[0]})"
-        lines.append(f"| {step} | {describe(test.per_size[0])} | {describe(val.per_size[0])} | {resolved} |")
-    return lines
+        steps.append([step, describe(test.per_size[0]), describe(val.per_size[0]), resolved])
+    header = ["step (paired seeds)", "test, points [95 % CI]", "val, points [95 % CI]", "resolved (test)"]
+    return [*lines, "", *markdown_table(header, steps)]
 
 
 def _cpu_hours() -> str:
-    seconds = sum(r.cpu_seconds for folder in FOLDERS_OF_ISSUE_34 for r in _all_under(folder))
+    seconds = sum(r.cpu_seconds for folder in FOLDERS_OF_ISSUE_34 for r, _ in _records(folder))
     return f"{seconds:,.0f} CPU-s = {seconds / 3600:.2f} CPU-hours"
-
-
-def _all_under(folder: str) -> list[RunRecord]:
-    path = ROOT / folder
-    return [RunRecord.read(p) for p in sorted(path.rglob("result.json"))] if path.is_dir() else []
 
 
 def tables() -> str:
