@@ -199,7 +199,7 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
         return train_mod.fit(cfg)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(specs, out, fit_fn=flaky_fit, say=lambda s: None)
+        run_sweep(specs, out, fit_fn=flaky_fit, say=lambda s: None, meta={"started": "then"})
     first = specs[0].folder / "result.json"
     assert first.is_file() and not (specs[1].folder / "result.json").exists()
     stamp = first.stat().st_mtime_ns
@@ -215,9 +215,15 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
 
     calls.clear()
     records = run_sweep(
-        specs, out, fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1], say=lambda s: None
+        specs,
+        out,
+        fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1],
+        say=lambda s: None,
+        meta={"started": "now"},
     )
     assert calls == ["deit_digits"]  # the finished run was not redone
+    # sweep.json keeps when the sweep began and says when it was resumed
+    assert json.loads((out / "sweep.json").read_text()) == {"started": "then", "resumed": "now"}
     assert first.stat().st_mtime_ns == stamp
     assert [r.skipped for r in records] == [True, False]
     rows = list(csv.DictReader(open(out / "results.csv")))

@@ -71,6 +71,17 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     atomic_save(lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)), path, "result")
 
 
+def _keep_first_start(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` for ``path`` (sweep.json) keeping the first call's ``started``: a resumed sweep
+    records when it was last resumed (``resumed``) instead of erasing when it began."""
+    if "started" not in meta or not path.is_file():
+        return meta
+    first = json.loads(path.read_text()).get("started")
+    if first is None or first == meta["started"]:
+        return meta
+    return {**meta, "started": first, "resumed": meta["started"]}
+
+
 def _settings(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg_dict.items() if k not in _RUN_ONLY_FIELDS}
 
@@ -198,7 +209,7 @@ def run_sweep(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:
-        _atomic_write_json(out / "sweep.json", meta)
+        _atomic_write_json(out / "sweep.json", _keep_first_start(out / "sweep.json", meta))
     t0 = time.perf_counter()
 
     def report(i: int, spec: RunSpec, r: RunRecord, seconds: float) -> None:
