@@ -2,7 +2,8 @@
 
 Layout of a sweep folder::
 
-    DIR/sweep.json                          what was asked for (grid, preset, fractions, seeds)
+    DIR/sweep.json                          what was asked for (grid, preset, fractions, seeds) and
+                                            when: first started, last resumed
     DIR/<variant>/f<fraction>/seed<k>/      one run folder of convit.training.fit.fit (config.yaml,
                                             log.jsonl, last.pt, model.safetensors, ...)
         train.log                           the run's console output
