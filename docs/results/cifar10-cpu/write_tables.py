@@ -7,6 +7,8 @@ schedules, with paired 95 % intervals, and their figures, from the committed ``r
 * Ablation at 100 images per class (base 8): seed 0 of every variant (``ablation``), seed 1 of
   ConViT and DeiT from ``sample-efficiency`` (the same settings: seed 0 of both sweeps agrees to
   the last digit), the other seeds from ``ablation-seeds``.
+* Convergence of every run of the sample-efficiency table by the shared rule
+  (:func:`convit.training.convergence.check_convergence`), seed 1 and the CNN included.
 
 Intervals: :func:`convit.experiments.paired.paired_comparison` (the study's verdict statistic;
 the test part from the accuracies alone).  Run from the repository root:
@@ -30,9 +32,12 @@ from convit.experiments.results import markdown_table, plus_minus
 from convit.experiments.run_record import RunRecord
 from convit.experiments.summary import Cell, mean_std, summarize
 from convit.experiments.sweep_figures import grouped_figure, sample_efficiency_figure
+from convit.training.convergence import check_convergence
 
 ROOT = Path(__file__).resolve().parent
 TEST_IMAGES = 10_000
+#: CIFAR-10's training split, of which each run holds out ``val_fraction`` for validation.
+TRAIN_IMAGES = 50_000
 #: Test top-1 of a run's best.safetensors (eval_best.py), beside its result.json.
 BEST_FILE = "best_val_test.json"
 VAL_IMAGES = 5_000
@@ -144,6 +149,27 @@ def _sample_efficiency_table(records: list[RunRecord], metric: str, images: int)
     return lines
 
 
+def _converged(r: RunRecord) -> str:
+    """``r``'s last-quarter validation gain, starred when it is not under the shared threshold."""
+    curve = [(e["epoch"], e["val_top1"]) for e in r.evals if "val_top1" in e]
+    check = check_convergence(curve, round(r.settings["val_fraction"] * TRAIN_IMAGES))
+    return f"{check.gain:+.2f}" + ("" if check.converged else " (not converged)")
+
+
+def _convergence_table(records: list[RunRecord]) -> list[str]:
+    """Per model and size, each seed's last-quarter validation gain by the rule of
+    convergence.json (which judged seed 0 of the transformers when the schedules were chosen)."""
+    rows = []
+    for size in sorted({size_of(r) for r in records}):
+        cells = []
+        for variant in ("deit", "convit", "resnet"):
+            runs = [r for r in records if r.variant == variant and size_of(r) == size]
+            cells.append(" / ".join(_converged(r) for r in runs) or "-")
+        rows.append([f"{size:,.0f}", str(BASE_EPOCHS[round(size)]), *cells])
+    header = ["images/class", "base epochs", "DeiT", "ConViT", "ResNet"]
+    return markdown_table(header, rows)
+
+
 def _ablation_table(records: list[RunRecord]) -> list[str]:
     labels = {r.variant: r.label for r in records}
     order = [v for v in PAPER_ABLATION if v in labels]
@@ -183,6 +209,12 @@ def tables() -> str:
     lines += _sample_efficiency_table(best, "val_top1", VAL_IMAGES)
     lines += ["", "#### ... and test top-1 (%) there (runs whose best.safetensors was kept)", ""]
     lines += _sample_efficiency_table(best, "test_top1", TEST_IMAGES)
+    lines += [
+        "",
+        "#### Did every run converge? Validation top-1 gained over its last quarter (points; seed 0 / 1)",
+        "",
+    ]
+    lines += _convergence_table(se)
     lines += ["", f"#### Ablation at {ABLATION_SIZE} images per class (base 8)", ""]
     lines += _ablation_table(ab)
     made = "Runs made for issue 34 (convergence steps, CNN lr and grid, ablation seeds)"
