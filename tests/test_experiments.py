@@ -199,7 +199,7 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
         return train_mod.fit(cfg)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(specs, out, fit_fn=flaky_fit, say=lambda s: None, meta={"started": "then"})
+        run_sweep(specs, out, fit_fn=flaky_fit, say=lambda s: None)
     first = specs[0].folder / "result.json"
     assert first.is_file() and not (specs[1].folder / "result.json").exists()
     stamp = first.stat().st_mtime_ns
@@ -215,15 +215,9 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
 
     calls.clear()
     records = run_sweep(
-        specs,
-        out,
-        fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1],
-        say=lambda s: None,
-        meta={"started": "now"},
+        specs, out, fit_fn=lambda cfg: (calls.append(cfg.model), train_mod.fit(cfg))[1], say=lambda s: None
     )
     assert calls == ["deit_digits"]  # the finished run was not redone
-    # sweep.json keeps when the sweep began and says when it was resumed
-    assert json.loads((out / "sweep.json").read_text()) == {"started": "then", "resumed": "now"}
     assert first.stat().st_mtime_ns == stamp
     assert [r.skipped for r in records] == [True, False]
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -244,6 +238,17 @@ def test_tiny_sweep_then_interrupted_sweep_resumes(tmp_path, monkeypatch):
     changed = _plan(out, train_overrides={**FAST, "lr": 1e-4})
     with pytest.raises(ValueError, match="different settings"):
         run_sweep(changed, out, fit_fn=_never_fit, say=lambda s: None)
+
+
+def test_a_resumed_sweep_keeps_when_it_began(tmp_path, monkeypatch):
+    """sweep.json keeps the first call's start and says when the sweep was last resumed."""
+    monkeypatch.setenv("CONVIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sweep"
+    specs = _plan(out)
+    run_sweep(specs, out, say=lambda s: None, meta={"started": "then"})
+    assert json.loads((out / "sweep.json").read_text()) == {"started": "then"}
+    run_sweep(specs, out, fit_fn=_never_fit, say=lambda s: None, meta={"started": "now"})
+    assert json.loads((out / "sweep.json").read_text()) == {"started": "then", "resumed": "now"}
 
 
 def test_unfinished_run_resumes_from_last_pt(tmp_path, monkeypatch):
