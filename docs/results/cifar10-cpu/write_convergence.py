@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from convit.training.convergence import check_convergence
+from convit.training.convergence import check_convergence, val_curve
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parents[2]
@@ -50,6 +50,11 @@ STEPS = {
 }
 
 
+def val_images(settings: dict[str, Any]) -> int:
+    """How many validation images a run of these settings held out (its ``val_fraction``)."""
+    return round(settings["val_fraction"] * TRAIN_IMAGES)
+
+
 def _folder(size: int, model: str, base: int) -> str:
     if size == 50 and base == 16:
         return "convergence/epochs16"  # the first check's own folder
@@ -76,8 +81,8 @@ def step(size: int, model: str, base: int) -> dict[str, Any]:
     if not path.is_file():
         return {**entry, "status": "not finished"}
     r = json.loads(path.read_text())
-    curve = [(e["epoch"], e["val_top1"]) for e in r.get("evals", []) if "val_top1" in e]
-    n_val = round(r["settings"]["val_fraction"] * TRAIN_IMAGES)
+    curve = val_curve(r.get("evals", []))
+    n_val = val_images(r["settings"])
     check = check_convergence(curve, n_val)
     return {
         **entry,

@@ -26,18 +26,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Optional
 
+from write_convergence import val_images  # beside this file
+
 from convit.experiments.grids import PAPER_ABLATION
 from convit.experiments.paired import Paired, describe, paired_comparison, size_of
 from convit.experiments.results import markdown_table, plus_minus
 from convit.experiments.run_record import RunRecord
 from convit.experiments.summary import Cell, mean_std, summarize
 from convit.experiments.sweep_figures import grouped_figure, sample_efficiency_figure
-from convit.training.convergence import check_convergence
+from convit.training.convergence import check_convergence, val_curve
 
 ROOT = Path(__file__).resolve().parent
 TEST_IMAGES = 10_000
-#: CIFAR-10's training split, of which each run holds out ``val_fraction`` for validation.
-TRAIN_IMAGES = 50_000
 #: Test top-1 of a run's best.safetensors (eval_best.py), beside its result.json.
 BEST_FILE = "best_val_test.json"
 VAL_IMAGES = 5_000
@@ -150,9 +150,8 @@ def _sample_efficiency_table(records: list[RunRecord], metric: str, images: int)
 
 
 def _converged(r: RunRecord) -> str:
-    """``r``'s last-quarter validation gain, starred when it is not under the shared threshold."""
-    curve = [(e["epoch"], e["val_top1"]) for e in r.evals if "val_top1" in e]
-    check = check_convergence(curve, round(r.settings["val_fraction"] * TRAIN_IMAGES))
+    """``r``'s last-quarter validation gain, marked when it is not under the shared threshold."""
+    check = check_convergence(val_curve(r.evals), val_images(r.settings))
     return f"{check.gain:+.2f}" + ("" if check.converged else " (not converged)")
 
 
